@@ -1,0 +1,34 @@
+# paintbench: Cell Painting images -> CellProfiler and ViT-MAE profiles -> CPJUMP1 retrieval benchmarks.
+# Stages, one rule file each, data flowing one way: download -> illum -> (cellprofiler | vit) -> profiles
+# -> retrieval -> report. See README.md for the picture and the configuration keys.
+import os
+import sys
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+# The package's source is importable here and by every job, in the venv or a `--sdm conda` env alike.
+_SRC = os.path.join(workflow.basedir, "src")
+sys.path.insert(0, _SRC)
+shell.prefix(f"set -euo pipefail; export PYTHONPATH={_SRC}:$PYTHONPATH; ")
+
+from paintbench.config import check_config
+
+
+configfile: "config/config.yaml"
+
+
+# Ours first: its messages name the key and the allowed values. Snakemake's then applies the same schema.
+check_config(config)
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/download.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_outputs(),

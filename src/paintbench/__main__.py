@@ -1,0 +1,3 @@
+from paintbench.cli import main
+
+raise SystemExit(main())

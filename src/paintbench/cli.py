@@ -1,0 +1,158 @@
+"""`paintbench STAGE ...`: the one command line every Snakemake rule calls.
+
+Each rule's log starts with the exact command, so any stage can be rerun by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger("paintbench")
+
+
+def _csv_list(text: str) -> list[str]:
+    return [item for item in text.split(",") if item]
+
+
+def _channel_map(text: str) -> dict[str, int]:
+    """'DNA=5,ER=4' -> {'DNA': 5, 'ER': 4}."""
+    pairs = [item.split("=", 1) for item in _csv_list(text)]
+    if any(len(p) != 2 or not p[1].isdigit() for p in pairs):
+        raise argparse.ArgumentTypeError(f"--channels: expected NAME=NUMBER,... got {text!r}")
+    return {name: int(number) for name, number in pairs}
+
+
+def _sites(text: str) -> list[int] | str:
+    return "all" if text == "all" else [int(s) for s in _csv_list(text)]
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from paintbench.atomic import write_table
+    from paintbench.layout import all_wells
+    from paintbench.loaddata import load_data_table
+    from paintbench.metadata import plate_info
+
+    plate = plate_info(args.plate, args.metadata_dir)
+    wells = all_wells() if args.wells == ["all"] else args.wells
+    sites = list(range(1, plate.sites_per_well + 1)) if args.sites == "all" else args.sites
+    image_dir = Path(args.image_dir)
+    if args.source == "s3":
+        from paintbench.download import download_plate
+
+        summary = download_plate(
+            plate.barcode, plate.batch, wells, sites, sorted(args.channels.values()), image_dir,
+            bucket=args.bucket, gallery_prefix=args.gallery_prefix, endpoint_url=args.endpoint_url,
+            workers=args.workers, max_attempts=args.max_attempts, anonymous=not args.signed,
+        )
+        log.info("plate %s: %s", plate.barcode, summary)
+    elif args.source == "synthetic":
+        from paintbench.atomic import read_table
+        from paintbench.synthetic import generate_plate
+
+        if args.ground_truth is None:
+            raise SystemExit("--ground-truth is required with --source synthetic")
+        fields = generate_plate(
+            plate.barcode, wells, sites, args.channels, read_table(args.ground_truth), image_dir,
+            field_size=args.field_size, cells_per_field=args.cells_per_field, seed=args.seed,
+            metadata_dir=args.metadata_dir,
+        )
+        write_table(fields, image_dir / "synthetic_fields.parquet")
+        log.info("plate %s: generated %d fields, %d cells", plate.barcode, len(fields), fields["n_cells"].sum())
+    table = load_data_table(plate.barcode, image_dir, wells, sites, args.channels)
+    write_table(table, args.output)
+    log.info("plate %s: LoadData table with %d fields -> %s", plate.barcode, len(table), args.output)
+
+
+def cmd_ground_truth(args: argparse.Namespace) -> None:
+    from paintbench.atomic import write_table
+    from paintbench.synthetic import ground_truth
+
+    truth = ground_truth(args.platemaps, args.seed, args.strong_fraction, args.null_fraction, args.metadata_dir)
+    write_table(truth, args.output)
+    log.info("ground truth: %d perturbations -> %s", len(truth), args.output)
+
+
+def cmd_check_config(args: argparse.Namespace) -> None:
+    from paintbench.config import load_config
+
+    config = load_config(args.configfile)
+    print(f"{args.configfile}: valid ({len(config['plates'])} plates, source {config['source']})")
+
+
+def _add_download(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("download", help="fetch or generate one plate's images and write its LoadData table")
+    p.add_argument("--source", choices=["s3", "local", "synthetic"], required=True)
+    p.add_argument("--plate", required=True)
+    p.add_argument("--wells", type=_csv_list, default=["all"], help="comma-separated wells, or 'all'")
+    p.add_argument("--sites", type=_sites, default="all", help="comma-separated field numbers, or 'all'")
+    p.add_argument("--channels", type=_channel_map, required=True, help="channel map, e.g. DNA=5,ER=4,RNA=3,AGP=2,Mito=1")
+    p.add_argument("--image-dir", required=True, help="folder of the plate's images (written for s3/synthetic)")
+    p.add_argument("--metadata-dir", default=None)
+    p.add_argument("--output", required=True, help="LoadData CSV to write")
+    s3 = p.add_argument_group("s3 source")
+    s3.add_argument("--bucket", default="cellpainting-gallery")
+    s3.add_argument("--gallery-prefix", default="cpg0000-jump-pilot/source_4")
+    s3.add_argument("--endpoint-url", default=None)
+    s3.add_argument("--workers", type=int, default=8)
+    s3.add_argument("--max-attempts", type=int, default=6)
+    s3.add_argument("--signed", action="store_true", help="use AWS credentials instead of anonymous requests")
+    syn = p.add_argument_group("synthetic source")
+    syn.add_argument("--ground-truth", default=None)
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--field-size", type=int, default=320)
+    syn.add_argument("--cells-per-field", type=int, default=24)
+    p.set_defaults(func=cmd_download)
+
+
+def _add_ground_truth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ground-truth", help="planted phenotypes of the synthetic plates")
+    p.add_argument("--platemaps", type=_csv_list, required=True)
+    p.add_argument("--metadata-dir", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strong-fraction", type=float, default=0.4)
+    p.add_argument("--null-fraction", type=float, default=0.3)
+    p.add_argument("--output", required=True)
+    p.set_defaults(func=cmd_ground_truth)
+
+
+def _add_check_config(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check-config", help="validate a configuration file without running anything")
+    p.add_argument("configfile")
+    p.set_defaults(func=cmd_check_config)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_download, _add_ground_truth, _add_check_config]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="paintbench", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="stage", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    log.info("rerun this stage with: %s", shlex.join(["python", "-m", "paintbench", *argv]))
+    started = time.perf_counter()
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        log.error("%s failed: %s", args.stage, err)
+        return 1
+    log.info("%s finished in %.1f s", args.stage, time.perf_counter() - started)
+    return 0

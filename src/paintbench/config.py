@@ -1,0 +1,127 @@
+"""Run configuration: schema validation with defaults, and the checks a schema cannot express.
+
+Both run before any job starts (the Snakefile calls `check_config`), and every message names the
+config key and what is allowed, e.g. "config key 'channels': 'DNA' is a required property".
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from paintbench import CHANNELS
+from paintbench.metadata import MetadataError, known_plates, plate_info, unknown_name_message
+
+WORKFLOW_DIR = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = WORKFLOW_DIR / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the key."""
+
+
+def _with_defaults(validator_class: type) -> type:
+    """A validator that also fills in `default`s (the same convention as snakemake.utils.validate)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _key(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator == "oneOf":
+        allowed = [s.get("enum", s.get("type")) for s in schema.get("oneOf", [])]
+        return f"{error.instance!r} is not valid; {schema.get('description', '')} (allowed: {allowed})".strip()
+    if error.validator == "enum":
+        return f"{error.instance!r} is not one of {error.validator_value}"
+    if error.validator == "additionalProperties":
+        allowed = sorted(schema.get("properties", {}))
+        return f"{error.message} (allowed keys: {', '.join(allowed)})"
+    if error.validator == "pattern":
+        return f"{error.instance!r} does not match {error.validator_value}"
+    return error.message
+
+
+def _most_specific(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    """For 'all or a list' keys, report the bad list item rather than 'matches no alternative'."""
+    if error.validator == "oneOf" and isinstance(error.instance, list):
+        deeper = [e for e in error.context if len(e.relative_path) > 0]  # errors inside the list
+        if deeper:
+            return _most_specific(jsonschema.exceptions.best_match(deeper))
+    return error
+
+
+def load_schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def validate_schema(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate against the JSON schema, filling defaults in place; raise ConfigError listing every problem."""
+    validator = _with_defaults(jsonschema.Draft202012Validator)(load_schema())
+    errors = sorted((_most_specific(e) for e in validator.iter_errors(config)), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = [f"config key '{_key(e)}': {_describe(e)}" for e in errors]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+    return config
+
+
+def resolve_path(path: str, base: Path = WORKFLOW_DIR) -> Path:
+    candidate = Path(path)
+    return candidate if candidate.is_absolute() else base / candidate
+
+
+def check_semantics(config: dict[str, Any]) -> None:
+    """Checks across keys and against the bundled metadata."""
+    numbers = {name: number for name, number in config["channels"].items()}
+    duplicated = {n for n in numbers.values() if list(numbers.values()).count(n) > 1}
+    if duplicated:
+        clash = {name: n for name, n in numbers.items() if n in duplicated}
+        raise ConfigError(f"config key 'channels': one file channel mapped to several names: {clash}")
+    missing = [c for c in CHANNELS if c not in numbers]
+    if missing:
+        raise ConfigError(f"config key 'channels': missing {missing} (required: {list(CHANNELS)})")
+
+    metadata_dir = resolve_path(config["metadata_dir"])
+    if not (metadata_dir / "experiment-metadata.tsv").exists():
+        raise ConfigError(f"config key 'metadata_dir': {metadata_dir} has no experiment-metadata.tsv")
+    known = known_plates(metadata_dir)
+    if config["plates"] == "all":
+        config["plates"] = list(known)
+    for plate in config["plates"]:
+        if plate not in known:
+            raise ConfigError(f"config key 'plates': " + unknown_name_message("plate", plate, known))
+        try:
+            plate_info(plate, metadata_dir)
+        except MetadataError as err:
+            raise ConfigError(f"config key 'plates': plate {plate}: {err}") from err
+    if config["source"] == "local" and "{plate}" not in config["local"]["image_dir"] and len(config["plates"]) > 1:
+        raise ConfigError("config key 'local.image_dir': must contain '{plate}' when several plates are configured")
+
+
+def check_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Schema (with defaults) then semantic checks. Returns the same dict, completed."""
+    validate_schema(config)
+    check_semantics(config)
+    return config
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a YAML config file, apply overrides (like `--config k=v`), validate."""
+    config = yaml.safe_load(Path(path).read_text()) or {}
+    config.update(overrides or {})
+    return check_config(config)

@@ -1,0 +1,52 @@
+"""Names of wells and image files in the Cell Painting Gallery / Phenix layout used by CPJUMP1."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+ROWS = "ABCDEFGHIJKLMNOP"
+N_COLUMNS = 24
+WELL_PATTERN = re.compile(r"^([A-P])(0[1-9]|1[0-9]|2[0-4])$")
+IMAGE_PATTERN = re.compile(r"^r(\d{2})c(\d{2})f(\d{2})p(\d{2})-ch(\d+)sk1fk1fl1\.tiff$")
+
+
+def all_wells() -> list[str]:
+    """All 384 wells, A01 ... P24, row-major."""
+    return [f"{row}{col:02d}" for row in ROWS for col in range(1, N_COLUMNS + 1)]
+
+
+def parse_well(well: str) -> tuple[int, int]:
+    """'C03' -> (3, 3): 1-based row and column."""
+    match = WELL_PATTERN.match(well)
+    if not match:
+        raise ValueError(f"bad well name {well!r}: expected a 384-well name A01 ... P24")
+    return ROWS.index(match.group(1)) + 1, int(match.group(2))
+
+
+def well_name(row: int, column: int) -> str:
+    return f"{ROWS[row - 1]}{column:02d}"
+
+
+def image_filename(well: str, site: int, channel: int, plane: int = 1) -> str:
+    """The Phenix file name of one channel of one field, e.g. r01c01f01p01-ch1sk1fk1fl1.tiff."""
+    row, column = parse_well(well)
+    return f"r{row:02d}c{column:02d}f{site:02d}p{plane:02d}-ch{channel}sk1fk1fl1.tiff"
+
+
+@dataclass(frozen=True)
+class ImageName:
+    well: str
+    site: int
+    channel: int
+
+
+def parse_image_filename(name: str) -> ImageName | None:
+    """Inverse of `image_filename`; None for names that are not Phenix field images."""
+    match = IMAGE_PATTERN.match(name)
+    if not match:
+        return None
+    row, column, site, _plane, channel = (int(g) for g in match.groups())
+    if not (1 <= row <= len(ROWS) and 1 <= column <= N_COLUMNS):
+        return None
+    return ImageName(well_name(row, column), site, channel)

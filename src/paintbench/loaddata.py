@@ -1,0 +1,59 @@
+"""CellProfiler LoadData tables: one row per field, FileName_Orig<Channel>/PathName_Orig<Channel> columns.
+
+Every image source (s3, local, synthetic) ends in the same table, so both feature branches read
+images the same way whatever their origin.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from paintbench.layout import image_filename
+
+
+class MissingImageError(FileNotFoundError):
+    """A field lacks a channel file; the message names plate, well, site and file."""
+
+
+def load_data_table(
+    plate: str,
+    image_dir: str | Path,
+    wells: list[str],
+    sites: list[int],
+    channels: dict[str, int],
+    check_files: bool = True,
+) -> pd.DataFrame:
+    """The LoadData table of the selected fields of one plate.
+
+    `channels` maps Cell Painting names (DNA, ER, ...) to file channel numbers. Paths are absolute
+    so the table works from any working directory (CellProfiler resolves PathName_ as given).
+    """
+    folder = Path(image_dir).resolve()
+    rows = []
+    for well in wells:
+        for site in sites:
+            row: dict[str, object] = {"Metadata_Plate": plate, "Metadata_Well": well, "Metadata_Site": site}
+            for name, number in channels.items():
+                filename = image_filename(well, site, number)
+                if check_files and not (folder / filename).is_file():
+                    raise MissingImageError(
+                        f"plate {plate}, well {well}, site {site}: channel {name} (ch{number}) missing: {folder / filename}"
+                    )
+                row[f"FileName_Orig{name}"] = filename
+                row[f"PathName_Orig{name}"] = str(folder)
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"plate {plate}: no fields selected (wells={wells!r}, sites={sites!r})")
+    return pd.DataFrame(rows)
+
+
+def channel_names(table: pd.DataFrame) -> list[str]:
+    """Channel names present in a LoadData table, in column order."""
+    return [c.removeprefix("FileName_Orig") for c in table.columns if c.startswith("FileName_Orig")]
+
+
+def field_paths(row: pd.Series, channels: list[str]) -> list[Path]:
+    """The file of each channel of one LoadData row, in `channels` order."""
+    return [Path(row[f"PathName_Orig{c}"]) / row[f"FileName_Orig{c}"] for c in channels]

@@ -1,0 +1,182 @@
+"""Plate and perturbation metadata bundled with the project (CPJUMP1 plates, JUMP-Target libraries).
+
+Every table this module returns uses pycytominer/copairs `Metadata_` column names, so the
+annotation of well profiles later is a plain merge on (Metadata_Plate, Metadata_Well).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+
+from paintbench.layout import all_wells
+
+DEFAULT_METADATA_DIR = Path(__file__).resolve().parents[2] / "config" / "metadata"
+PLATES_FILE = "experiment-metadata.tsv"
+MODALITIES = ("compound", "crispr", "orf")
+NEGCON = "negcon"
+EMPTY = "empty"
+
+
+class MetadataError(ValueError):
+    """Unknown plate, platemap or perturbation library."""
+
+
+@dataclass(frozen=True)
+class Plate:
+    barcode: str
+    batch: str
+    platemap: str
+    modality: str
+    cell_type: str
+    timepoint: int
+    sites_per_well: int
+
+
+def _dir(metadata_dir: str | Path | None) -> Path:
+    return Path(metadata_dir) if metadata_dir is not None else DEFAULT_METADATA_DIR
+
+
+@lru_cache(maxsize=8)
+def plate_table(metadata_dir: str | Path | None = None) -> pd.DataFrame:
+    """The experiment metadata: one row per plate (Assay_Plate_Barcode, Perturbation, Cell_type, Time...)."""
+    path = _dir(metadata_dir) / PLATES_FILE
+    table = pd.read_csv(path, sep="\t", dtype={"Assay_Plate_Barcode": str})
+    missing = {"Batch", "Plate_Map_Name", "Assay_Plate_Barcode", "Perturbation", "Cell_type", "Time"} - set(table)
+    if missing:
+        raise MetadataError(f"{path}: missing columns {sorted(missing)}")
+    return table
+
+
+def known_plates(metadata_dir: str | Path | None = None) -> list[str]:
+    return plate_table(metadata_dir)["Assay_Plate_Barcode"].tolist()
+
+
+def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
+    """'unknown plate X; did you mean Y? known: ...' -- shared by every name look-up."""
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    shown = ", ".join(known[:60]) + (" ..." if len(known) > 60 else "")
+    return f"unknown {kind} {name!r}{hint} (known: {shown})"
+
+
+def plate_info(barcode: str, metadata_dir: str | Path | None = None) -> Plate:
+    table = plate_table(metadata_dir)
+    rows = table[table["Assay_Plate_Barcode"] == barcode]
+    if rows.empty:
+        raise MetadataError(unknown_name_message("plate", barcode, table["Assay_Plate_Barcode"].tolist()))
+    row = rows.iloc[0]
+    n_images = row.get("Number_of_images")
+    # Gallery plates carry 8 channels; 16-site plates have ~49k images, 9-site plates ~27k.
+    sites = 16 if pd.notna(n_images) and int(n_images) > 384 * 8 * 12 else 9
+    return Plate(
+        barcode=barcode,
+        batch=str(row["Batch"]),
+        platemap=str(row["Plate_Map_Name"]),
+        modality=str(row["Perturbation"]).lower(),
+        cell_type=str(row["Cell_type"]),
+        timepoint=int(row["Time"]),
+        sites_per_well=sites,
+    )
+
+
+@lru_cache(maxsize=16)
+def perturbation_library(platemap: str, metadata_dir: str | Path | None = None) -> pd.DataFrame:
+    """Per-well perturbation annotation of one platemap, with Metadata_ columns.
+
+    Columns: Metadata_Well, Metadata_broad_sample, Metadata_pert_iname, Metadata_pert_type,
+    Metadata_control_type, Metadata_gene, Metadata_target_list. Compound DMSO wells (empty
+    broad_sample in the platemap) become broad_sample 'DMSO', control_type 'negcon'.
+    """
+    folder = _dir(metadata_dir) / "jump_target"
+    platemap_file = folder / f"{platemap}.tsv"
+    library_file = folder / f"{platemap.replace('_platemap', '_metadata')}.tsv"
+    if not platemap_file.exists() or not library_file.exists():
+        known = sorted(p.stem for p in folder.glob("*_platemap.tsv"))
+        raise MetadataError(f"{platemap_file}: " + unknown_name_message("platemap", platemap, known))
+    wells = pd.read_csv(platemap_file, sep="\t", dtype=str, keep_default_na=False)
+    library = pd.read_csv(library_file, sep="\t", dtype=str, keep_default_na=False)
+    is_compound = "target_list" in library.columns
+
+    library = library.assign(
+        control_type=library["control_type"].replace({"NA": ""}),
+        pert_iname=library["pert_iname"] if "pert_iname" in library else library["gene"],
+        gene=library["gene"] if "gene" in library else "",
+        target_list=(library["target_list"].replace({"NA": ""}) if is_compound else library["gene"]),
+    )
+    # Compound plates: an empty platemap cell is a DMSO well. Genetic plates: an untreated, empty well.
+    library.loc[(library["control_type"] == NEGCON) & (library["broad_sample"].isin(["", "NA"])), "broad_sample"] = "DMSO"
+    empty_well = "DMSO" if is_compound else EMPTY
+    wells["broad_sample"] = wells["broad_sample"].replace({"": empty_well})
+    if not is_compound:
+        library = pd.concat(
+            [library, pd.DataFrame([{"broad_sample": EMPTY, "pert_iname": EMPTY, "pert_type": EMPTY,
+                                     "control_type": EMPTY, "gene": "", "target_list": ""}])],
+            ignore_index=True,
+        )
+    merged = wells.merge(library, on="broad_sample", how="left", validate="many_to_one")
+    unmatched = merged.loc[merged["pert_type"].isna(), "broad_sample"].unique()
+    if len(unmatched):
+        raise MetadataError(f"{platemap_file}: broad_sample(s) not in {library_file.name}: {list(unmatched)[:5]}")
+    table = pd.DataFrame(
+        {
+            "Metadata_Well": merged["well_position"],
+            "Metadata_broad_sample": merged["broad_sample"],
+            "Metadata_pert_iname": merged["pert_iname"],
+            "Metadata_pert_type": merged["pert_type"],
+            "Metadata_control_type": merged["control_type"],
+            "Metadata_gene": merged["gene"],
+            "Metadata_target_list": merged["target_list"],
+        }
+    )
+    return table.replace({"": None}).sort_values("Metadata_Well").reset_index(drop=True)
+
+
+def plate_layout(barcode: str, metadata_dir: str | Path | None = None) -> pd.DataFrame:
+    """Every well of a plate with its perturbation and the plate's condition (Metadata_ columns)."""
+    plate = plate_info(barcode, metadata_dir)
+    layout = perturbation_library(plate.platemap, metadata_dir).copy()
+    layout.insert(0, "Metadata_Plate", plate.barcode)
+    layout["Metadata_modality"] = plate.modality
+    layout["Metadata_cell_type"] = plate.cell_type
+    layout["Metadata_timepoint"] = plate.timepoint
+    layout["Metadata_Batch"] = plate.batch
+    layout["Metadata_Plate_Map_Name"] = plate.platemap
+    return layout
+
+
+def target_genes(target_list: str | None) -> set[str]:
+    """'A|B|C' -> {'A','B','C'}; empty for None/NaN."""
+    if target_list is None or (isinstance(target_list, float) and pd.isna(target_list)):
+        return set()
+    return {gene for gene in str(target_list).split("|") if gene}
+
+
+def select_wells(
+    layout: pd.DataFrame,
+    wells: str | list[str] = "all",
+    genes: list[str] | None = None,
+    negcon_wells: int | None = None,
+) -> list[str]:
+    """Wells of one plate to process.
+
+    `wells` ('all' or names) is applied first. `genes`, when given, keeps only perturbations that
+    touch those genes (compounds targeting one of them, their CRISPR guides, their ORFs) plus
+    negative controls; `negcon_wells` caps the negative controls at the first N in plate order
+    (a targeted workstation subset that keeps every retrieval task scorable).
+    """
+    chosen = layout if wells == "all" else layout[layout["Metadata_Well"].isin(set(wells))]
+    if genes:
+        wanted = set(genes)
+        touches = chosen["Metadata_target_list"].map(lambda t: bool(target_genes(t) & wanted))
+        is_negcon = chosen["Metadata_control_type"] == NEGCON
+        chosen = chosen[touches | is_negcon]
+    if negcon_wells is not None:
+        negcon = chosen[chosen["Metadata_control_type"] == NEGCON]
+        chosen = chosen.drop(negcon.index[negcon_wells:])
+    order = {well: i for i, well in enumerate(all_wells())}
+    return sorted(chosen["Metadata_Well"], key=order.__getitem__)

@@ -1,0 +1,151 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:  # lets tests import helpers such as s3_fault_proxy
+    sys.path.insert(0, str(TESTS_DIR))
+
+
+# --------------------------------------------------------------------------------------------
+# S3: a moto server on loopback holding a public Cell Painting Gallery look-alike bucket
+# --------------------------------------------------------------------------------------------
+# Real key layout: {prefix}/images/{batch}/images/{plate}__{timestamp}-Measurement1/Images/<file>.
+# Plates:
+#   BR00116991  3 wells x 2 sites x 5 channels of tiny uint16 TIFFs, plus Index.idx.xml and a
+#               plane-2 image that downloads must ignore
+#   BR00116992  another barcode with its own timestamp (a few files)
+#   BR00117000  two Measurement folders: the later one must be chosen
+#   BR00199999  one valid image plus a key that climbs out of Images/ ('../../evil.tiff')
+
+GALLERY_BUCKET = "cellpainting-gallery"
+GALLERY_PREFIX = "cpg0000-jump-pilot/source_4"
+GALLERY_BATCH = "2020_11_04_CPJUMP1"
+
+
+@dataclass
+class S3Gallery:
+    endpoint_url: str
+    bucket: str = GALLERY_BUCKET
+    prefix: str = GALLERY_PREFIX
+    batch: str = GALLERY_BATCH
+    plate: str = "BR00116991"
+    folder: str = ""  # the plate's '...-Measurement1/' folder key
+    wells: list[str] = field(default_factory=lambda: ["A01", "B02", "P24"])
+    sites: list[int] = field(default_factory=lambda: [1, 2])
+    channels: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    objects: dict[str, bytes] = field(default_factory=dict)  # every key put -> its bytes
+
+    def plate_folder(self, plate: str, timestamp: str) -> str:
+        return f"{self.prefix}/images/{self.batch}/images/{plate}__{timestamp}-Measurement1/"
+
+    @property
+    def images_prefix(self) -> str:
+        return f"{self.folder}Images/"
+
+
+def _tiny_tiff(seed: int, size: int = 16) -> bytes:
+    import tifffile
+
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, rng.integers(0, 4096, (size, size), dtype=np.uint16))
+    return buffer.getvalue()
+
+
+def _public_policy(bucket: str) -> str:
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "PublicRead",
+                    "Effect": "Allow",
+                    "Principal": "*",
+                    "Action": ["s3:GetObject", "s3:ListBucket"],
+                    "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+                }
+            ],
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def s3_gallery():
+    """A moto S3 server on 127.0.0.1 (free port) with a public `cellpainting-gallery` bucket."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from paintbench.layout import image_filename
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        gallery = S3Gallery(endpoint_url=f"http://{host}:{port}")
+        admin = boto3.session.Session().client(
+            "s3",
+            endpoint_url=gallery.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        admin.create_bucket(Bucket=gallery.bucket, ACL="public-read")
+        admin.put_bucket_policy(Bucket=gallery.bucket, Policy=_public_policy(gallery.bucket))
+
+        def put(key: str, body: bytes) -> None:
+            admin.put_object(Bucket=gallery.bucket, Key=key, Body=body, ACL="public-read")
+            gallery.objects[key] = body
+
+        seed = 0
+        gallery.folder = gallery.plate_folder(gallery.plate, "2020-11-05T19_51_35")
+        for well in gallery.wells:
+            for site in gallery.sites:
+                for channel in gallery.channels:
+                    seed += 1
+                    put(f"{gallery.images_prefix}{image_filename(well, site, channel)}", _tiny_tiff(seed))
+        put(f"{gallery.images_prefix}Index.idx.xml", b"<?xml version='1.0'?><EvaluationInputData/>")
+        put(f"{gallery.images_prefix}{image_filename('A01', 1, 1, plane=2)}", _tiny_tiff(999))
+
+        other = gallery.plate_folder("BR00116992", "2020-11-06T01_02_03")
+        for channel in (1, 2):
+            put(f"{other}Images/{image_filename('A01', 1, channel)}", _tiny_tiff(1000 + channel))
+
+        for n, timestamp in enumerate(("2020-11-05T10_00_00", "2020-12-01T08_30_00")):
+            put(f"{gallery.plate_folder('BR00117000', timestamp)}Images/{image_filename('A01', 1, 1)}", _tiny_tiff(2000 + n))
+
+        evil = gallery.plate_folder("BR00199999", "2020-11-05T00_00_00")
+        put(f"{evil}Images/{image_filename('A01', 1, 1)}", _tiny_tiff(3000))
+        put(f"{evil}Images/../../evil.tiff", _tiny_tiff(3001))
+
+        yield gallery
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fault_proxy(s3_gallery):
+    """Factory: `fault_proxy(fail_every=3, truncate_every=4, chunk_delay=...)` -> a started FaultProxy."""
+    from s3_fault_proxy import FaultProxy
+
+    started: list[FaultProxy] = []
+
+    def make(**options) -> FaultProxy:
+        proxy = FaultProxy(s3_gallery.endpoint_url, **options).start()
+        started.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in started:
+        proxy.stop()

@@ -1,0 +1,56 @@
+"""Configuration: schema defaults, and invalid configuration rejected with the key named."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from paintbench.config import ConfigError, check_config, load_config
+from tests.helpers import REPO
+
+DEMO = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+
+
+def demo(**overrides) -> dict:
+    config = copy.deepcopy(DEMO)
+    config.update(overrides)
+    return config
+
+
+def test_shipped_configs_are_valid_and_defaults_are_filled():
+    real = load_config(REPO / "config" / "config.yaml")
+    assert real["source"] == "s3" and real["endpoint_url"] is None
+    assert len(real["plates"]) == 10
+    demo_config = load_config(REPO / "config" / "demo.yaml")
+    assert demo_config["endpoint_url"] is None  # default filled
+    assert demo_config["download"]["max_attempts"] == 6  # nested default filled
+    assert demo_config["synthetic"]["seed"] == 7
+
+
+def test_plates_all_expands_to_the_whole_batch():
+    config = check_config(demo(plates="all"))
+    assert len(config["plates"]) == 51
+    assert "BR00116991" in config["plates"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"plates": ["BR00116991", "BR0011699X"]}, ["'plates'", "BR0011699X", "did you mean"]),
+        ({"channels": {"ER": 4, "RNA": 3, "AGP": 2, "Mito": 1}}, ["'channels'", "'DNA' is a required property"]),
+        ({"channels": {"DNA": 5, "ER": 5, "RNA": 3, "AGP": 2, "Mito": 1}}, ["'channels'", "several names"]),
+        ({"wells": ["A01", "Q25"]}, ["'wells.1'", "'Q25'", "does not match"]),
+        ({"wells": "some"}, ["'wells'", "'some'", "allowed"]),
+        ({"sites": [1, -2]}, ["'sites.1'", "-2"]),
+        ({"source": "ftp"}, ["'source'", "'ftp' is not one of ['s3', 'local', 'synthetic']"]),
+        ({"colour": "blue"}, ["<top level>", "'colour'", "allowed keys"]),
+        ({"synthetic": {"field_size": 10}}, ["'synthetic.field_size'", "10"]),
+    ],
+)
+def test_invalid_configuration_names_the_key(overrides, expected):
+    with pytest.raises(ConfigError) as error:
+        check_config(demo(**overrides))
+    for fragment in expected:
+        assert fragment in str(error.value)

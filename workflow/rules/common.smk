@@ -1,0 +1,58 @@
+# Input functions and run-wide values shared by every rule file.
+from pathlib import Path
+
+from paintbench.config import resolve_path
+from paintbench.metadata import plate_info, plate_layout, select_wells
+
+RESULTS = config["results_dir"]
+DATA = config["data_dir"]
+METADATA_DIR = str(resolve_path(config["metadata_dir"], Path(workflow.basedir)))
+PLATES = config["plates"]
+
+
+def plate_wells(plate: str) -> list[str]:
+    """The wells of `plate` this run processes (config keys wells, genes, negcon_wells)."""
+    layout = plate_layout(plate, METADATA_DIR)
+    wells = select_wells(layout, config["wells"], config["genes"], config["negcon_wells"])
+    if not wells:
+        raise ValueError(f"config keys 'wells' and 'genes': no well of plate {plate} is selected")
+    return wells
+
+
+def plate_sites(plate: str) -> list[int]:
+    if config["sites"] == "all":
+        return list(range(1, plate_info(plate, METADATA_DIR).sites_per_well + 1))
+    return config["sites"]
+
+
+def channel_arg() -> str:
+    return ",".join(f"{name}={number}" for name, number in config["channels"].items())
+
+
+def plate_image_dir(plate: str) -> str:
+    if config["source"] == "local":
+        return config["local"]["image_dir"].format(plate=plate, data_dir=DATA)
+    return f"{DATA}/images/{plate}"
+
+
+def source_args(wildcards) -> str:
+    """The source-specific options of `paintbench download` for one plate."""
+    if config["source"] == "s3":
+        dl = config["download"]
+        endpoint = f" --endpoint-url {config['endpoint_url']}" if config["endpoint_url"] else ""
+        signed = "" if dl["anonymous"] else " --signed"
+        return (
+            f"--bucket {config['bucket']} --gallery-prefix {config['gallery_prefix']}{endpoint}"
+            f" --workers {dl['workers']} --max-attempts {dl['max_attempts']}{signed}"
+        )
+    if config["source"] == "synthetic":
+        syn = config["synthetic"]
+        return (
+            f"--ground-truth {RESULTS}/synthetic/ground_truth.parquet --seed {syn['seed']}"
+            f" --field-size {syn['field_size']} --cells-per-field {syn['cells_per_field']}"
+        )
+    return ""
+
+
+def all_outputs() -> list[str]:
+    return expand(f"{RESULTS}/load_data/{{plate}}.csv", plate=PLATES)

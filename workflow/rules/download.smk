@@ -1,0 +1,55 @@
+# Stage 1: images + one CellProfiler LoadData table per plate, whatever the source (s3, local, synthetic).
+
+
+rule synthetic_ground_truth:
+    output:
+        f"{RESULTS}/synthetic/ground_truth.parquet",
+    log:
+        f"{RESULTS}/logs/synthetic_ground_truth.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/synthetic_ground_truth.tsv"
+    params:
+        platemaps=lambda wildcards: ",".join(sorted({plate_info(p, METADATA_DIR).platemap for p in PLATES})),
+        metadata_dir=METADATA_DIR,
+        seed=config["synthetic"]["seed"],
+        strong=config["synthetic"]["strong_fraction"],
+        null=config["synthetic"]["null_fraction"],
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/paintbench.yaml"
+    shell:
+        "python -m paintbench ground-truth --platemaps {params.platemaps} --metadata-dir {params.metadata_dir}"
+        " --seed {params.seed} --strong-fraction {params.strong} --null-fraction {params.null}"
+        " --output {output} > {log} 2>&1"
+
+
+rule download:
+    input:
+        branch(config["source"] == "synthetic", then=rules.synthetic_ground_truth.output),
+    output:
+        f"{RESULTS}/load_data/{{plate}}.csv",
+    log:
+        f"{RESULTS}/logs/download/{{plate}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/download/{{plate}}.tsv"
+    params:
+        source=config["source"],
+        image_dir=lambda wildcards: plate_image_dir(wildcards.plate),
+        wells=lambda wildcards: ",".join(plate_wells(wildcards.plate)),
+        sites=lambda wildcards: ",".join(map(str, plate_sites(wildcards.plate))),
+        channels=channel_arg(),
+        metadata_dir=METADATA_DIR,
+        source_args=source_args,
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=240,
+    conda:
+        "../../envs/paintbench.yaml"
+    shell:
+        "python -m paintbench download --source {params.source} --plate {wildcards.plate}"
+        " --wells {params.wells} --sites {params.sites} --channels {params.channels}"
+        " --image-dir {params.image_dir} --metadata-dir {params.metadata_dir} {params.source_args}"
+        " --output {output} > {log} 2>&1"
