@@ -11,7 +11,7 @@ min_version("9.0")
 # The package's source is importable here and by every job, in the venv or a `--sdm conda` env alike.
 _SRC = os.path.join(workflow.basedir, "src")
 sys.path.insert(0, _SRC)
-shell.prefix(f"set -euo pipefail; export PYTHONPATH={_SRC}:$PYTHONPATH; ")
+shell.prefix("set -euo pipefail; export PYTHONPATH=" + _SRC + "${{PYTHONPATH:+:$PYTHONPATH}}; ")
 
 from paintbench.config import check_config
 

@@ -11,8 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
 
 
-def snakemake(args: list[str], cwd: Path = REPO, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the real snakemake of the test environment on this repository's Snakefile."""
+def snakemake(args: list[str], cwd: Path, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the real snakemake of the test environment on this repository's Snakefile, working in `cwd`."""
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(cwd), *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)

@@ -2,7 +2,7 @@
 
 It forwards each request with http.client and can answer every Nth request with a 503 error,
 cut every Nth object body short (headers announce the full length, then the connection closes),
-and serve bodies slowly (`chunk_delay` seconds per `chunk_bytes`). Counters let tests check that
+and serve object bodies slowly (`chunk_delay` seconds per `chunk_bytes`; listings go at full speed). Counters let tests check that
 the faults really happened. Used by tests/test_download.py only.
 """
 
@@ -54,13 +54,13 @@ class _Handler(BaseHTTPRequestHandler):
                 upstream.close()
             if truncate and len(body) > 1:
                 proxy._count("truncated")
-                self._send(status, out_headers, body, cut_at=len(body) // 2)
+                self._send(status, out_headers, body, cut_at=len(body) // 2, slow=True)
             else:
-                self._send(status, out_headers, body)
+                self._send(status, out_headers, body, slow=is_object)
         except (ConnectionError, TimeoutError, socket.timeout):
             self.close_connection = True  # the client went away (killed) or stalled
 
-    def _send(self, status: int, headers: dict, body: bytes, cut_at: int | None = None):
+    def _send(self, status: int, headers: dict, body: bytes, cut_at: int | None = None, slow: bool = False):
         proxy = self.server.proxy
         self.send_response(status)
         for key, value in headers.items():
@@ -70,11 +70,12 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "HEAD":
             return
         payload = body if cut_at is None else body[:cut_at]
-        step = proxy.chunk_bytes if proxy.chunk_delay else max(1, len(payload))
+        delay = proxy.chunk_delay if slow else 0.0
+        step = proxy.chunk_bytes if delay else max(1, len(payload))
         for start in range(0, len(payload), step):
             self.wfile.write(payload[start : start + step])
             self.wfile.flush()
-            if proxy.chunk_delay and proxy._stop.wait(proxy.chunk_delay):
+            if delay and proxy._stop.wait(delay):
                 break
         if cut_at is not None:
             self.close_connection = True

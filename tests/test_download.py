@@ -153,9 +153,7 @@ def test_persistent_cut_bodies_give_up_without_partial_files(s3_gallery, tmp_pat
 KILL_SCRIPT = textwrap.dedent(
     """
     import sys
-    from paintbench import download
     from paintbench.download import download_plate
-    download.CHUNK_BYTES = 64  # small reads, so a temp file grows while the slow proxy serves it
     endpoint, dest, bucket, prefix, batch, plate = sys.argv[1:7]
     download_plate(plate, batch, ["A01", "B02", "P24"], [1, 2], [1, 2, 3, 4, 5], dest, bucket, prefix,
                    endpoint_url=endpoint, workers=3, progress=False)
@@ -173,8 +171,8 @@ def test_kill_mid_download_leaves_no_partial_final_file(s3_gallery, tmp_path, fa
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             names = [p.name for p in dest.iterdir()] if dest.exists() else []
-            partial = [p for p in dest.glob(".tmp-*") if p.stat().st_size > 0] if names else []
-            if partial and any(not n.startswith(".tmp-") for n in names):
+            # some files complete and others in flight (the slow proxy is still serving them)
+            if any(n.startswith(".tmp-") for n in names) and any(not n.startswith(".tmp-") for n in names):
                 break
             assert child.poll() is None, "download finished before it could be killed"
             time.sleep(0.02)

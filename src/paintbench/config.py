@@ -113,8 +113,27 @@ def check_semantics(config: dict[str, Any]) -> None:
         raise ConfigError("config key 'local.image_dir': must contain '{plate}' when several plates are configured")
 
 
+def _as_int(value: Any) -> Any:
+    return int(value) if isinstance(value, str) and value.strip().lstrip("-").isdigit() else value
+
+
+def coerce_command_line(config: dict[str, Any]) -> dict[str, Any]:
+    """Undo the all-strings typing of `--config key=value`: `sites=[1,2]`, `genes=null`, `channels={DNA: 5}`."""
+    for key, value in list(config.items()):
+        if isinstance(value, str) and value.strip() in ("null", "None", "~"):
+            config[key] = None
+    if isinstance(config.get("sites"), list):
+        config["sites"] = [_as_int(site) for site in config["sites"]]
+    if isinstance(config.get("channels"), dict):
+        config["channels"] = {name: _as_int(number) for name, number in config["channels"].items()}
+    if "negcon_wells" in config:
+        config["negcon_wells"] = _as_int(config["negcon_wells"])
+    return config
+
+
 def check_config(config: dict[str, Any]) -> dict[str, Any]:
     """Schema (with defaults) then semantic checks. Returns the same dict, completed."""
+    coerce_command_line(config)
     validate_schema(config)
     check_semantics(config)
     return config

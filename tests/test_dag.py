@@ -1,0 +1,23 @@
+"""The DAG of the full 51-plate CPJUMP1 batch stays manageable (jobs per plate and shard, not per image)."""
+
+from __future__ import annotations
+
+import re
+
+from tests.helpers import REPO, snakemake
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    table = dry_run_output.split("Job stats:")[1].split("Reasons:")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.MULTILINE)}
+
+
+def test_full_batch_dry_run(tmp_path):
+    result = snakemake(
+        ["-n", "--quiet", "rules", "--configfile", str(REPO / "config" / "config.yaml"),
+         "--config", "plates=all", "wells=all", "sites=all"],
+        cwd=tmp_path,
+    )
+    counts = job_counts(result.stdout + result.stderr)
+    assert counts["download"] == 51
+    assert counts["total"] < 10_000
