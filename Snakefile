@@ -4,14 +4,19 @@
 import os
 import sys
 
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-# The package's source is importable here and by every job, in the venv or a `--sdm conda` env alike.
+# The package's source is importable here and by every job, in the venv or a `--sdm conda` env alike;
+# without conda, jobs use the Python that runs Snakemake (the venv need not be activated).
 _SRC = os.path.join(workflow.basedir, "src")
 sys.path.insert(0, _SRC)
-shell.prefix("set -euo pipefail; export PYTHONPATH=" + _SRC + "${{PYTHONPATH:+:$PYTHONPATH}}; ")
+_USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+_PYTHON_BIN = os.path.dirname(sys.executable)
+_PATH = "" if _USE_CONDA else f"export PATH={_PYTHON_BIN}:$PATH; "
+shell.prefix(f"set -euo pipefail; export PYTHONPATH={_SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; {_PATH}")
 
 from paintbench.config import check_config
 

@@ -5,17 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-TESTS_DIR = Path(__file__).resolve().parent
-if str(TESTS_DIR) not in sys.path:  # lets tests import helpers such as s3_fault_proxy
-    sys.path.insert(0, str(TESTS_DIR))
-
 
 # --------------------------------------------------------------------------------------------
 # S3: a moto server on loopback holding a public Cell Painting Gallery look-alike bucket
@@ -137,7 +130,7 @@ def s3_gallery():
 @pytest.fixture
 def fault_proxy(s3_gallery):
     """Factory: `fault_proxy(fail_every=3, truncate_every=4, chunk_delay=...)` -> a started FaultProxy."""
-    from s3_fault_proxy import FaultProxy
+    from tests.s3_fault_proxy import FaultProxy
 
     started: list[FaultProxy] = []
 

@@ -52,7 +52,12 @@ class _Handler(BaseHTTPRequestHandler):
                 out_headers = {k: v for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP | {"content-length"}}
             finally:
                 upstream.close()
-            if truncate and len(body) > 1:
+            if truncate and len(body) > 1 and proxy.announce_cut:
+                proxy._count("truncated")
+                # drop the checksum header too (older Gallery objects have none), so only a size check can tell
+                out_headers = {k: v for k, v in out_headers.items() if not k.lower().startswith("x-amz-checksum")}
+                self._send(status, out_headers, body[: len(body) // 2], slow=True)
+            elif truncate and len(body) > 1:
                 proxy._count("truncated")
                 self._send(status, out_headers, body, cut_at=len(body) // 2, slow=True)
             else:
@@ -105,12 +110,13 @@ class FaultProxy:
         chunk_bytes: int = 256,
         fail_status: int = 503,
         fail_code: str = "ServiceUnavailable",  # 'SlowDown' makes botocore back off as for throttling (~1 s)
+        announce_cut: bool = False,  # cut bodies carry a matching Content-Length: only the size check notices
     ):
         split = urlsplit(upstream_url)
         self.upstream_host, self.upstream_port = split.hostname, split.port
         self.fail_every, self.truncate_every = fail_every, truncate_every
         self.chunk_delay, self.chunk_bytes = chunk_delay, chunk_bytes
-        self.fail_status, self.fail_code = fail_status, fail_code
+        self.fail_status, self.fail_code, self.announce_cut = fail_status, fail_code, announce_cut
         self.counts: Counter = Counter()  # requests, object_gets, failed, truncated, signed
         self.object_gets: Counter = Counter()  # key path -> number of GETs
         self._lock = threading.Lock()

@@ -150,6 +150,21 @@ def test_persistent_cut_bodies_give_up_without_partial_files(s3_gallery, tmp_pat
     assert proxy.counts["object_gets"] == 2
 
 
+def test_body_shorter_than_listing_is_never_kept(s3_gallery, tmp_path, fault_proxy):
+    proxy = fault_proxy(truncate_every=1, announce_cut=True)  # a consistent but short response
+    with pytest.raises(DownloadError, match=r"the listing says \d+"):
+        fetch(s3_gallery, tmp_path, endpoint_url=proxy.url, wells=["A01"], sites=[1], channel_numbers=[4], max_attempts=2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_progress_bar_goes_to_stderr(s3_gallery, tmp_path, capsys):
+    fetch(s3_gallery, tmp_path, wells=["A01"], sites=[1], channel_numbers=[1], progress=True)
+    captured = capsys.readouterr()
+    assert s3_gallery.plate in captured.err and captured.out == ""
+    fetch(s3_gallery, tmp_path / "quiet", wells=["A01"], sites=[1], channel_numbers=[1])
+    assert capsys.readouterr().err == ""
+
+
 KILL_SCRIPT = textwrap.dedent(
     """
     import sys
@@ -186,6 +201,7 @@ def test_kill_mid_download_leaves_no_partial_final_file(s3_gallery, tmp_path, fa
     expected = expected_files(s3_gallery)
     finals = [p for p in dest.iterdir() if not p.name.startswith(".tmp-")]
     assert 0 < len(finals) < 30
+    print(f"killed with {len(finals)} files complete")
     for path in finals:
         assert path.read_bytes() == expected[path.name], f"partial file under a final name: {path.name}"
     assert list(dest.glob(".tmp-*")), "the kill should have left a temp file behind"

@@ -85,13 +85,6 @@ def plate_search_prefix(gallery_prefix: str, batch: str, plate: str) -> str:
     return f"{gallery_prefix.strip('/')}/images/{batch}/images/{plate}__"
 
 
-def _call(what: str, fn: Callable, **kwargs):
-    try:
-        return fn(**kwargs)
-    except (ClientError, *_TRANSIENT) as exc:
-        raise DownloadError(f"{what}: {exc}") from exc
-
-
 def find_plate_folder(client, bucket: str, gallery_prefix: str, batch: str, plate: str) -> str:
     """The key of the plate's '{plate}__{timestamp}-Measurement1/' folder; the latest name if several."""
     prefix = plate_search_prefix(gallery_prefix, batch, plate)
