@@ -29,7 +29,9 @@ PUNCTUM_SIGMA = 0.9
 NUCLEOLUS_SIGMA = 1.3
 
 
-def cell_geometry(cell_params: Mapping[str, np.ndarray], field_size: int, rng: np.random.Generator, max_tries: int = 40) -> dict[str, np.ndarray]:
+def cell_geometry(
+    cell_params: Mapping[str, np.ndarray], field_size: int, rng: np.random.Generator, max_tries: int = 40
+) -> dict[str, np.ndarray]:
     """Place cells and fix their shapes; cells that find no free spot are dropped.
 
     Rejection sampling on centre distance keeps bodies from overlapping much and nuclei apart,
@@ -91,7 +93,9 @@ def nuclei_in_field(geometry: Mapping[str, np.ndarray], field_size: int) -> tupl
     return int(inside.sum()), int((visible & ~inside).sum())
 
 
-def _ellipse_radius(dy: np.ndarray, dx: np.ndarray, a: float, b: float, theta: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _ellipse_radius(
+    dy: np.ndarray, dx: np.ndarray, a: float, b: float, theta: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Normalized elliptic radius (1 on the outline) and the ellipse-frame coordinates."""
     u = dx * np.cos(theta) + dy * np.sin(theta)
     v = -dx * np.sin(theta) + dy * np.cos(theta)
@@ -115,7 +119,8 @@ def _smooth_background(size: int, level: float, rng: np.random.Generator) -> np.
     bg = np.ones((size, size), np.float32)
     for _ in range(2):
         k = rng.uniform(0.3, 1.2, 2) * 2 * np.pi / size
-        bg += np.float32(rng.uniform(0.02, 0.05)) * np.cos(k[0] * y + k[1] * x + rng.uniform(0, 2 * np.pi)).astype(np.float32)
+        wave = np.cos(k[0] * y + k[1] * x + rng.uniform(0, 2 * np.pi)).astype(np.float32)
+        bg += np.float32(rng.uniform(0.02, 0.05)) * wave
     return level * bg
 
 
@@ -126,7 +131,9 @@ def _deposit(target: np.ndarray, y: np.ndarray, x: np.ndarray, weight: np.ndarra
     np.add.at(target, (yi[ok], xi[ok]), weight[ok])
 
 
-def _points_in_cell(c: Mapping[str, float], n: int, rng: np.random.Generator, inside_nucleus: bool) -> tuple[np.ndarray, np.ndarray]:
+def _points_in_cell(
+    c: Mapping[str, float], n: int, rng: np.random.Generator, inside_nucleus: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """n random points in the nucleus (nucleoli) or in the cytoplasm outside it (mitochondria)."""
     if n <= 0:
         return np.empty(0), np.empty(0)
@@ -147,7 +154,9 @@ def _points_in_cell(c: Mapping[str, float], n: int, rng: np.random.Generator, in
     return y, x
 
 
-def _paint_cell(c: Mapping[str, float], layers: dict[str, np.ndarray], textures: dict[str, np.ndarray], size: int) -> None:
+def _paint_cell(
+    c: Mapping[str, float], layers: dict[str, np.ndarray], textures: dict[str, np.ndarray], size: int
+) -> None:
     """Add one cell's DNA, ER, RNA, AGP, diffuse Mito and brightfield shape into the field layers."""
     half = int(np.ceil(c["cell_a"] * (1 + c["h2"] + c["h3"]))) + 3
     y0, y1 = max(int(c["y"]) - half, 0), min(int(c["y"]) + half + 1, size)
@@ -217,7 +226,11 @@ def render_field(
     layers = {name: np.zeros(shape, np.float32) for name in CHANNELS}
     if any(c in BRIGHTFIELD_CHANNELS for c in channels):
         layers["shape"] = np.zeros(shape, np.float32)
-    textures = {f"{n}_{s}": _unit_noise(shape, sigma, rng) for n in ("ER", "RNA") for s, sigma in (("fine", 1.0), ("coarse", 3.0))}
+    textures = {
+        f"{name}_{scale}": _unit_noise(shape, sigma, rng)
+        for name in ("ER", "RNA")
+        for scale, sigma in (("fine", 1.0), ("coarse", 3.0))
+    }
     textures["DNA"] = _unit_noise(shape, 1.0, rng)
     mito_points, nucleoli_points = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
     n_cells = len(cells["y"])
@@ -233,12 +246,14 @@ def render_field(
     layers["Mito"] += ndimage.gaussian_filter(mito_points, PUNCTUM_SIGMA)
     layers["RNA"] += ndimage.gaussian_filter(nucleoli_points, NUCLEOLUS_SIGMA)
 
+    # One child stream per channel: a channel's noise does not depend on which others are drawn.
+    streams = dict(zip(CHANNELS + BRIGHTFIELD_CHANNELS, rng.spawn(len(CHANNELS) + len(BRIGHTFIELD_CHANNELS))))
     images = {}
     for name in channels:
         if name in CHANNELS:
-            light = layers[name] + _smooth_background(field_size, BACKGROUND[name], rng)
+            light = layers[name] + _smooth_background(field_size, BACKGROUND[name], streams[name])
         else:  # transmitted light: a bright flat field that cells dim slightly; defocus blurs them
             blur = {"Brightfield": 1.0, "HighZBF": 2.5, "LowZBF": 2.5}[name]
             light = BRIGHTFIELD_LEVEL * (1.0 + ndimage.gaussian_filter(layers["shape"], blur))
-        images[name] = _noisy_counts(light * np.asarray(gain.get(name, 1.0), np.float32), rng)
+        images[name] = _noisy_counts(light * np.asarray(gain.get(name, 1.0), np.float32), streams[name])
     return images

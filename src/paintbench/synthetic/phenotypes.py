@@ -168,14 +168,22 @@ def _effect_row(direction: np.ndarray | None, klass: str, seed: int, modality: s
 
 
 def _perturbation_truth(
-    row: pd.Series, modality: str, genes: dict[str, GeneEffect], seed: int, strong_fraction: float, null_fraction: float
+    row: pd.Series,
+    modality: str,
+    genes: dict[str, GeneEffect],
+    seed: int,
+    strong_fraction: float,
+    null_fraction: float,
 ) -> dict[str, object]:
     """effect_class, direction id, orf_sign and effect vector of one perturbation."""
     sample = row["Metadata_broad_sample"]
     if row["Metadata_control_type"] in (NEGCON, EMPTY):
         return {"effect_class": "negcon", "direction": "", "orf_sign": 0, "effect": np.zeros(len(PARAMETERS))}
     if modality in ("crispr", "orf"):
-        gene = genes.get(row["Metadata_gene"]) or outside_gene_effect(row["Metadata_gene"], seed, strong_fraction, null_fraction)
+        name = row["Metadata_gene"]
+        if pd.isna(name) or not name:
+            raise ValueError(f"{modality} perturbation {sample!r} names no gene")
+        gene = genes.get(name) or outside_gene_effect(name, seed, strong_fraction, null_fraction)
         sign = gene.orf_sign if modality == "orf" else 1
         klass, direction = gene.klass, sign * gene.direction
         direction_id = f"gene:{gene.name}"
@@ -184,7 +192,9 @@ def _perturbation_truth(
         targets = target_genes(row["Metadata_target_list"])
         orf_sign = 0
         if targets:
-            outside = {t: outside_gene_effect(t, seed, strong_fraction, null_fraction) for t in targets if t not in genes}
+            outside = {
+                t: outside_gene_effect(t, seed, strong_fraction, null_fraction) for t in targets if t not in genes
+            }
             picked = pick_targets(targets, genes, outside)
             klass = picked[0].klass if picked else "null"
             total = sum((g.direction for g in picked), np.zeros(len(PARAMETERS)))
