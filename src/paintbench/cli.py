@@ -78,6 +78,25 @@ def cmd_ground_truth(args: argparse.Namespace) -> None:
     log.info("ground truth: %d perturbations -> %s", len(truth), args.output)
 
 
+def cmd_illum(args: argparse.Namespace) -> None:
+    from paintbench import CHANNELS
+    from paintbench.atomic import read_table
+    from paintbench.illum import compute_plate_illum, fetch_gallery_illum
+    from paintbench.loaddata import channel_names
+
+    load_data = read_table(args.load_data)
+    channels = [c for c in channel_names(load_data) if c in CHANNELS]
+    plate = str(load_data["Metadata_Plate"].iloc[0])
+    if args.source == "gallery":
+        from paintbench.metadata import plate_info
+
+        batch = plate_info(plate, args.metadata_dir).batch
+        fetch_gallery_illum(plate, batch, channels, Path(args.output_dir), args.bucket, args.gallery_prefix,
+                            args.endpoint_url, not args.signed)
+    else:
+        compute_plate_illum(load_data, Path(args.output_dir), channels, args.threads, args.smoothing_fraction)
+
+
 def cmd_check_config(args: argparse.Namespace) -> None:
     from paintbench.config import load_config
 
@@ -121,13 +140,31 @@ def _add_ground_truth(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_ground_truth)
 
 
+def _add_illum(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("illum", help="illumination function per channel of one plate (<plate>_Illum<Channel>.npy)")
+    p.add_argument("--load-data", required=True, help="the plate's LoadData CSV")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--source", choices=["computed", "gallery"], default="computed",
+                   help="compute from the plate's images, or fetch the Gallery's precomputed functions")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--smoothing-fraction", type=float, default=500 / 1080, help="median filter size / field width")
+    p.add_argument("--metadata-dir", default=None)
+    p.add_argument("--bucket", default="cellpainting-gallery")
+    p.add_argument("--gallery-prefix", default="cpg0000-jump-pilot/source_4")
+    p.add_argument("--endpoint-url", default=None)
+    p.add_argument("--signed", action="store_true")
+    p.set_defaults(func=cmd_illum)
+
+
 def _add_check_config(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check-config", help="validate a configuration file without running anything")
     p.add_argument("configfile")
     p.set_defaults(func=cmd_check_config)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_download, _add_ground_truth, _add_check_config]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_download, _add_ground_truth, _add_illum, _add_check_config,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -109,6 +109,8 @@ def check_semantics(config: dict[str, Any]) -> None:
             plate_info(plate, metadata_dir)
         except MetadataError as err:
             raise ConfigError(f"config key 'plates': plate {plate}: {err}") from err
+    if config["illum"]["source"] == "gallery" and config["source"] != "s3":
+        raise ConfigError("config key 'illum.source': 'gallery' needs source: s3 (allowed here: computed)")
     if config["source"] == "local" and "{plate}" not in config["local"]["image_dir"] and len(config["plates"]) > 1:
         raise ConfigError("config key 'local.image_dir': must contain '{plate}' when several plates are configured")
 

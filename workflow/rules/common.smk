@@ -8,6 +8,7 @@ RESULTS = config["results_dir"]
 DATA = config["data_dir"]
 METADATA_DIR = str(resolve_path(config["metadata_dir"], Path(workflow.basedir)))
 PLATES = config["plates"]
+FLUORESCENT = ["DNA", "ER", "RNA", "AGP", "Mito"]
 
 
 def plate_wells(plate: str) -> list[str]:
@@ -39,12 +40,7 @@ def source_args(wildcards) -> str:
     """The source-specific options of `paintbench download` for one plate."""
     if config["source"] == "s3":
         dl = config["download"]
-        endpoint = f" --endpoint-url {config['endpoint_url']}" if config["endpoint_url"] else ""
-        signed = "" if dl["anonymous"] else " --signed"
-        return (
-            f"--bucket {config['bucket']} --gallery-prefix {config['gallery_prefix']}{endpoint}"
-            f" --workers {dl['workers']} --max-attempts {dl['max_attempts']}{signed}"
-        )
+        return f"{s3_args()} --workers {dl['workers']} --max-attempts {dl['max_attempts']}"
     if config["source"] == "synthetic":
         syn = config["synthetic"]
         return (
@@ -54,5 +50,16 @@ def source_args(wildcards) -> str:
     return ""
 
 
+def s3_args() -> str:
+    """Options that locate the S3 endpoint, shared by the download and Gallery-illumination commands."""
+    endpoint = f" --endpoint-url {config['endpoint_url']}" if config["endpoint_url"] else ""
+    signed = "" if config["download"]["anonymous"] else " --signed"
+    return f"--bucket {config['bucket']} --gallery-prefix {config['gallery_prefix']}{endpoint}{signed}"
+
+
+def gallery_args(wildcards) -> str:
+    return s3_args() if config["illum"]["source"] == "gallery" else ""
+
+
 def all_outputs() -> list[str]:
-    return expand(f"{RESULTS}/load_data/{{plate}}.csv", plate=PLATES)
+    return expand(f"{RESULTS}/illum/{{plate}}/{{plate}}_Illum{{channel}}.npy", plate=PLATES, channel=FLUORESCENT)

@@ -1,0 +1,28 @@
+# Stage 2: one illumination function per plate and fluorescent channel, shared by both feature branches.
+
+
+rule illum:
+    input:
+        load_data=f"{RESULTS}/load_data/{{plate}}.csv",
+    output:
+        functions=expand(f"{RESULTS}/illum/{{{{plate}}}}/{{{{plate}}}}_Illum{{channel}}.npy", channel=FLUORESCENT),
+    log:
+        f"{RESULTS}/logs/illum/{{plate}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/illum/{{plate}}.tsv"
+    params:
+        output_dir=lambda wildcards: f"{RESULTS}/illum/{wildcards.plate}",
+        source=config["illum"]["source"],
+        smoothing=config["illum"]["smoothing_fraction"],
+        gallery_args=gallery_args,
+        metadata_dir=METADATA_DIR,
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=120,
+    conda:
+        "../../envs/paintbench.yaml"
+    shell:
+        "python -m paintbench illum --load-data {input.load_data} --output-dir {params.output_dir}"
+        " --source {params.source} --threads {threads} --smoothing-fraction {params.smoothing}"
+        " --metadata-dir {params.metadata_dir} {params.gallery_args} > {log} 2>&1"
