@@ -32,6 +32,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/download.smk"
 include: "workflow/rules/illum.smk"
+include: "workflow/rules/cellprofiler.smk"
 
 
 rule all:

@@ -54,3 +54,30 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     if name.endswith((".tsv", ".tsv.gz", ".txt")):
         return pd.read_csv(path, sep="\t")
     return pd.read_csv(path)
+
+
+def concat_parquet(paths: list[str | os.PathLike], output: str | os.PathLike) -> int:
+    """Stream row groups of several Parquet files with one schema into one file; returns the row count.
+
+    Files without rows (e.g. a shard whose fields were all skipped) are passed over; a file whose
+    columns differ from the others is an error naming it.
+    """
+    import pyarrow.parquet as pq
+
+    files = [pq.ParquetFile(p) for p in paths]
+    non_empty = [(p, f) for p, f in zip(paths, files) if f.metadata.num_rows > 0]
+    rows = 0
+    with atomic_path(output) as tmp:
+        if not non_empty:
+            pd.DataFrame().to_parquet(tmp)
+            return 0
+        schema = non_empty[0][1].schema_arrow
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for path, handle in non_empty:
+                if handle.schema_arrow.names != schema.names:
+                    raise ValueError(f"{path}: columns differ from {non_empty[0][0]}")
+                for group in range(handle.num_row_groups):
+                    table = handle.read_row_group(group).cast(schema)
+                    writer.write_table(table)
+                    rows += table.num_rows
+    return rows

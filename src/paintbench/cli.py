@@ -97,6 +97,33 @@ def cmd_illum(args: argparse.Namespace) -> None:
         compute_plate_illum(load_data, Path(args.output_dir), channels, args.threads, args.smoothing_fraction)
 
 
+def cmd_cellprofiler(args: argparse.Namespace) -> None:
+    from paintbench.atomic import read_table
+    from paintbench.cellprofiler import run_shard
+
+    run_shard(read_table(args.load_data), args.wells, Path(args.illum_dir), args.executable, Path(args.pipeline),
+              Path(args.output), Path(args.qc_output), args.skip_bad_fields)
+
+
+def cmd_well_profiles(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from paintbench.aggregate import well_profiles
+    from paintbench.atomic import concat_parquet, write_table
+
+    source = args.single_cells
+    if args.merged_single_cells:
+        rows = concat_parquet(args.single_cells, args.merged_single_cells)
+        log.info("%d single cells -> %s", rows, args.merged_single_cells)
+        source = [args.merged_single_cells]
+    profiles = well_profiles([Path(p) for p in source], Path(args.output), operation=args.operation)
+    log.info("%d well profiles -> %s", 0 if profiles is None else len(profiles), args.output)
+    if args.qc_output:
+        skipped = pd.concat([pd.read_parquet(p) for p in args.qc], ignore_index=True)
+        write_table(skipped, args.qc_output)
+        log.info("%d skipped fields recorded in %s", len(skipped), args.qc_output)
+
+
 def cmd_check_config(args: argparse.Namespace) -> None:
     from paintbench.config import load_config
 
@@ -156,6 +183,30 @@ def _add_illum(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_illum)
 
 
+def _add_cellprofiler(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cellprofiler", help="run CellProfiler on one shard (plate x wells) -> single-cell Parquet")
+    p.add_argument("--load-data", required=True, help="the plate's LoadData CSV")
+    p.add_argument("--wells", type=_csv_list, required=True)
+    p.add_argument("--illum-dir", required=True, help="folder with <plate>_Illum<Channel>.npy")
+    p.add_argument("--pipeline", required=True, help="analysis .cppipe")
+    p.add_argument("--executable", default="cellprofiler")
+    p.add_argument("--skip-bad-fields", action="store_true", help="skip and record unreadable fields instead of failing")
+    p.add_argument("--output", required=True, help="single-cell Parquet of the shard")
+    p.add_argument("--qc-output", required=True, help="Parquet of the fields skipped")
+    p.set_defaults(func=cmd_cellprofiler)
+
+
+def _add_well_profiles(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("well-profiles", help="aggregate single cells (or crops) to well profiles, streaming")
+    p.add_argument("--single-cells", nargs="+", required=True, help="Parquet files, wells consecutive")
+    p.add_argument("--operation", choices=["median", "mean"], default="median")
+    p.add_argument("--merged-single-cells", default=None, help="also write all single cells into one Parquet")
+    p.add_argument("--qc", nargs="*", default=[], help="QC Parquet files of the shards")
+    p.add_argument("--qc-output", default=None, help="TSV of every skipped field")
+    p.add_argument("--output", required=True)
+    p.set_defaults(func=cmd_well_profiles)
+
+
 def _add_check_config(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check-config", help="validate a configuration file without running anything")
     p.add_argument("configfile")
@@ -163,7 +214,7 @@ def _add_check_config(sub: argparse._SubParsersAction) -> None:
 
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_download, _add_ground_truth, _add_illum, _add_check_config,
+    _add_download, _add_ground_truth, _add_illum, _add_cellprofiler, _add_well_profiles, _add_check_config,
 ]
 
 

@@ -57,3 +57,9 @@ def channel_names(table: pd.DataFrame) -> list[str]:
 def field_paths(row: pd.Series, channels: list[str]) -> list[Path]:
     """The file of each channel of one LoadData row, in `channels` order."""
     return [Path(row[f"PathName_Orig{c}"]) / row[f"FileName_Orig{c}"] for c in channels]
+
+
+def select_channels(table: pd.DataFrame, channels: list[str]) -> pd.DataFrame:
+    """The Metadata_ columns plus the FileName_/PathName_ columns of `channels` only."""
+    wanted = {f"{kind}_Orig{c}" for c in channels for kind in ("FileName", "PathName")}
+    return table[[c for c in table.columns if c.startswith("Metadata_") or c in wanted]]

@@ -1,6 +1,7 @@
 # Input functions and run-wide values shared by every rule file.
 from pathlib import Path
 
+from paintbench.cellprofiler import shard_wells
 from paintbench.config import resolve_path
 from paintbench.metadata import plate_info, plate_layout, select_wells
 
@@ -9,6 +10,15 @@ DATA = config["data_dir"]
 METADATA_DIR = str(resolve_path(config["metadata_dir"], Path(workflow.basedir)))
 PLATES = config["plates"]
 FLUORESCENT = ["DNA", "ER", "RNA", "AGP", "Mito"]
+CELLPROFILER = {
+    **config["cellprofiler"],
+    "pipeline": str(resolve_path(config["cellprofiler"]["pipeline"], Path(workflow.basedir))),
+    "executable": (
+        str(resolve_path(config["cellprofiler"]["executable"], Path(workflow.basedir)))
+        if "/" in config["cellprofiler"]["executable"]
+        else config["cellprofiler"]["executable"]
+    ),
+}
 
 
 def plate_wells(plate: str) -> list[str]:
@@ -24,6 +34,16 @@ def plate_sites(plate: str) -> list[int]:
     if config["sites"] == "all":
         return list(range(1, plate_info(plate, METADATA_DIR).sites_per_well + 1))
     return config["sites"]
+
+
+def plate_shards(plate: str) -> list[str]:
+    """Shard names of a plate: s000, s001, ... (wells_per_shard consecutive wells each)."""
+    n = len(shard_wells(plate_wells(plate), CELLPROFILER["wells_per_shard"]))
+    return [f"s{i:03d}" for i in range(n)]
+
+
+def shard_wells_of(plate: str, shard: str) -> list[str]:
+    return shard_wells(plate_wells(plate), CELLPROFILER["wells_per_shard"])[int(shard[1:])]
 
 
 def channel_arg() -> str:
@@ -62,4 +82,4 @@ def gallery_args(wildcards) -> str:
 
 
 def all_outputs() -> list[str]:
-    return expand(f"{RESULTS}/illum/{{plate}}/{{plate}}_Illum{{channel}}.npy", plate=PLATES, channel=FLUORESCENT)
+    return expand(f"{RESULTS}/profiles/cellprofiler/{{plate}}.parquet", plate=PLATES)
