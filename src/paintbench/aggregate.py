@@ -155,8 +155,10 @@ def well_profiles(
     """Aggregate single-cell Parquet shards into one row per `group_by` key, written atomically.
 
     Returns the written table: group_by columns, Metadata_Object_Count (rows per well), then the
-    features as float64, sorted by group_by. Peak memory ~ one batch (batch_rows x features in the
-    file's dtype) plus two float64 copies of the largest well.
+    features as float64, sorted by group_by. Peak memory ~ one decoded row group (Arrow's reader)
+    + one batch + two float64 copies of the largest well. batch_rows defaults to 8192: at 3,000
+    float32 features, 65536-row batches peaked at 4.1 GB and ran slower than 8192 (1.1 GB) on a
+    300k-cell file; smaller batches only add per-batch overhead for narrow (embedding) tables.
     """
     if operation not in OPERATIONS:
         raise ValueError(f"operation must be one of {OPERATIONS}, not {operation!r}")

@@ -14,6 +14,8 @@ from typing import Iterator
 
 import pandas as pd
 
+PARQUET_ROW_GROUP = 50_000
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -36,7 +38,8 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     target = Path(path)
     with atomic_path(target) as tmp:
         if target.suffix == ".parquet":
-            frame.to_parquet(tmp, index=False)
+            # Bounded row groups keep streaming readers (aggregation) at one group's worth of memory.
+            frame.to_parquet(tmp, index=False, row_group_size=PARQUET_ROW_GROUP)
         elif target.suffix == ".csv":
             frame.to_csv(tmp, index=False)
         elif target.suffix == ".tsv":
