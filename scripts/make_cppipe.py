@@ -252,8 +252,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="Haralick distances in px; each scale costs ~3.5 s per field (default 3 5)")
     parser.add_argument("--illum-filter-size", type=int, default=500,
                         help="median filter size in px; ~half the field width (500 for 1080 px fields)")
+    parser.add_argument("--demo-texture-scales", type=int, nargs="+", default=[3],
+                        help="texture scales of analysis_demo.cppipe, the cheaper variant the offline demo runs")
     args = parser.parse_args(argv)
     save(analysis_pipeline(args.texture_scales), args.out_dir / "analysis.cppipe")
+    save(analysis_pipeline(args.demo_texture_scales), args.out_dir / "analysis_demo.cppipe")
     save(illum_pipeline(args.illum_filter_size), args.out_dir / "illum.cppipe")
     return 0
 
