@@ -118,3 +118,13 @@ def test_missing_channel_fails_the_shard_naming_it(synthetic_plate, tmp_path):
     broken.loc[1, "PathName_OrigAGP"] = str(tmp_path / "nowhere")
     with pytest.raises(BadFieldError, match=rf"plate {PLATE}, well {wells[1]}, site 1: missing file .*nowhere"):
         run_shard(broken, wells, folder / "illum", CELLPROFILER, DEMO_ANALYSIS, tmp_path / "c.parquet", tmp_path / "q.parquet")
+
+
+@pytest.mark.parametrize(("n_wells", "per_shard", "sizes"), [(12, 10, [6, 6]), (19, 10, [10, 9]), (384, 16, [16] * 24), (3, 16, [3])])
+def test_shards_are_even_and_cover_every_well_once(n_wells, per_shard, sizes):
+    from paintbench.cellprofiler import shard_wells
+
+    wells = [f"W{i}" for i in range(n_wells)]
+    shards = shard_wells(wells, per_shard)
+    assert [len(s) for s in shards] == sizes
+    assert [w for shard in shards for w in shard] == wells

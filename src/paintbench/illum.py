@@ -1,22 +1,37 @@
 """Illumination functions per plate and channel, used by both feature branches.
 
 The recipe is CellProfiler's CorrectIlluminationCalculate as the JUMP consortium configures it
-(all images of the plate, median-filter smoothing, rescaled by a robust minimum): the mean image of
-every field of the plate, smoothed by a median filter about half a field wide (500 px at 1080 px),
-divided by its 2nd percentile so corrected = image / function keeps the image's scale. The median
-filter runs on a block-averaged copy (a function this smooth loses nothing to a 4x4 block mean), which
-makes it seconds instead of minutes. Files are named like the Gallery's: <plate>_Illum<Channel>.npy.
+(Regular intensity, all images of the plate, median filter, rescaled by a robust minimum), computed
+the way CellProfiler 5 computes it so the functions agree with its own to float32 rounding:
+
+1. the mean image of every field of the plate;
+2. quantised to integer 16-bit levels by truncation (CellProfiler multiplies its 0-1 image by 65535
+   and casts to uint16);
+3. a rank median (skimage.filters.rank.median, which counts only the pixels inside the image at its
+   borders) over a disk of radius int(size / 2.35 + 0.5) px, CellProfiler's reading of its "smoothing
+   filter size" as a full width at half maximum: 213 px for the consortium's 500 px at 1080 px fields;
+4. divided by its robust minimum, the value at index int(0.02 n) of the n positive pixels sorted,
+   after clipping below it: every value is >= 1 and corrected = image / function keeps the scale.
+
+The filter size is SMOOTHING_FRACTION of the field width (500 px at 1080 px). The rank median keeps
+a histogram of the window and scans it for each pixel, so its cost grows with the number of distinct
+levels: it runs on the ranks of the levels (exact), and only a mean image with more than MAX_LEVELS
+distinct levels is binned into MAX_LEVELS groups of neighbouring levels, within ~0.03% of exact. One
+1080 px channel takes 1.2-1.5 s on one core exact (synthetic plates, < 600 levels) and 2.6 s binned,
+where the plain uint16 rank median takes 15 s at 44,000 levels. Files are named like the Gallery's:
+<plate>_Illum<Channel>.npy.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
+from skimage.filters.rank import median as rank_median
 from tqdm import tqdm
 
 from paintbench.atomic import atomic_path
@@ -26,7 +41,8 @@ from paintbench.loaddata import channel_names
 log = logging.getLogger(__name__)
 
 SMOOTHING_FRACTION = 500 / 1080  # the consortium's median filter size relative to a CPJUMP1 field
-ROBUST_MIN_PERCENTILE = 2.0
+ROBUST_MIN_PERCENTILE = 2.0  # CellProfiler's ROBUST_FACTOR 0.02
+MAX_LEVELS = 4096  # distinct levels the rank median histograms exactly (see smooth_median)
 
 
 def illum_filename(plate: str, channel: str) -> str:
@@ -48,26 +64,54 @@ def mean_image(table: pd.DataFrame, channels: list[str], threads: int = 2, skip:
     return total / len(rows)
 
 
-def smooth_median(image: np.ndarray, size: int, block: int = 4) -> np.ndarray:
-    """Median filter of `size` px, computed on a `block`-averaged copy and interpolated back."""
-    height, width = image.shape
-    block = max(1, min(block, size // 8 or 1))
-    cropped = image[: height - height % block, : width - width % block]
-    small = cropped.reshape(cropped.shape[0] // block, block, cropped.shape[1] // block, block).mean(axis=(1, 3))
-    smoothed = ndimage.median_filter(small, size=max(1, size // block), mode="reflect")
-    zoom = (height / smoothed.shape[0], width / smoothed.shape[1])
-    return ndimage.zoom(smoothed, zoom, order=1, mode="nearest", grid_mode=True)[:height, :width]
+def filter_size(width: int, smoothing_fraction: float = SMOOTHING_FRACTION) -> int:
+    """The median filter size in px for fields `width` px wide (CellProfiler's "Smoothing filter size")."""
+    return max(3, int(round(smoothing_fraction * width)))
+
+
+def median_disk(size: int) -> np.ndarray:
+    """CellProfiler's median footprint for a filter size: a disk of radius int(size / 2.35 + 0.5), x^2 + y^2 <= r^2."""
+    radius = max(1, int(size / 2.35 + 0.5))
+    y, x = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    return (x * x + y * y <= radius * radius).astype(np.uint8)
+
+
+def smooth_median(image: np.ndarray, size: int, max_levels: int = MAX_LEVELS) -> np.ndarray:
+    """CellProfiler's median smoothing: rank median over median_disk(size) of the image truncated to uint16 levels.
+
+    The median only compares levels, so it runs on their ranks (0 ... distinct levels - 1) and maps back:
+    the same result with a histogram as short as the image has levels. Above `max_levels` levels,
+    neighbouring levels are merged into groups of about equal pixel count, each standing for its middle
+    pixel's level; the error is then at most the spread of one group, a small fraction of a percent.
+    """
+    levels = np.clip(image, 0, 65535).astype(np.uint16)  # truncates, as CellProfiler's astype(uint16)
+    values, ranks = np.unique(levels, return_inverse=True)
+    ranks = ranks.reshape(levels.shape)
+    if values.size > max_levels:
+        counts = np.bincount(ranks.ravel(), minlength=values.size)
+        below = np.cumsum(counts) - counts
+        _, group = np.unique(below * max_levels // levels.size, return_inverse=True)  # nondecreasing group per level
+        first = np.searchsorted(group, np.arange(group.max() + 1))  # first level of each group
+        last = np.append(first[1:], values.size) - 1
+        middle = (below[first] + below[last] + counts[last]) / 2  # the middle pixel of each group
+        values = values[np.searchsorted(np.cumsum(counts), middle, side="right").clip(max=values.size - 1)]
+        ranks = group[ranks]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Bad rank filter performance")  # > 1024 histogram bins
+        smoothed = rank_median(ranks.astype(np.uint16), median_disk(size))
+    return values[smoothed].astype(np.float64)
 
 
 def illumination_function(mean: np.ndarray, smoothing_fraction: float = SMOOTHING_FRACTION,
                           robust_min_percentile: float = ROBUST_MIN_PERCENTILE) -> np.ndarray:
-    """One channel: smoothed mean image divided by its robust minimum (values mostly >= 1)."""
-    size = max(3, int(round(smoothing_fraction * mean.shape[1])))
-    smoothed = smooth_median(mean, size)
-    robust_min = np.percentile(smoothed, robust_min_percentile)
-    if not robust_min > 0:
-        raise ValueError("illumination function: the plate's mean image is zero at its robust minimum")
-    return np.maximum(smoothed / robust_min, 1.0).astype(np.float32)
+    """One channel: smoothed mean image, clipped below at its robust minimum and divided by it (values >= 1)."""
+    smoothed = smooth_median(mean, filter_size(mean.shape[1], smoothing_fraction))
+    positive = smoothed[smoothed > 0]
+    if positive.size == 0:
+        raise ValueError("illumination function: the plate's smoothed mean image is zero everywhere")
+    index = int(positive.size * robust_min_percentile / 100)
+    robust_min = np.partition(positive, index)[index]
+    return (np.maximum(smoothed, robust_min) / robust_min).astype(np.float32)
 
 
 def compute_plate_illum(load_data: pd.DataFrame, out_dir: Path, channels: list[str] | None = None, threads: int = 2,
