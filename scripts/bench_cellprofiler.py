@@ -144,6 +144,9 @@ def run_stages(args, work: Path, csv: Path, illum: Path, shards: list[tuple[int,
         _, status, usage = os.wait4(process.pid, 0)
         log.close()
         if os.waitstatus_to_exitcode(status) != 0:
+            for other, _, _ in running:
+                if other is not process and other.poll() is None:
+                    other.kill()  # our own children only, by their Popen handle
             raise SystemExit(f"stage child failed; see {log.name}:\n{Path(log.name).read_text()[-3000:]}")
         results.append(json.loads((out / "timing.json").read_text()))
         peaks.append(usage.ru_maxrss / 1024)

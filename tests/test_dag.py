@@ -19,5 +19,6 @@ def test_full_batch_dry_run(tmp_path):
         cwd=tmp_path,
     )
     counts = job_counts(result.stdout + result.stderr)
-    assert counts["download"] == 51
+    assert counts["download"] == counts["illum"] == counts["cellprofiler_well_profiles"] == 51
+    assert counts["cellprofiler_shard"] == 51 * 384 // 16  # default shards of 16 wells
     assert counts["total"] < 10_000

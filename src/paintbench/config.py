@@ -85,6 +85,11 @@ def resolve_path(path: str, base: Path = WORKFLOW_DIR) -> Path:
     return candidate if candidate.is_absolute() else base / candidate
 
 
+def resolve_command(command: str, base: Path = WORKFLOW_DIR) -> str:
+    """A bare command name is looked up on PATH at run time; a path is relative to the workflow folder."""
+    return str(resolve_path(command, base)) if Path(command).name != command else command
+
+
 def check_semantics(config: dict[str, Any]) -> None:
     """Checks across keys and against the bundled metadata."""
     numbers = {name: number for name, number in config["channels"].items()}

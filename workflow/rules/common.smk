@@ -1,8 +1,9 @@
 # Input functions and run-wide values shared by every rule file.
+from functools import lru_cache
 from pathlib import Path
 
 from paintbench.cellprofiler import shard_wells
-from paintbench.config import resolve_path
+from paintbench.config import resolve_command, resolve_path
 from paintbench.metadata import plate_info, plate_layout, select_wells
 
 RESULTS = config["results_dir"]
@@ -13,14 +14,11 @@ FLUORESCENT = ["DNA", "ER", "RNA", "AGP", "Mito"]
 CELLPROFILER = {
     **config["cellprofiler"],
     "pipeline": str(resolve_path(config["cellprofiler"]["pipeline"], Path(workflow.basedir))),
-    "executable": (
-        str(resolve_path(config["cellprofiler"]["executable"], Path(workflow.basedir)))
-        if "/" in config["cellprofiler"]["executable"]
-        else config["cellprofiler"]["executable"]
-    ),
+    "executable": resolve_command(config["cellprofiler"]["executable"], Path(workflow.basedir)),
 }
 
 
+@lru_cache(maxsize=None)  # the DAG of a full batch asks ~2,500 times; the answer is fixed for a run
 def plate_wells(plate: str) -> list[str]:
     """The wells of `plate` this run processes (config keys wells, genes, negcon_wells)."""
     layout = plate_layout(plate, METADATA_DIR)
@@ -38,12 +36,17 @@ def plate_sites(plate: str) -> list[int]:
 
 def plate_shards(plate: str) -> list[str]:
     """Shard names of a plate: s000, s001, ... (wells_per_shard consecutive wells each)."""
-    n = len(shard_wells(plate_wells(plate), CELLPROFILER["wells_per_shard"]))
+    n = len(plate_shard_wells(plate))
     return [f"s{i:03d}" for i in range(n)]
 
 
 def shard_wells_of(plate: str, shard: str) -> list[str]:
-    return shard_wells(plate_wells(plate), CELLPROFILER["wells_per_shard"])[int(shard[1:])]
+    return plate_shard_wells(plate)[int(shard[1:])]
+
+
+@lru_cache(maxsize=None)
+def plate_shard_wells(plate: str) -> list[list[str]]:
+    return shard_wells(plate_wells(plate), CELLPROFILER["wells_per_shard"])
 
 
 def channel_arg() -> str:

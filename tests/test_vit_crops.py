@@ -1,0 +1,164 @@
+"""The ViT branch's crop cache: tiles and nuclei on a synthetic plate, a real field, bad fields."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from paintbench import CHANNELS
+from paintbench.illum import compute_plate_illum, correct, illum_filename, load_functions
+from paintbench.images import BadFieldError, read_field
+from paintbench.loaddata import load_data_table
+from paintbench.metadata import plate_layout, select_wells
+from paintbench.synthetic import generate_plate, ground_truth
+from paintbench.vit import build_encoder
+from paintbench.vit.crops import CLIP, CropDataset, build_crop_cache, cache_files, tile_centres
+from paintbench.vit.embed import embed_plate
+from tests.helpers import DATA
+
+PLATE = "BR00117000"
+FIELD = 192
+REAL_SITE = DATA / "real_site_BR00143976_C03_f03"
+REAL_CHANNELS = {"DNA": 5, "ER": 2, "RNA": 6, "AGP": 3, "Mito": 4}
+
+
+@pytest.fixture(scope="module")
+def plate(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vit_plate")
+    truth = ground_truth(["JUMP-Target-1_crispr_platemap"], seed=5, strong_fraction=0.4, null_fraction=0.3)
+    wells = select_wells(plate_layout(PLATE), "all", ["HIF1A", "ALDH2"], 2)[:3]
+    channels = {"DNA": 5, "ER": 4, "RNA": 3, "AGP": 2, "Mito": 1}
+    fields = generate_plate(PLATE, wells, [1, 2], channels, truth, folder / "images", field_size=FIELD,
+                            cells_per_field=20, seed=5)
+    load_data = load_data_table(PLATE, folder / "images", wells, [1, 2], channels)
+    compute_plate_illum(load_data, folder / "illum", list(CHANNELS))
+    return folder, fields, load_data
+
+
+@pytest.fixture(scope="module")
+def nuclei_cache(plate, tmp_path_factory):
+    folder, _, load_data = plate
+    prefix = tmp_path_factory.mktemp("nuclei") / PLATE
+    index = build_crop_cache(load_data, folder / "illum", prefix, "nuclei", 48, num_workers=2)
+    return prefix, index
+
+
+def leftovers(folder) -> list[str]:
+    return sorted(p.name for p in folder.rglob(".tmp-*"))
+
+
+def test_tile_grid_is_centred():
+    centres = tile_centres((200, 140), 64)
+    assert sorted(set(centres[:, 0])) == [4 + 32, 4 + 96, 4 + 160] and sorted(set(centres[:, 1])) == [6 + 32, 6 + 96]
+
+
+def test_tiles_cache(plate, tmp_path):
+    folder, _, load_data = plate
+    index = build_crop_cache(load_data, folder / "illum", tmp_path / PLATE, "tiles", 64, num_workers=2)
+    files = cache_files(tmp_path / PLATE)
+    array = np.load(files["array"], mmap_mode="r")
+    per_field = (FIELD // 64) ** 2
+    assert array.dtype == np.float16 and array.shape == (len(load_data) * per_field, 5, 64, 64)
+    assert index.equals(pd.read_parquet(files["index"])) and len(index) == len(array)
+    assert index["Metadata_Crop"].tolist() == list(range(len(index)))
+    assert index.groupby(["Metadata_Well", "Metadata_Site"]).size().eq(per_field).all()
+    assert index["Metadata_Well"].is_monotonic_increasing  # a well's crops are consecutive
+    assert CLIP[0] <= float(array.min()) and float(array.max()) <= CLIP[1]
+    norm = json.loads(files["norm"].read_text())
+    assert norm["channels"] == list(CHANNELS) and all(lo < hi for lo, hi in zip(norm["low"], norm["high"]))
+    assert leftovers(tmp_path) == []
+
+    # One tile by hand: read, correct, normalize, slice.
+    row = index.iloc[per_field + 4]
+    field_row = load_data[(load_data["Metadata_Well"] == row["Metadata_Well"])
+                          & (load_data["Metadata_Site"] == row["Metadata_Site"])].iloc[0]
+    field = correct(read_field(field_row, list(CHANNELS)), load_functions(folder / "illum", PLATE, list(CHANNELS)))
+    low, high = np.array(norm["low"])[:, None, None], np.array(norm["high"])[:, None, None]
+    expected = np.clip((field - low) / (high - low), *CLIP)
+    y, x = row["Metadata_Y"] - 32, row["Metadata_X"] - 32
+    np.testing.assert_allclose(array[per_field + 4].astype(np.float32), expected[:, y : y + 64, x : x + 64],
+                               rtol=2e-3, atol=2e-3)
+
+    dataset = CropDataset([tmp_path / PLATE, tmp_path / PLATE])
+    assert len(dataset) == 2 * len(array) and len(dataset.index) == len(dataset)
+    item = dataset[len(array) + 3]
+    assert item.dtype == torch.float32 and item.shape == (5, 64, 64)
+    assert torch.equal(item, torch.from_numpy(array[3].astype(np.float32)))
+
+
+def test_nuclei_cache_counts_centring_and_determinism(plate, nuclei_cache, tmp_path):
+    folder, fields, load_data = plate
+    prefix, index = nuclei_cache
+    array = np.load(cache_files(prefix)["array"])
+    assert array.dtype == np.float16 and array.shape == (len(index), 5, 48, 48) and len(index) > 20
+    found = index.groupby(["Metadata_Well", "Metadata_Site"]).size()
+    for _, field in fields.iterrows():
+        count = found.get((field["Metadata_Well"], field["Metadata_Site"]), 0)
+        assert abs(count - field["n_cells"]) <= max(1, round(0.15 * field["n_cells"])), (field.to_dict(), count)
+    dna = array[:, CHANNELS.index("DNA")].astype(np.float32)
+    centre = dna[:, 20:28, 20:28].mean(axis=(1, 2))
+    corners = np.concatenate([dna[:, :6, :6], dna[:, :6, -6:], dna[:, -6:, :6], dna[:, -6:, -6:]], axis=1).mean(axis=(1, 2))
+    assert (centre > corners + 0.2).mean() > 0.9, (centre, corners)
+
+    again = build_crop_cache(load_data, folder / "illum", tmp_path / PLATE, "nuclei", 48, num_workers=0)
+    assert again.equals(index)
+    assert cache_files(tmp_path / PLATE)["array"].read_bytes() == cache_files(prefix)["array"].read_bytes()
+    assert cache_files(tmp_path / PLATE)["norm"].read_text() == cache_files(prefix)["norm"].read_text()
+
+    capped = build_crop_cache(load_data, folder / "illum", tmp_path / "capped", "nuclei", 48, num_workers=1,
+                              max_crops_per_field=3)
+    assert capped.groupby(["Metadata_Well", "Metadata_Site"]).size().max() == 3
+    key = ["Metadata_Well", "Metadata_Site", "Metadata_Y", "Metadata_X"]
+    assert len(capped[key].merge(index[key])) == len(capped)  # a subset of the same nuclei
+    assert leftovers(tmp_path) == []
+
+
+def test_given_nuclei_centres(plate, nuclei_cache, tmp_path):
+    folder, _, load_data = plate
+    prefix, index = nuclei_cache
+    centres = index.rename(columns={"Metadata_Y": "Nuclei_Location_Center_Y", "Metadata_X": "Nuclei_Location_Center_X"})
+    centres = centres.astype({"Nuclei_Location_Center_Y": float, "Nuclei_Location_Center_X": float})
+    centres["Nuclei_Location_Center_Y"] += 0.3
+    outside = centres.iloc[[0]].assign(Nuclei_Location_Center_X=FIELD + 5.0)
+    given = build_crop_cache(load_data, folder / "illum", tmp_path / PLATE, "nuclei", 48, num_workers=2,
+                             nuclei_centres=pd.concat([outside, centres]))
+    assert given.equals(index)
+    assert cache_files(tmp_path / PLATE)["array"].read_bytes() == cache_files(prefix)["array"].read_bytes()
+
+
+def test_corrupt_tiff_names_the_file(plate, tmp_path):
+    folder, _, load_data = plate
+    broken = load_data.copy()
+    truncated = tmp_path / broken.loc[3, "FileName_OrigRNA"]
+    truncated.write_bytes((folder / "images" / truncated.name).read_bytes()[:700])
+    broken.loc[3, "PathName_OrigRNA"] = str(tmp_path)
+    well, site = broken.loc[3, "Metadata_Well"], broken.loc[3, "Metadata_Site"]
+    # norm_fields=1: the survey reads one other field, so the crop pass (writing the memmap) meets the bad one.
+    with pytest.raises(BadFieldError) as error:
+        build_crop_cache(broken, folder / "illum", tmp_path / "out" / PLATE, "tiles", 64, num_workers=2,
+                         norm_fields=1, seed=1)
+    assert f"plate {PLATE}, well {well}, site {site}" in str(error.value) and str(truncated) in str(error.value)
+    assert "Traceback" not in str(error.value)
+    files = cache_files(tmp_path / "out" / PLATE)
+    assert not files["array"].exists() and not files["index"].exists() and leftovers(tmp_path) == []
+
+
+def test_real_field_crops_and_embedding(tmp_path):
+    load_data = load_data_table("BR00143976", REAL_SITE, ["C03"], [3], REAL_CHANNELS)
+    (tmp_path / "illum").mkdir()
+    for channel in CHANNELS:
+        np.save(tmp_path / "illum" / illum_filename("BR00143976", channel), np.ones((540, 540), np.float32))
+    index = build_crop_cache(load_data, tmp_path / "illum", tmp_path / "BR00143976", "nuclei", 64, num_workers=2)
+    assert 9 <= len(index) <= 13  # the consortium's CellProfiler run outlines 11 nuclei wholly inside the crop
+    torch.manual_seed(0)
+    config = dict(model="vit_tiny_patch16_224", img_size=32, patch_size=8, kwargs=dict(depth=2, embed_dim=64, num_heads=2))
+    wells = embed_plate(tmp_path / "BR00143976", build_encoder(**config), config, tmp_path / "wells.parquet",
+                        batch_size=4, device="cpu", num_workers=1)
+    assert wells[["Metadata_Plate", "Metadata_Well"]].values.tolist() == [["BR00143976", "C03"]]
+    assert wells.loc[0, "Metadata_Object_Count"] == len(index) and wells.loc[0, "Metadata_Field_Count"] == 1
+    features = wells.filter(like="emb_")
+    assert features.shape[1] == 64 and np.isfinite(features.to_numpy()).all()
