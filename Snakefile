@@ -33,6 +33,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/download.smk"
 include: "workflow/rules/illum.smk"
 include: "workflow/rules/cellprofiler.smk"
+include: "workflow/rules/vit.smk"
 
 
 rule all:

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 import torch
 
 from paintbench import CHANNELS
@@ -144,7 +145,22 @@ def test_corrupt_tiff_names_the_file(plate, tmp_path):
     assert f"plate {PLATE}, well {well}, site {site}" in str(error.value) and str(truncated) in str(error.value)
     assert "Traceback" not in str(error.value)
     files = cache_files(tmp_path / "out" / PLATE)
+    assert files["norm"].exists()  # the survey passed: the error came from the pass writing the memmap
     assert not files["array"].exists() and not files["index"].exists() and leftovers(tmp_path) == []
+
+
+def test_well_without_nuclei_is_left_out_and_logged(plate, tmp_path, caplog):
+    folder, _, load_data = plate
+    blank = load_data.copy()
+    well = blank.loc[0, "Metadata_Well"]
+    for i in blank.index[blank["Metadata_Well"] == well]:
+        name = blank.loc[i, "FileName_OrigDNA"]
+        tifffile.imwrite(tmp_path / name, np.full((FIELD, FIELD), 100, np.uint16))
+        blank.loc[i, "PathName_OrigDNA"] = str(tmp_path)
+    with caplog.at_level("WARNING", logger="paintbench.vit.crops"):
+        index = build_crop_cache(blank, folder / "illum", tmp_path / PLATE, "nuclei", 48, num_workers=1)
+    assert well not in set(index["Metadata_Well"]) and index["Metadata_Well"].nunique() == load_data["Metadata_Well"].nunique() - 1
+    assert any(well in record.getMessage() and "without any crop" in record.getMessage() for record in caplog.records)
 
 
 def test_real_field_crops_and_embedding(tmp_path):

@@ -137,11 +137,13 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
 
     script = ("from tests.test_vit_train import TINY_DROP_PATH, run_small; "
               f"run_small({str(killed)!r}, delay=0.01, encoder_config=TINY_DROP_PATH)")
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stderr=subprocess.PIPE)
+    stderr = tmp_path / "stderr.txt"  # a file, not a pipe: a full pipe would stall the child
+    with stderr.open("w") as sink:
+        proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stderr=sink)
     log_path, deadline = killed / "train_log.tsv", time.monotonic() + 120
     try:  # kill a few steps after the first checkpoint, so the log runs ahead of the checkpoint
         while not (log_path.exists() and len(log_rows(log_path)) >= RESUME_EVERY + 3):
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert proc.poll() is None, stderr.read_text()[-3000:]
             assert time.monotonic() < deadline, "the subprocess made no progress"
             time.sleep(0.02)
     finally:
@@ -174,6 +176,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
 
 
 def test_changed_settings_start_over(tmp_path, caplog):
+    caplog.set_level("INFO", logger="paintbench.vit.train")
     run_small(tmp_path, steps=10)
     first = torch.load(tmp_path / "encoder.pt", weights_only=True)["encoder"]
     run_small(tmp_path, steps=12, lr=5e-4)  # another trajectory: the old checkpoint must not be continued
@@ -185,6 +188,12 @@ def test_changed_settings_start_over(tmp_path, caplog):
     expected = torch.load(fresh / "encoder.pt", weights_only=True)["encoder"]
     assert all(torch.equal(again[k], expected[k]) for k in expected)
     assert not all(torch.equal(again[k], first[k]) for k in first)
+    # Called again when finished: nothing is trained, the outputs are rewritten unchanged.
+    log_text = (tmp_path / "train_log.tsv").read_text()
+    run_small(tmp_path, steps=12, lr=5e-4)
+    assert "resuming at step 12 of 12" in caplog.text and (tmp_path / "train_log.tsv").read_text() == log_text
+    final = torch.load(tmp_path / "encoder.pt", weights_only=True)["encoder"]
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
 
 
 def test_load_encoder_from_every_file_kind(tmp_path):
@@ -205,6 +214,10 @@ def test_load_encoder_from_every_file_kind(tmp_path):
     wrong_depth = TINY | dict(kwargs=dict(depth=3, embed_dim=64, num_heads=2))
     with pytest.raises(ValueError, match="plain.pth.*missing"):
         load_encoder(plain, encoder_config=wrong_depth)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="garbage.pt"):
+        load_encoder(garbage, encoder_config=TINY)
     three = tmp_path / "rgb.pth"
     torch.save(build_encoder(**(TINY | dict(in_chans=3))).state_dict(), three)
     with pytest.raises(ValueError, match="rgb.pth.*3 channels"):

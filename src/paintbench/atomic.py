@@ -15,6 +15,8 @@ from typing import Iterator
 import pandas as pd
 
 PARQUET_ROW_GROUP = 50_000
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -27,6 +29,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp makes 0600 files; outputs should carry the usual permissions on shared clusters.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, target)
     finally:
         if tmp.exists():

@@ -114,6 +114,11 @@ def check_semantics(config: dict[str, Any]) -> None:
             plate_info(plate, metadata_dir)
         except MetadataError as err:
             raise ConfigError(f"config key 'plates': plate {plate}: {err}") from err
+    vit = config["vit"]
+    if vit["decoder_dim"] % vit["decoder_heads"]:
+        raise ConfigError(f"config key 'vit.decoder_dim': {vit['decoder_dim']} is not divisible by vit.decoder_heads ({vit['decoder_heads']})")
+    if vit["input_size"] % vit["patch_size"]:
+        raise ConfigError(f"config key 'vit.input_size': {vit['input_size']} is not a multiple of vit.patch_size ({vit['patch_size']})")
     if config["illum"]["source"] == "gallery" and config["source"] != "s3":
         raise ConfigError("config key 'illum.source': 'gallery' needs source: s3 (allowed here: computed)")
     if config["source"] == "local" and "{plate}" not in config["local"]["image_dir"] and len(config["plates"]) > 1:

@@ -1,4 +1,5 @@
 # Input functions and run-wide values shared by every rule file.
+import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,6 +17,14 @@ CELLPROFILER = {
     "pipeline": str(resolve_path(config["cellprofiler"]["pipeline"], Path(workflow.basedir))),
     "executable": resolve_command(config["cellprofiler"]["executable"], Path(workflow.basedir)),
 }
+
+FEATURE_SETS = ["cellprofiler", "vitmae"]
+VIT = config["vit"]
+VIT_PRETRAIN_PLATES = VIT["pretrain_plates"] or PLATES
+# A user-supplied encoder skips pretraining; otherwise the run pretrains its own.
+VIT_ENCODER = (
+    str(resolve_path(VIT["checkpoint"], Path(workflow.basedir))) if VIT["checkpoint"] else f"{RESULTS}/vit/model/encoder.pt"
+)
 
 
 @lru_cache(maxsize=None)  # the DAG of a full batch asks ~2,500 times; the answer is fixed for a run
@@ -84,5 +93,29 @@ def gallery_args(wildcards) -> str:
     return s3_args() if config["illum"]["source"] == "gallery" else ""
 
 
+def encoder_config_args() -> str:
+    kwargs = json.dumps(VIT["model_kwargs"], separators=(",", ":"))
+    return (
+        f"--model {VIT['model']} --input-size {VIT['input_size']} --patch-size {VIT['patch_size']}"
+        f" --model-kwargs '{kwargs}'"
+    )
+
+
+def vit_train_args() -> str:
+    v = VIT
+    return (
+        f"{encoder_config_args()} --mask-ratio {v['mask_ratio']} --decoder-dim {v['decoder_dim']}"
+        f" --decoder-depth {v['decoder_depth']} --decoder-heads {v['decoder_heads']} --steps {v['steps']}"
+        f" --batch-size {v['batch_size']} --lr {v['lr']} --weight-decay {v['weight_decay']}"
+        f" --warmup-steps {v['warmup_steps']} --checkpoint-every {v['checkpoint_every']} --seed {v['seed']}"
+        f" --device {v['device']}"
+    )
+
+
+def vit_encoder_args() -> str:
+    """A user checkpoint may be a plain state_dict: its architecture then comes from the config."""
+    return encoder_config_args() if VIT["checkpoint"] else ""
+
+
 def all_outputs() -> list[str]:
-    return expand(f"{RESULTS}/profiles/cellprofiler/{{plate}}.parquet", plate=PLATES)
+    return expand(f"{RESULTS}/profiles/{{feature_set}}/{{plate}}.parquet", feature_set=FEATURE_SETS, plate=PLATES)

@@ -13,23 +13,27 @@ Choices:
   and keeps the centres (a few bytes per nucleus); it also reads all channels of the sampled
   normalization fields. Pass 2 decodes every field's five channels once and writes its crops into a
   memmap allocated at its final size. Cost: DNA decoded twice (~20% more decoding). Chunk files
-  would decode once but write the whole cache twice (10-30 GB per CPJUMP1 plate).
+  would decode once but write the whole cache twice (10-30 GB per CPJUMP1 plate). Memory holds one
+  field per worker plus the centres, whatever the plate size.
 - Normalization per plate and channel: x' = (x - low) / (high - low), low/high = the 1st/99.9th
   percentiles (by default) of corrected pixels, pooled from a seeded sample of up to `norm_fields`
   fields (up to 65,536 pixel positions each). Then clipped to [-0.5, 3]: below -0.5 is only camera
   noise under the background; 3x the 99.9th percentile leaves headroom for genuinely bright objects
   (mitotic chromatin, Golgi puncta) while rare debris or saturated spots at 10-100x cannot dominate
-  the MAE's squared reconstruction loss. In [-0.5, 3] float16 is exact to <= 2^-9 ~ 0.002.
+  the MAE's squared reconstruction loss. In [-0.5, 3] float16 steps are at most 2^-9 ~ 0.002.
 - Nuclei: Gaussian smoothing (sigma 2 px) of the corrected DNA, Otsu threshold, scipy.ndimage.label,
   objects under `min_nucleus_area` px dropped, objects touching the field border dropped (cut
   nuclei, as CellProfiler discards them), centroid of each mask. Touching nuclei merge (no
   watershed): a fast pass for crop centres, not a measurement. Crops are centred on each nucleus and
   reflect-padded where they pass the field border, so border cells keep their centring instead of
   being lost (a 96 px crop would otherwise drop ~17% of a 1080 px field's cells).
-- Decoding, correction, normalization and cropping run in torch DataLoader workers
-  (batch_size=None: one field per item); the main process only writes into the memmap, in field
-  order. A BadFieldError in a worker comes back as a value and is raised again in the main process
-  with its own message (plate, well, site, file).
+- Decoding, correction, normalization and cropping run in torch DataLoader workers (batch_size=None:
+  one field per item). Since pass 1 fixes every field's rows, each worker writes its crops straight
+  into its rows of the memmap (its own r+ mapping of the temporary .npy, disjoint rows); the main
+  process only allocates the file, tracks progress and renames. Sending crops back instead cost ~50
+  ms per 1080 px field in shared-memory copies, as much as decoding it. A BadFieldError in a worker
+  comes back as a value and is raised again in the main process with its own message (plate, well,
+  site, file), and the temporary .npy is removed.
 """
 
 from __future__ import annotations
@@ -77,15 +81,15 @@ def find_nuclei(dna: np.ndarray, sigma: float = SMOOTH_SIGMA, min_area: int = MI
     if smooth.max() <= smooth.min():
         return np.zeros((0, 2), dtype=np.int64)
     labels, n = ndimage.label(smooth > threshold_otsu(smooth))
-    if n == 0:
-        return np.zeros((0, 2), dtype=np.int64)
-    ids = np.arange(1, n + 1)
-    area = ndimage.sum_labels(np.ones(labels.shape, np.float32), labels, ids)
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    keep = ids[(area >= min_area) & ~np.isin(ids, border)]
-    if keep.size == 0:
-        return np.zeros((0, 2), dtype=np.int64)
-    centres = np.asarray(ndimage.center_of_mass(np.ones(labels.shape, np.float32), labels, keep))
+    # Areas and centroids by bincount over foreground pixels: ~10x faster than ndimage's per-label statistics.
+    pixels = np.flatnonzero(labels)
+    label = labels.ravel()[pixels]
+    area = np.bincount(label, minlength=n + 1)
+    y = np.bincount(label, pixels // labels.shape[1], minlength=n + 1)
+    x = np.bincount(label, pixels % labels.shape[1], minlength=n + 1)
+    keep = area >= min_area
+    keep[np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))] = False  # and label 0
+    centres = np.stack([y[keep], x[keep]], axis=1) / area[keep, None]
     return np.rint(centres).astype(np.int64).reshape(-1, 2)
 
 
@@ -98,20 +102,30 @@ def tile_centres(shape: tuple[int, int], crop_size: int) -> np.ndarray:
     return np.stack([ys.ravel(), xs.ravel()], axis=1).astype(np.int64)
 
 
-def extract_crops(field: np.ndarray, centres: np.ndarray, crop_size: int) -> np.ndarray:
-    """(n, C, S, S) crops covering [c - S//2, c - S//2 + S) around each centre, reflect-padded past the border."""
+def _reflect(i: np.ndarray, n: int) -> np.ndarray:
+    """Indices past either end of 0 ... n-1 mirrored about the edge pixel (numpy's 'reflect' padding)."""
+    i = np.abs(i)
+    return np.where(i >= n, 2 * (n - 1) - i, i)
+
+
+def extract_crops(field: np.ndarray, centres: np.ndarray, crop_size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """(n, C, S, S) float16 crops covering [c - S//2, c - S//2 + S) around each centre, reflected past the border.
+
+    Written into `out` when given (e.g. the rows of a memmap). The field is cast to float16 once (crops of
+    nuclei overlap); border crops gather mirrored indices.
+    """
     s, p = crop_size, crop_size // 2
-    out = np.empty((len(centres), field.shape[0], s, s), dtype=np.float16)
-    if len(centres) == 0:
-        return out
+    field = field.astype(np.float16, copy=False)
+    if out is None:
+        out = np.empty((len(centres), field.shape[0], s, s), dtype=np.float16)
     h, w = field.shape[1:]
-    inside = (centres[:, 0] >= p) & (centres[:, 0] - p + s <= h) & (centres[:, 1] >= p) & (centres[:, 1] - p + s <= w)
-    padded = None if inside.all() else np.pad(field, ((0, 0), (p, p), (p, p)), mode="reflect")
     for k, (y, x) in enumerate(centres):
-        if inside[k]:
-            out[k] = field[:, y - p : y - p + s, x - p : x - p + s]
+        y0, x0 = y - p, x - p
+        if y0 >= 0 and x0 >= 0 and y0 + s <= h and x0 + s <= w:
+            out[k] = field[:, y0 : y0 + s, x0 : x0 + s]
         else:
-            out[k] = padded[:, y : y + s, x : x + s]
+            rows, cols = _reflect(np.arange(y0, y0 + s), h), _reflect(np.arange(x0, x0 + s), w)
+            out[k] = field[:, rows[:, None], cols[None, :]]
     return out
 
 
@@ -128,17 +142,26 @@ def _cap(centres: np.ndarray, limit: int | None, seed: list[int]) -> np.ndarray:
 
 
 class _FieldTasks(Dataset):
-    """One field per item, run in DataLoader workers. job 'survey': centres and pixel samples; 'crop': crops."""
+    """One field per item, run in DataLoader workers.
+
+    job 'survey': nuclei centres and pixel samples; job 'crop': the field's crops, written by the worker
+    itself into rows starts[i]:starts[i+1] of the .npy at `array_path` (its own r+ memmap).
+    """
 
     def __init__(self, job: str, rows: list[dict], illum_dir: Path, plate: str, segment: bool = False,
                  sampled: frozenset[int] = frozenset(), centres: list[np.ndarray] | None = None,
                  low: np.ndarray | None = None, high: np.ndarray | None = None, crop_size: int = 0, seed: int = 0,
-                 min_nucleus_area: int = MIN_NUCLEUS_AREA):
+                 min_nucleus_area: int = MIN_NUCLEUS_AREA, array_path: Path | None = None,
+                 starts: np.ndarray | None = None):
         self.job, self.rows, self.illum_dir, self.plate = job, rows, Path(illum_dir), plate
         self.segment, self.sampled, self.centres = segment, sampled, centres
         self.low, self.high, self.crop_size, self.seed = low, high, crop_size, seed
-        self.min_nucleus_area = min_nucleus_area
+        self.min_nucleus_area, self.array_path, self.starts = min_nucleus_area, array_path, starts
         self._functions: dict[str, np.ndarray] = {}  # per worker, loaded on first use
+        self._array: np.ndarray | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_array": None}
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -169,11 +192,14 @@ class _FieldTasks(Dataset):
 
     def _crop(self, i: int, row: dict) -> dict:
         field = self._corrected(row, list(CHANNELS))
-        scale = (self.high - self.low)[:, None, None]
         field -= self.low[:, None, None]
-        field /= scale
+        field /= (self.high - self.low)[:, None, None]
         np.clip(field, *CLIP, out=field)
-        return {"task": i, "crops": extract_crops(field, self.centres[i], self.crop_size)}
+        if len(self.centres[i]):
+            if self._array is None:
+                self._array = np.load(self.array_path, mmap_mode="r+")
+            extract_crops(field, self.centres[i], self.crop_size, out=self._array[self.starts[i] : self.starts[i + 1]])
+        return {"task": i, "crops": len(self.centres[i])}
 
     def __getitem__(self, i: int) -> dict:
         try:
@@ -269,23 +295,21 @@ def build_crop_cache(load_data: pd.DataFrame, illum_dir: str | Path, out_prefix:
     counts = np.array([len(c) for c in centres], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)])
     total = int(starts[-1])
-    crop = _FieldTasks("crop", rows, illum_dir, plate, centres=centres, low=low.astype(np.float32),
-                       high=high.astype(np.float32), crop_size=crop_size, seed=seed)
     with atomic_path(files["array"]) as tmp:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(total, len(CHANNELS), crop_size, crop_size))
-        for item in _run(crop, list(range(len(rows))), num_workers, f"{plate}: crops"):
-            i = item["task"]
-            array[starts[i] : starts[i + 1]] = item["crops"].numpy()
-        array.flush()
-        del array
+        # Allocated at its final size; each worker writes its fields' rows through its own mapping.
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(total, len(CHANNELS), crop_size, crop_size))
+        crop = _FieldTasks("crop", rows, illum_dir, plate, centres=centres, low=low.astype(np.float32),
+                           high=high.astype(np.float32), crop_size=crop_size, seed=seed, array_path=tmp, starts=starts)
+        for _ in _run(crop, list(range(len(rows))), num_workers, f"{plate}: crops"):
+            pass
+        del crop  # num_workers=0: the main process's own mapping
 
+    yx = np.concatenate([np.zeros((0, 2), np.int64), *centres]).astype(np.int64)
     index = pd.DataFrame({
         "Metadata_Plate": np.repeat([str(r["Metadata_Plate"]) for r in rows], counts),
         "Metadata_Well": np.repeat([str(r["Metadata_Well"]) for r in rows], counts),
         "Metadata_Site": np.repeat([int(r["Metadata_Site"]) for r in rows], counts).astype(np.int64),
-        "Metadata_Crop": np.arange(total, dtype=np.int64),
-        "Metadata_Y": np.concatenate([c[:, 0] for c in centres]).astype(np.int64) if total else np.zeros(0, np.int64),
-        "Metadata_X": np.concatenate([c[:, 1] for c in centres]).astype(np.int64) if total else np.zeros(0, np.int64),
+        "Metadata_Crop": np.arange(total, dtype=np.int64), "Metadata_Y": yx[:, 0], "Metadata_X": yx[:, 1],
     })
     write_table(index, files["index"])
     empty = sorted({str(r["Metadata_Well"]) for r in rows} - set(index["Metadata_Well"]))

@@ -4,11 +4,13 @@ The encoder is the plain timm model from `build_encoder`, kept as `MaskedAutoenc
 its state_dict loads into `build_encoder(**encoder_config)` unchanged and embedding needs no MAE
 code. Pretraining runs the encoder on a random subset of patch tokens only; a small decoder
 (timm Blocks) fills in mask tokens and regresses the pixels of the hidden patches.
+`load_encoder` / `load_mae` read the files written by paintbench.vit.train back.
 """
 
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from timm.models.vision_transformer import Block
 
-from paintbench.vit import build_encoder
+from paintbench.vit import IN_CHANS, build_encoder
 
 NORM_PIX_EPS = 1e-6
 DECODER_DEFAULTS: dict[str, Any] = dict(dim=128, depth=2, heads=4, mlp_ratio=4.0, learned_pos=False)
@@ -227,3 +229,63 @@ def resize_to(imgs: torch.Tensor, size: int) -> torch.Tensor:
         return imgs
     shrink = imgs.shape[-1] > size or imgs.shape[-2] > size
     return F.interpolate(imgs, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def _load(path: Path) -> Any:
+    """torch.load restricted to tensors and plain containers; any failure names the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # missing file, pickled objects, truncated data
+        raise ValueError(f"{path}: cannot load as a state_dict or paintbench checkpoint: {error}") from error
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Accept state_dicts saved from wrappers: torch.compile ('_orig_mod.'), DDP ('module.'), a whole MAE ('encoder.')."""
+    for prefix in ("_orig_mod.", "module."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    if any(k.startswith("encoder.") for k in state):
+        state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    return state
+
+
+def load_encoder(path: str | Path, device: str | torch.device = "cpu",
+                 encoder_config: dict[str, Any] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Encoder (eval mode) + its config from our checkpoint.pt or encoder.pt, or from a plain timm state_dict
+    file (then `encoder_config` is required). Mismatches are errors naming the file."""
+    path = Path(path)
+    obj = _load(path)
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: not a state_dict or paintbench checkpoint ({type(obj).__name__})")
+    if "encoder" in obj and "encoder_config" in obj:
+        state, config = obj["encoder"], obj["encoder_config"]
+        if encoder_config is not None and dict(encoder_config) != config:
+            raise ValueError(f"{path}: stored encoder_config {config} differs from the given {encoder_config}")
+    else:
+        if encoder_config is None:
+            raise ValueError(f"{path}: a plain state_dict needs an encoder_config (model, img_size, patch_size, ...)")
+        state, config = _strip_prefixes(obj), dict(encoder_config)
+    if config.get("in_chans", IN_CHANS) != IN_CHANS:
+        raise ValueError(f"{path}: encoder_config has in_chans={config['in_chans']}, Cell Painting needs {IN_CHANS}")
+    proj = state.get("patch_embed.proj.weight")
+    if proj is not None and proj.shape[1] != IN_CHANS:
+        raise ValueError(f"{path}: patch embedding takes {proj.shape[1]} channels, Cell Painting needs {IN_CHANS}")
+    encoder = build_encoder(**config)
+    try:
+        missing, unexpected = encoder.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatches
+        raise ValueError(f"{path}: weights do not fit {config}: {error}") from error
+    if missing or unexpected:
+        raise ValueError(f"{path}: keys do not match {config['model']}: missing {missing[:5]}"
+                         f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                         f"{'...' if len(unexpected) > 5 else ''}")
+    return encoder.to(device).eval(), config
+
+
+def load_mae(path: str | Path, device: str | torch.device = "cpu") -> MaskedAutoencoder:
+    """The whole MAE (encoder + decoder) from a checkpoint.pt, e.g. to look at reconstructions."""
+    state = _load(Path(path))
+    model = build_mae_from_decoder_config(state["encoder_config"], state["train_config"]["decoder"])
+    model.encoder.load_state_dict(state["encoder"])
+    model.decoder.load_state_dict(state["decoder"])
+    return model.to(device).eval()

@@ -17,6 +17,7 @@ import logging
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,8 +27,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from paintbench.atomic import atomic_path
-from paintbench.vit import IN_CHANS, autocast, build_encoder, pick_device
-from paintbench.vit.model import DECODER_DEFAULTS, MaskedAutoencoder, build_mae_from_decoder_config, resize_to
+from paintbench.vit import autocast, pick_device
+from paintbench.vit.model import (DECODER_DEFAULTS, MaskedAutoencoder, build_mae_from_decoder_config,
+                                  load_encoder, load_mae, resize_to)
+
+__all__ = ["pretrain", "load_encoder", "load_mae"]  # the loaders live in model.py, beside build_mae
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +100,38 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def rng_state(mask_gen: torch.Generator, device: torch.device) -> dict[str, Any]:
-    cuda = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
-    return {"torch": torch.get_rng_state(), "mask": mask_gen.get_state(), "cuda": cuda}
+@dataclass
+class TrainState:
+    """Everything a checkpoint must capture for a resume to continue bit-for-bit."""
 
+    model: MaskedAutoencoder
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    mask_gen: torch.Generator  # CPU generator of the masking noise
+    device: torch.device
+    encoder_config: dict[str, Any]
+    train_config: dict[str, Any]
 
-def restore_rng(state: dict[str, Any], mask_gen: torch.Generator, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    mask_gen.set_state(state["mask"])
-    if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state_all(state["cuda"])
+    def checkpoint(self, step: int, seconds: float) -> dict[str, Any]:
+        cuda = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
+        return {"encoder": self.model.encoder.state_dict(), "decoder": self.model.decoder.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "step": step,
+                "encoder_config": self.encoder_config, "train_config": self.train_config, "seconds": seconds,
+                "rng": {"torch": torch.get_rng_state(), "mask": self.mask_gen.get_state(), "cuda": cuda}}
+
+    def save(self, path: Path, step: int, seconds: float) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(self.checkpoint(step, seconds), tmp)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.model.encoder.load_state_dict(state["encoder"])
+        self.model.decoder.load_state_dict(state["decoder"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.mask_gen.set_state(state["rng"]["mask"])
+        if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
 
 def resumable(checkpoint: dict[str, Any], encoder_config: dict, train_config: dict) -> list[str]:
@@ -114,14 +140,42 @@ def resumable(checkpoint: dict[str, Any], encoder_config: dict, train_config: di
     return differ + (["encoder_config"] if checkpoint["encoder_config"] != encoder_config else [])
 
 
-def cut_log(path: Path, step: int) -> None:
-    """Keep the header and the well-formed rows up to `step` (a killed run may leave later or torn rows)."""
-    rows = path.read_text().splitlines(keepends=True)[1:] if path.exists() else []
-    kept = [r for r in rows if r.endswith("\n") and len(r.split("\t")) == 4 and int(r.split("\t")[0]) <= step]
-    if len(kept) < step:
-        log.warning("%s: %d of %d rows before the checkpoint are missing", path, step - len(kept), step)
-    with atomic_path(path) as tmp:
-        tmp.write_text(LOG_HEADER + "".join(kept))
+class LossLog:
+    """train_log.tsv, one row per step. Losses stay on the device until `flush` (one sync per flush).
+
+    A fresh run starts the file anew; a resumed one keeps the well-formed rows up to its checkpoint's
+    step (a killed run may leave rows past it, or a torn last row), so every step appears once.
+    """
+
+    def __init__(self, path: Path, start: int) -> None:
+        rows = path.read_text().splitlines(keepends=True)[1:] if start and path.exists() else []
+        kept = [r for r in rows if r.endswith("\n") and len(r.split("\t")) == 4 and r.split("\t")[0].isdigit()
+                and int(r.split("\t")[0]) <= start]
+        if len(kept) < start:
+            log.warning("%s: %d of %d rows before the checkpoint are missing", path, start - len(kept), start)
+        with atomic_path(path) as tmp:
+            tmp.write_text(LOG_HEADER + "".join(kept))
+        self.path, self.pending = path, []
+        self.file = path.open("a")
+
+    def add(self, step: int, loss: torch.Tensor, lr: float, seconds: float) -> None:
+        self.pending.append((step, loss.detach(), lr, seconds))
+
+    def flush(self) -> list[float]:
+        """Write the pending rows; returns their losses. A non-finite loss stops training here."""
+        if not self.pending:
+            return []
+        losses = torch.stack([row[1] for row in self.pending]).float().tolist()
+        for (step, _, lr, seconds), loss in zip(self.pending, losses):
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"{self.path}: loss is {loss} at step {step}")
+            self.file.write(f"{step}\t{loss!r}\t{lr!r}\t{seconds:.3f}\n")
+        self.file.flush()
+        self.pending.clear()
+        return losses
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def plot_log(log_path: Path, plot_path: Path) -> None:
@@ -147,6 +201,41 @@ def plot_log(log_path: Path, plot_path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=100)
 
 
+def build_state(encoder_config: dict[str, Any], dev: torch.device, train_config: dict[str, Any],
+                compile_model: bool | None) -> TrainState:
+    """Model (seeded init), AdamW (fused on CUDA), warmup-cosine LambdaLR and the masking generator."""
+    seed, decoder = train_config["seed"], train_config["decoder"]
+    torch.manual_seed(derive_seed(seed, STREAM_INIT))
+    model = build_mae_from_decoder_config(encoder_config, decoder).to(dev)
+    shape = train_config["crop_shape"]
+    if len(shape) != 3 or shape[0] != model.in_chans:
+        raise ValueError(f"crops are {shape}, expected ({model.in_chans}, S, S)")
+    optimizer = torch.optim.AdamW(param_groups(model, train_config["weight_decay"]), lr=train_config["lr"],
+                                  betas=(0.9, 0.95), fused=True if dev.type == "cuda" else None)
+    warmup, steps = train_config["warmup_steps"], train_config["steps"]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, steps))
+    if compile_model and dev.type != "cuda":
+        log.warning("pretrain: torch.compile is only used on CUDA; running eagerly on %s", dev)
+    elif compile_model or (compile_model is None and dev.type == "cuda"):
+        model.compile()  # in place: state_dict keys stay those of the plain modules
+    mask_gen = torch.Generator().manual_seed(derive_seed(seed, STREAM_MASK))
+    return TrainState(model, optimizer, scheduler, mask_gen, dev, encoder_config, train_config)
+
+
+def train_step(state: TrainState, batch: torch.Tensor, mask_ratio: float) -> torch.Tensor:
+    """One optimizer step on a batch of crops, resized on the device to the model's img_size."""
+    model, dev = state.model, state.device
+    imgs = resize_to(torch.as_tensor(batch).to(dev, non_blocking=True).float(), model.grid[0] * model.patch_size)
+    noise = torch.rand(imgs.shape[0], model.num_patches, generator=state.mask_gen)
+    with autocast(dev):
+        loss, _, _ = model(imgs, mask_ratio, noise=noise.to(dev, non_blocking=True))
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    state.optimizer.step()
+    state.scheduler.step()
+    return loss.detach()
+
+
 def pretrain(crops: Dataset, encoder_config: dict[str, Any], out_dir: Path, *, steps: int, batch_size: int,
              lr: float, warmup_steps: int, checkpoint_every: int, seed: int, weight_decay: float = 0.05,
              mask_ratio: float = 0.75, device: str = "auto", num_workers: int = 0,
@@ -155,161 +244,60 @@ def pretrain(crops: Dataset, encoder_config: dict[str, Any], out_dir: Path, *, s
     """Pretrain an MAE for `steps` optimizer steps on `crops` (items: (C, S, S) float tensors); returns encoder.pt.
 
     `lr` is the absolute peak learning rate (no batch-size scaling). `compile_model` None = on for CUDA only.
+    An existing out_dir/checkpoint.pt made with the same settings is continued (unless resume=False);
+    one made with other settings is overwritten by a fresh run.
     """
     if steps < 0 or batch_size < 1 or checkpoint_every < 1 or log_every < 1 or warmup_steps < 0:
         raise ValueError("need steps >= 0, batch_size >= 1, checkpoint_every >= 1, log_every >= 1, warmup_steps >= 0")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dev = pick_device(device)
-    n = len(crops)
-    if n == 0:
+    if len(crops) == 0:
         raise ValueError("pretrain: the crop dataset is empty")
-    crop_shape = list(torch.as_tensor(crops[0]).shape)
-    decoder = {**DECODER_DEFAULTS, "norm_pix_loss": True, **(decoder or {})}
+    out_dir, dev = Path(out_dir), pick_device(device)
+    ckpt_path = out_dir / CHECKPOINT
     train_config = dict(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                        warmup_steps=warmup_steps, mask_ratio=mask_ratio, seed=seed, decoder=decoder, n_crops=n,
-                        crop_shape=crop_shape, checkpoint_every=checkpoint_every, num_workers=num_workers,
-                        device=str(dev), log_every=log_every)
-    torch.manual_seed(derive_seed(seed, STREAM_INIT))
-    model = build_mae_from_decoder_config(encoder_config, decoder).to(dev)
-    if crop_shape[0] != model.in_chans or len(crop_shape) != 3:
-        raise ValueError(f"crops are {crop_shape}, expected ({model.in_chans}, S, S)")
-    optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.95),
-                                  fused=True if dev.type == "cuda" else None)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup_steps, steps))
-    mask_gen = torch.Generator().manual_seed(derive_seed(seed, STREAM_MASK))
+                        warmup_steps=warmup_steps, mask_ratio=mask_ratio, seed=seed,
+                        decoder={**DECODER_DEFAULTS, "norm_pix_loss": True, **(decoder or {})},
+                        n_crops=len(crops), crop_shape=list(torch.as_tensor(crops[0]).shape),
+                        checkpoint_every=checkpoint_every, num_workers=num_workers, device=str(dev),
+                        log_every=log_every)
+    state = build_state(encoder_config, dev, train_config, compile_model)
     start, elapsed = 0, 0.0
-    ckpt_path, log_path = out_dir / CHECKPOINT, out_dir / LOG
     if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        differ = resumable(state, encoder_config, train_config)
+        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        differ = resumable(saved, encoder_config, train_config)
         if differ:
             log.warning("%s: not resumed, settings differ (%s); starting over", ckpt_path, ", ".join(differ))
         else:
-            model.encoder.load_state_dict(state["encoder"])
-            model.decoder.load_state_dict(state["decoder"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            restore_rng(state["rng"], mask_gen, dev)
-            start, elapsed = int(state["step"]), float(state["seconds"])
+            state.restore(saved)
+            start, elapsed = int(saved["step"]), float(saved["seconds"])
             log.info("%s: resuming at step %d of %d", ckpt_path, start, steps)
-    if start:
-        cut_log(log_path, start)
-    else:
-        with atomic_path(log_path) as tmp:
-            tmp.write_text(LOG_HEADER)
-
-    def save_checkpoint(step: int, seconds: float) -> None:
-        state = {"encoder": model.encoder.state_dict(), "decoder": model.decoder.state_dict(),
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                 "encoder_config": encoder_config, "train_config": train_config,
-                 "rng": rng_state(mask_gen, dev), "seconds": seconds}
-        with atomic_path(ckpt_path) as tmp:
-            torch.save(state, tmp)
-
-    if compile_model and dev.type != "cuda":
-        log.warning("pretrain: torch.compile is only used on CUDA; running eagerly on %s", dev)
-    elif compile_model or (compile_model is None and dev.type == "cuda"):
-        model.compile()  # in place: state_dict keys stay those of the plain modules
-    loader = DataLoader(crops, batch_sampler=StepBatchSampler(n, batch_size, seed, start, steps),
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loss_log = LossLog(out_dir / LOG, start)
+    # Batches depend on (seed, step) only; the loader's own generator merely seeds worker processes.
+    loader = DataLoader(crops, batch_sampler=StepBatchSampler(len(crops), batch_size, seed, start, steps),
                         num_workers=num_workers, pin_memory=dev.type == "cuda", worker_init_fn=seed_worker,
-                        generator=torch.Generator().manual_seed(derive_seed(seed, STREAM_LOADER, start)),
-                        persistent_workers=False)
-    pending: list[tuple[int, torch.Tensor, float, float]] = []
+                        generator=torch.Generator().manual_seed(derive_seed(seed, STREAM_LOADER, start)))
     t0 = time.perf_counter()
-    model.train()
-    with log_path.open("a") as log_file, tqdm(total=steps, initial=start, desc="MAE pretraining", unit="step",
-                                              mininterval=2, disable=not progress) as bar:
-        def flush() -> None:
-            """One device sync per flush: losses stay on the device between flushes."""
-            if not pending:
-                return
-            losses = torch.stack([p[1] for p in pending]).float().tolist()
-            for (step, _, step_lr, seconds), loss in zip(pending, losses):
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"pretrain: loss is {loss} at step {step} ({out_dir})")
-                log_file.write(f"{step}\t{loss!r}\t{step_lr!r}\t{seconds:.3f}\n")
-            log_file.flush()
-            bar.update(len(pending))
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            pending.clear()
-
-        step = start
-        for step, batch in enumerate(loader, start=start + 1):
-            imgs = resize_to(torch.as_tensor(batch).to(dev, non_blocking=True).float(), model.grid[0] * model.patch_size)
-            noise = torch.rand(imgs.shape[0], model.num_patches, generator=mask_gen)
-            step_lr = optimizer.param_groups[0]["lr"]
-            with autocast(dev):
-                loss, _, _ = model(imgs, mask_ratio, noise=noise.to(dev, non_blocking=True))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            pending.append((step, loss.detach(), step_lr, elapsed + time.perf_counter() - t0))
-            if step % log_every == 0:
-                flush()
-            if step % checkpoint_every == 0 or step == steps:
-                flush()  # the log reaches the checkpoint's step before the checkpoint exists
-                save_checkpoint(step, elapsed + time.perf_counter() - t0)
-        flush()
+    state.model.train()
+    try:
+        with tqdm(total=steps, initial=start, desc="MAE pretraining", unit="step", mininterval=2,
+                  disable=not progress) as bar:
+            for step, batch in enumerate(loader, start=start + 1):
+                step_lr = state.optimizer.param_groups[0]["lr"]
+                loss_log.add(step, train_step(state, batch, mask_ratio), step_lr, elapsed + time.perf_counter() - t0)
+                if step % log_every == 0 or step % checkpoint_every == 0 or step == steps:
+                    losses = loss_log.flush()  # before a checkpoint: the log reaches its step first
+                    bar.update(len(losses))
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                if step % checkpoint_every == 0 or step == steps:
+                    state.save(ckpt_path, step, elapsed + time.perf_counter() - t0)
+    finally:
+        loss_log.close()
     if start == steps:  # nothing trained in this call: resumed at the end, or steps == 0
         log.info("%s: at step %d of %d, writing outputs only", ckpt_path, start, steps)
         if steps == 0:
-            save_checkpoint(0, elapsed)
+            state.save(ckpt_path, 0, elapsed)
     encoder_path = out_dir / ENCODER
     with atomic_path(encoder_path) as tmp:
-        torch.save({"encoder": model.encoder.state_dict(), "encoder_config": encoder_config}, tmp)
-    plot_log(log_path, out_dir / PLOT)
+        torch.save({"encoder": state.model.encoder.state_dict(), "encoder_config": encoder_config}, tmp)
+    plot_log(out_dir / LOG, out_dir / PLOT)
     return encoder_path
-
-
-def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Accept state_dicts saved from wrappers: torch.compile ('_orig_mod.'), DDP ('module.'), a whole MAE ('encoder.')."""
-    for prefix in ("_orig_mod.", "module."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    if any(k.startswith("encoder.") for k in state):
-        state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
-    return state
-
-
-def load_encoder(path: str | Path, device: str | torch.device = "cpu",
-                 encoder_config: dict[str, Any] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Encoder (eval mode) + its config from our checkpoint.pt or encoder.pt, or from a plain timm state_dict
-    file (then `encoder_config` is required). Mismatches are errors naming the file."""
-    path = Path(path)
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: not a state_dict or paintbench checkpoint ({type(obj).__name__})")
-    if "encoder" in obj and "encoder_config" in obj:
-        state, config = obj["encoder"], obj["encoder_config"]
-        if encoder_config is not None and dict(encoder_config) != config:
-            raise ValueError(f"{path}: stored encoder_config {config} differs from the given {encoder_config}")
-    else:
-        if encoder_config is None:
-            raise ValueError(f"{path}: a plain state_dict needs an encoder_config (model, img_size, patch_size, ...)")
-        state, config = _strip_prefixes(obj), dict(encoder_config)
-    if config.get("in_chans", IN_CHANS) != IN_CHANS:
-        raise ValueError(f"{path}: encoder_config has in_chans={config['in_chans']}, Cell Painting needs {IN_CHANS}")
-    proj = state.get("patch_embed.proj.weight")
-    if proj is not None and proj.shape[1] != IN_CHANS:
-        raise ValueError(f"{path}: patch embedding takes {proj.shape[1]} channels, Cell Painting needs {IN_CHANS}")
-    encoder = build_encoder(**config)
-    try:
-        missing, unexpected = encoder.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # shape mismatches
-        raise ValueError(f"{path}: weights do not fit {config}: {error}") from error
-    if missing or unexpected:
-        raise ValueError(f"{path}: keys do not match {config['model']}: missing {missing[:5]}"
-                         f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
-                         f"{'...' if len(unexpected) > 5 else ''}")
-    return encoder.to(device).eval(), config
-
-
-def load_mae(path: str | Path, device: str | torch.device = "cpu") -> MaskedAutoencoder:
-    """The whole MAE (encoder + decoder) from a checkpoint.pt, e.g. to look at reconstructions."""
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    model = build_mae_from_decoder_config(state["encoder_config"], state["train_config"]["decoder"])
-    model.encoder.load_state_dict(state["encoder"])
-    model.decoder.load_state_dict(state["decoder"])
-    return model.to(device).eval()

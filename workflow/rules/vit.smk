@@ -1,0 +1,90 @@
+# Stage 3b: ViT-MAE. Crop cache per plate (decode once) -> MAE pretraining (GPU) -> embeddings -> well means.
+
+
+rule vit_crops:
+    input:
+        load_data=f"{RESULTS}/load_data/{{plate}}.csv",
+        illum=rules.illum.output.functions,
+    output:
+        crops=f"{RESULTS}/vit/crops/{{plate}}.npy",
+        index=f"{RESULTS}/vit/crops/{{plate}}.parquet",
+        norm=f"{RESULTS}/vit/crops/{{plate}}.norm.json",
+    log:
+        f"{RESULTS}/logs/vit_crops/{{plate}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/vit_crops/{{plate}}.tsv"
+    params:
+        prefix=lambda wildcards: f"{RESULTS}/vit/crops/{wildcards.plate}",
+        illum_dir=lambda wildcards: f"{RESULTS}/illum/{wildcards.plate}",
+        mode=VIT["crop"],
+        crop_size=VIT["crop_size"],
+        cap=f"--max-crops-per-field {VIT['max_crops_per_field']}" if VIT["max_crops_per_field"] else "",
+        seed=VIT["seed"],
+    threads: max(1, VIT["num_workers"])
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    conda:
+        "../../envs/paintbench.yaml"
+    shell:
+        "python -m paintbench vit-crops --load-data {input.load_data} --illum-dir {params.illum_dir}"
+        " --mode {params.mode} --crop-size {params.crop_size} {params.cap} --num-workers {threads}"
+        " --seed {params.seed} --output-prefix {params.prefix} > {log} 2>&1"
+
+
+rule vit_pretrain:
+    input:
+        crops=expand(f"{RESULTS}/vit/crops/{{plate}}.npy", plate=VIT_PRETRAIN_PLATES),
+        index=expand(f"{RESULTS}/vit/crops/{{plate}}.parquet", plate=VIT_PRETRAIN_PLATES),
+    output:
+        encoder=f"{RESULTS}/vit/model/encoder.pt",
+        log_table=f"{RESULTS}/vit/model/train_log.tsv",
+        loss_plot=f"{RESULTS}/vit/model/train_loss.png",
+    log:
+        f"{RESULTS}/logs/vit_pretrain.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/vit_pretrain.tsv"
+    params:
+        prefixes=lambda wildcards, input: " ".join(p.removesuffix(".npy") for p in input.crops),
+        out_dir=f"{RESULTS}/vit/model",
+        args=vit_train_args(),
+    threads: max(1, VIT["num_workers"])
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=24 * 60,
+    conda:
+        "../../envs/paintbench.yaml"
+    shell:
+        "python -m paintbench vit-pretrain --crops {params.prefixes} --out-dir {params.out_dir} {params.args}"
+        " --num-workers {threads} > {log} 2>&1"
+
+
+rule vit_embed:
+    input:
+        crops=f"{RESULTS}/vit/crops/{{plate}}.npy",
+        index=f"{RESULTS}/vit/crops/{{plate}}.parquet",
+        encoder=VIT_ENCODER,
+    output:
+        profiles=f"{RESULTS}/profiles/vitmae/{{plate}}.parquet",
+    log:
+        f"{RESULTS}/logs/vit_embed/{{plate}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/vit_embed/{{plate}}.tsv"
+    params:
+        prefix=lambda wildcards: f"{RESULTS}/vit/crops/{wildcards.plate}",
+        encoder_args=vit_encoder_args(),
+        pooling=VIT["pooling"],
+        batch_size=VIT["embed_batch_size"],
+        device=VIT["device"],
+    threads: max(1, VIT["num_workers"])
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        "../../envs/paintbench.yaml"
+    shell:
+        "python -m paintbench vit-embed --crops {params.prefix} --encoder {input.encoder} {params.encoder_args}"
+        " --pooling {params.pooling} --batch-size {params.batch_size} --device {params.device}"
+        " --num-workers {threads} --output {output.profiles} > {log} 2>&1"
