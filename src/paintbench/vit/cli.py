@@ -1,0 +1,110 @@
+"""`paintbench vit-crops | vit-pretrain | vit-embed`: the ViT branch's commands (registered by paintbench.cli)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger("paintbench")
+
+
+def _encoder_config(args: argparse.Namespace) -> dict:
+    return {"model": args.model, "img_size": args.input_size, "patch_size": args.patch_size, "in_chans": 5,
+            "kwargs": json.loads(args.model_kwargs)}
+
+
+def _set_cpu_threads(threads: int, num_workers: int) -> None:
+    """On CPU, leave the worker processes their cores instead of oversubscribing."""
+    import torch
+
+    if not torch.cuda.is_available():
+        torch.set_num_threads(max(1, threads - num_workers))
+
+
+def cmd_vit_crops(args: argparse.Namespace) -> None:
+    from paintbench.atomic import read_table
+    from paintbench.vit.crops import build_crop_cache
+
+    index = build_crop_cache(read_table(args.load_data), Path(args.illum_dir), Path(args.output_prefix), mode=args.mode,
+                             crop_size=args.crop_size, num_workers=args.num_workers, seed=args.seed,
+                             max_crops_per_field=args.max_crops_per_field)
+    log.info("%d crops of %d fields -> %s.npy", len(index), index.groupby(["Metadata_Well", "Metadata_Site"]).ngroups,
+             args.output_prefix)
+
+
+def cmd_vit_pretrain(args: argparse.Namespace) -> None:
+    from paintbench.vit.crops import CropDataset
+    from paintbench.vit.train import pretrain
+
+    workers = 0 if args.device == "cpu" or args.num_workers <= 1 else args.num_workers
+    _set_cpu_threads(args.num_workers, 0)
+    crops = CropDataset(args.crops)
+    log.info("pretraining on %d crops of %d plate(s)", len(crops), len(args.crops))
+    pretrain(crops, _encoder_config(args), Path(args.out_dir), steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+             warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every, seed=args.seed,
+             weight_decay=args.weight_decay, mask_ratio=args.mask_ratio, device=args.device, num_workers=workers,
+             decoder={"dim": args.decoder_dim, "depth": args.decoder_depth, "heads": args.decoder_heads})
+
+
+def cmd_vit_embed(args: argparse.Namespace) -> None:
+    from paintbench.vit import pick_device
+    from paintbench.vit.embed import embed_plate
+    from paintbench.vit.model import load_encoder
+
+    _set_cpu_threads(args.num_workers, args.num_workers)
+    given = _encoder_config(args) if args.model else None
+    encoder, encoder_config = load_encoder(args.encoder, pick_device(args.device), given)
+    embed_plate(Path(args.crops), encoder, encoder_config, Path(args.output), pooling=args.pooling,
+                batch_size=args.batch_size, device=args.device, num_workers=args.num_workers)
+
+
+def _model_options(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--model", required=required, help="timm model name, e.g. vit_small_patch16_224")
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--patch-size", type=int, default=16)
+    p.add_argument("--model-kwargs", default="{}", help="JSON of extra timm.create_model arguments")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("vit-crops", help="crop cache of one plate: corrected, normalized tiles or nuclei crops")
+    p.add_argument("--load-data", required=True)
+    p.add_argument("--illum-dir", required=True)
+    p.add_argument("--mode", choices=["tiles", "nuclei"], default="nuclei")
+    p.add_argument("--crop-size", type=int, default=160)
+    p.add_argument("--max-crops-per-field", type=int, default=None)
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output-prefix", required=True, help="writes PREFIX.npy, PREFIX.parquet, PREFIX.norm.json")
+    p.set_defaults(func=cmd_vit_crops)
+
+    p = sub.add_parser("vit-pretrain", help="self-supervised MAE pretraining on crop caches (GPU when present)")
+    p.add_argument("--crops", nargs="+", required=True, help="crop cache prefixes")
+    p.add_argument("--out-dir", required=True, help="checkpoint.pt, encoder.pt, train_log.tsv, train_loss.png")
+    _model_options(p, required=True)
+    p.add_argument("--mask-ratio", type=float, default=0.75)
+    p.add_argument("--decoder-dim", type=int, default=256)
+    p.add_argument("--decoder-depth", type=int, default=4)
+    p.add_argument("--decoder-heads", type=int, default=8)
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1.5e-4)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup-steps", type=int, default=1000)
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--num-workers", type=int, default=4)
+    p.set_defaults(func=cmd_vit_pretrain)
+
+    p = sub.add_parser("vit-embed", help="well-level embeddings of one plate's crop cache")
+    p.add_argument("--crops", required=True, help="crop cache prefix")
+    p.add_argument("--encoder", required=True, help="encoder.pt / checkpoint.pt, or a timm state_dict (give --model)")
+    _model_options(p, required=False)
+    p.add_argument("--pooling", choices=["cls", "mean"], default="mean")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--output", required=True)
+    p.set_defaults(func=cmd_vit_embed)
