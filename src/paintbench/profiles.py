@@ -1,0 +1,102 @@
+"""Well profiles -> annotated, normalized (and, for CellProfiler, feature-selected) tables: the same code for
+every feature set.
+
+Normalization is per plate against its negative controls, a robust z-score as pycytominer's `mad_robustize`:
+(x - median_negcon) / (1.4826 * MAD_negcon). pycytominer adds 1e-18 to the MAD, so a feature constant across a
+plate's controls becomes ~1e18 there; here such a feature falls back to the MAD of all the plate's wells, and is
+set to 0 on that plate when that is zero too (it carries no information there), so no profile is dominated by it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from paintbench.metadata import NEGCON, plate_layout
+
+log = logging.getLogger(__name__)
+
+MAD_SCALE = 1.4826  # makes the MAD of a normal distribution equal its standard deviation
+SELECTION_OPERATIONS = ["variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist"]
+
+
+def feature_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if not c.startswith("Metadata_") and pd.api.types.is_numeric_dtype(table[c])]
+
+
+def annotate(wells: pd.DataFrame, metadata_dir: str | Path | None = None) -> pd.DataFrame:
+    """Add the platemap and perturbation metadata (Metadata_broad_sample, _control_type, _gene, ...)."""
+    layouts = pd.concat([plate_layout(p, metadata_dir) for p in wells["Metadata_Plate"].unique()], ignore_index=True)
+    annotated = layouts.merge(wells, on=["Metadata_Plate", "Metadata_Well"], how="inner", validate="one_to_one")
+    lost = len(wells) - len(annotated)
+    if lost:
+        raise ValueError(f"{lost} well profile(s) have no platemap entry (check Metadata_Plate / Metadata_Well)")
+    metadata = [c for c in annotated.columns if c.startswith("Metadata_")]
+    return annotated[metadata + feature_columns(annotated)]
+
+
+def robust_scale(values: np.ndarray, reference: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """(values - median(reference)) / (1.4826 MAD(reference)); zero MADs fall back to `fallback`'s MAD, then to 0."""
+    centre = np.nanmedian(reference, axis=0)
+    mad = MAD_SCALE * np.nanmedian(np.abs(reference - centre), axis=0)
+    wide = MAD_SCALE * np.nanmedian(np.abs(fallback - np.nanmedian(fallback, axis=0)), axis=0)
+    scale = np.where(mad > 0, mad, wide)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scaled = (values - centre) / scale
+    scaled[:, ~(scale > 0)] = 0.0
+    return scaled
+
+
+def normalize(profiles: pd.DataFrame, features: list[str], plate_col: str = "Metadata_Plate") -> pd.DataFrame:
+    """Robust z-scores per plate against that plate's negative controls (Metadata_control_type == 'negcon')."""
+    out = profiles.copy()
+    out[features] = out[features].astype(np.float64)
+    for plate, rows in profiles.groupby(plate_col).groups.items():
+        block = profiles.loc[rows, features].to_numpy(np.float64)
+        controls = (profiles.loc[rows, "Metadata_control_type"] == NEGCON).to_numpy()
+        if controls.sum() < 2:
+            raise ValueError(f"plate {plate}: {controls.sum()} negative-control well(s); normalization needs at least 2")
+        out.loc[rows, features] = robust_scale(block, block[controls], block)
+    return out
+
+
+def select_features(profiles: pd.DataFrame, features: list[str], operations: list[str] = SELECTION_OPERATIONS,
+                    corr_threshold: float = 0.9, na_cutoff: float = 0.05) -> list[str]:
+    """The consortium's feature selection (pycytominer.feature_select) fitted on all plates of a run."""
+    from pycytominer import feature_select
+
+    selected = feature_select(profiles[features], features=features, operation=operations,
+                              corr_threshold=corr_threshold, na_cutoff=na_cutoff)
+    kept = [c for c in features if c in selected.columns]
+    log.info("feature selection (%s): %d of %d features kept", ", ".join(operations), len(kept), len(features))
+    return kept
+
+
+def spherize(profiles: pd.DataFrame, features: list[str], epsilon: float = 1e-6) -> pd.DataFrame:
+    """ZCA whitening fitted on the negative controls of all plates (optional, `profiles.spherize`)."""
+    controls = profiles.loc[profiles["Metadata_control_type"] == NEGCON, features].to_numpy(np.float64)
+    centre = controls.mean(axis=0)
+    eigenvalues, eigenvectors = np.linalg.eigh(np.cov(controls - centre, rowvar=False))
+    whitening = eigenvectors @ np.diag(1.0 / np.sqrt(np.maximum(eigenvalues, 0) + epsilon)) @ eigenvectors.T
+    out = profiles.copy()
+    out[features] = (profiles[features].to_numpy(np.float64) - centre) @ whitening
+    return out
+
+
+def build_profiles(well_tables: list[pd.DataFrame], metadata_dir: str | Path | None, feature_selection: bool,
+                   whiten: bool = False) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """(normalized, feature-selected or None) for one feature set; NaN-only features are dropped first."""
+    wells = pd.concat(well_tables, ignore_index=True)
+    annotated = annotate(wells, metadata_dir)
+    features = [c for c in feature_columns(annotated) if annotated[c].notna().any()]
+    normalized = normalize(annotated, features)
+    metadata = [c for c in normalized.columns if c.startswith("Metadata_")]
+    normalized = normalized[metadata + features]
+    if not feature_selection:
+        return (spherize(normalized, features) if whiten else normalized), None
+    kept = select_features(normalized, features)
+    selected = normalized[metadata + kept]
+    return normalized, (spherize(selected, kept) if whiten else selected)
