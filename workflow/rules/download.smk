@@ -14,6 +14,7 @@ rule synthetic_ground_truth:
         seed=config["synthetic"]["seed"],
         strong=config["synthetic"]["strong_fraction"],
         null=config["synthetic"]["null_fraction"],
+        scale=config["synthetic"]["effect_scale"],
     resources:
         mem_mb=1000,
         runtime=10,
@@ -21,7 +22,7 @@ rule synthetic_ground_truth:
         "../../envs/paintbench.yaml"
     shell:
         "python -m paintbench ground-truth --platemaps {params.platemaps} --metadata-dir {params.metadata_dir}"
-        " --seed {params.seed} --strong-fraction {params.strong} --null-fraction {params.null}"
+        " --seed {params.seed} --strong-fraction {params.strong} --null-fraction {params.null} --effect-scale {params.scale}"
         " --output {output} > {log} 2>&1"
 
 

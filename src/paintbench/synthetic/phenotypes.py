@@ -217,8 +217,12 @@ def ground_truth(
     strong_fraction: float,
     null_fraction: float,
     metadata_dir: str | Path | None = None,
+    effect_scale: float = 1.0,
 ) -> pd.DataFrame:
     """One row per (modality, broad_sample) of the given platemaps with its planted effect.
+
+    `effect_scale` multiplies every effect: a few cells per well (the offline demo) need larger
+    shifts for the same retrievability as a real well's thousands of cells.
 
     Columns: Metadata_broad_sample, Metadata_modality, Metadata_control_type, Metadata_pert_iname,
     Metadata_gene, Metadata_target_list, effect_class (negcon/null/weak/strong), direction
@@ -253,7 +257,10 @@ def ground_truth(
                     **dict(zip(EFFECT_COLUMNS, effect.tolist())),
                 }
             )
-    return pd.DataFrame(rows)
+    truth = pd.DataFrame(rows)
+    scaled = [c for c in truth.columns if c.startswith("effect_") and c != "effect_class"] + ["magnitude"]
+    truth[scaled] = truth[scaled] * effect_scale
+    return truth
 
 
 def effect_lookup(truth: pd.DataFrame) -> dict[tuple[str, str], np.ndarray]:
