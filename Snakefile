@@ -30,10 +30,19 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    plate="|".join(PLATES),
+    shard=r"s\d{3}",
+
+
 include: "workflow/rules/download.smk"
 include: "workflow/rules/illum.smk"
 include: "workflow/rules/cellprofiler.smk"
 include: "workflow/rules/vit.smk"
+include: "workflow/rules/profiles.smk"
+include: "workflow/rules/retrieval.smk"
 
 
 rule all:

@@ -38,7 +38,8 @@ AP_COLUMNS = ("average_precision", "n_pos_pairs", "n_total_pairs")  # copairs' n
 
 def rank_key(sim: np.ndarray) -> np.ndarray:
     """copairs' sort key, ascending = most similar first: float32(1) - float32(sim)."""
-    return np.float32(1) - np.asarray(sim, dtype=np.float32)
+    key = np.array(sim, dtype=np.float32)  # a float32 copy: the subtraction then needs no temporary
+    return np.subtract(np.float32(1), key, out=key)
 
 
 def _ap_counting(key: np.ndarray, positive: np.ndarray, negative: np.ndarray, n_pos: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ CELLPROFILER = {
 }
 
 FEATURE_SETS = ["cellprofiler", "vitmae"]
+TASKS = ["replicate_retrieval", "sister_matching", "compound_gene_matching"]
 VIT = config["vit"]
 VIT_PRETRAIN_PLATES = VIT["pretrain_plates"] or PLATES
 # A user-supplied encoder skips pretraining; otherwise the run pretrains its own.
@@ -118,4 +119,4 @@ def vit_encoder_args() -> str:
 
 
 def all_outputs() -> list[str]:
-    return expand(f"{RESULTS}/profiles/{{feature_set}}/{{plate}}.parquet", feature_set=FEATURE_SETS, plate=PLATES)
+    return expand(f"{RESULTS}/retrieval/{{feature_set}}/{{task}}.parquet", feature_set=FEATURE_SETS, task=TASKS)

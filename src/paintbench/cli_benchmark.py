@@ -1,0 +1,94 @@
+"""`paintbench profiles | retrieval`: the benchmark half of the CLI (registered by paintbench.cli)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger("paintbench")
+
+
+def cmd_profiles(args: argparse.Namespace) -> None:
+    from paintbench.atomic import write_table
+    from paintbench.profiles import build_profiles
+
+    tables = [pd.read_parquet(p) for p in args.wells]
+    normalized, selected = build_profiles(tables, args.metadata_dir, args.feature_selection, args.spherize)
+    write_table(normalized, args.output)
+    log.info("%d wells x %d features -> %s", len(normalized), normalized.shape[1], args.output)
+    if args.feature_selection:
+        write_table(selected, args.selected_output)
+        log.info("feature selected: %d features -> %s", selected.shape[1], args.selected_output)
+
+
+def user_table(table: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
+    """Map a user's profile table onto the column names the tasks use; missing condition columns = one condition."""
+    from paintbench.retrieval import CONDITION, PERT
+
+    out = table.rename(columns={args.pert_col: PERT, args.plate_col: "Metadata_Plate"})
+    is_control = out[PERT].astype(str) == args.control_value if not args.control_col else \
+        out[args.control_col].astype(str) == args.control_value
+    out["Metadata_control_type"] = is_control.map({True: "negcon", False: None})
+    if "Metadata_pert_type" not in table.columns or not args.control_col:
+        out["Metadata_pert_type"] = is_control.map({True: "control", False: "trt"})
+    for column in CONDITION:
+        if column not in out.columns:
+            out[column] = "all"
+    if args.labels_col:
+        out["Metadata_target_list"] = out[args.labels_col]
+    return out
+
+
+def cmd_retrieval(args: argparse.Namespace) -> None:
+    from paintbench.atomic import read_table, write_table
+    from paintbench.retrieval import compound_gene_matching, feature_columns, replicate_retrieval, sister_matching
+
+    profiles = read_table(args.profiles)
+    if args.pert_col != "Metadata_broad_sample" or args.control_value != "negcon" or args.labels_col:
+        profiles = user_table(profiles, args)
+    features = feature_columns(profiles)
+    if args.task == "replicate_retrieval":
+        ap, scored = replicate_retrieval(profiles, features, args.null_size, args.seed)
+    elif args.task == "sister_matching":
+        replicate = (pd.read_parquet(args.replicate_results) if args.replicate_results
+                     else replicate_retrieval(profiles, features, args.null_size, args.seed)[1])
+        ap, scored = sister_matching(profiles, features, replicate, args.null_size, args.seed)
+    else:
+        ap, scored = compound_gene_matching(profiles, features, args.null_size, args.seed)
+    write_table(ap, args.ap_output or str(Path(args.output).with_name(Path(args.output).stem + "_ap.parquet")))
+    write_table(scored, args.output)
+    retrieved = scored["below_corrected_p"].mean() if len(scored) else float("nan")
+    log.info("%s: %d perturbations, mean mAP %.3f, fraction retrieved %.3f -> %s", args.task, len(scored),
+             scored["mean_average_precision"].mean() if len(scored) else float("nan"), retrieved, args.output)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("profiles", help="annotate, normalize (and feature-select) the well profiles of one feature set")
+    p.add_argument("--wells", nargs="+", required=True, help="well-level Parquet files (one per plate)")
+    p.add_argument("--metadata-dir", default=None)
+    p.add_argument("--feature-selection", action="store_true", help="variance, correlation 0.9, NA, blocklist")
+    p.add_argument("--spherize", action="store_true", help="ZCA whitening on the negative controls")
+    p.add_argument("--output", required=True, help="normalized.parquet")
+    p.add_argument("--selected-output", default=None, help="normalized_feature_select.parquet")
+    p.set_defaults(func=cmd_profiles)
+
+    from paintbench.retrieval import TASKS
+
+    p = sub.add_parser("retrieval", help="mAP, p, q and fraction retrieved for one task, on any well-level table")
+    p.add_argument("--profiles", required=True, help="Parquet, CSV or CSV.GZ with Metadata_ columns and features")
+    p.add_argument("--task", choices=TASKS, required=True)
+    p.add_argument("--output", required=True, help="per-perturbation table (Parquet)")
+    p.add_argument("--ap-output", default=None, help="per-query AP table (default: <output>_ap.parquet)")
+    p.add_argument("--replicate-results", default=None, help="sister_matching: the replicate_retrieval output")
+    p.add_argument("--null-size", type=int, default=100_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pert-col", default="Metadata_broad_sample", help="column naming the perturbation")
+    p.add_argument("--plate-col", default="Metadata_Plate")
+    p.add_argument("--control-col", default="Metadata_control_type",
+                   help="column marking negative controls (with --control-value); empty: compare --pert-col")
+    p.add_argument("--control-value", default="negcon", help="e.g. DMSO")
+    p.add_argument("--labels-col", default=None, help="multilabel column for matching (e.g. Metadata_moa)")
+    p.set_defaults(func=cmd_retrieval)

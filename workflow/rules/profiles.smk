@@ -1,0 +1,30 @@
+# Stage 4: annotate, normalize per plate against negative controls, feature-select (CellProfiler): every feature set.
+
+
+rule profiles:
+    input:
+        wells=lambda wildcards: expand(f"{RESULTS}/profiles/{wildcards.feature_set}/{{plate}}.parquet", plate=PLATES),
+    output:
+        normalized=f"{RESULTS}/profiles/{{feature_set}}/normalized.parquet",
+        scored=f"{RESULTS}/profiles/{{feature_set}}/scored.parquet",
+    log:
+        f"{RESULTS}/logs/profiles/{{feature_set}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/profiles/{{feature_set}}.tsv"
+    wildcard_constraints:
+        feature_set="|".join(FEATURE_SETS),
+    params:
+        metadata_dir=METADATA_DIR,
+        selection=lambda wildcards: "--feature-selection" if wildcards.feature_set == "cellprofiler" else "",
+        spherize="--spherize" if config["profiles"]["spherize"] else "",
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../../envs/paintbench.yaml"
+    shell:
+        # scored.parquet = the table the retrieval tasks use (feature-selected where selection applies).
+        "python -m paintbench profiles --wells {input.wells} --metadata-dir {params.metadata_dir}"
+        " {params.selection} {params.spherize} --output {output.normalized} --selected-output {output.scored}"
+        " > {log} 2>&1"
