@@ -167,7 +167,11 @@ def mean_average_precision(
     p = np.empty(len(out))
     for j, sig in enumerate(signatures):
         members = np.flatnonzero(sig_id == j)
-        null_map = np.sort(np.mean([nulls[c].astype(np.float64) for c in sig], axis=0))
+        confs_in, weight = np.unique(sig, return_counts=True)
+        null_map = np.zeros(null_size)
+        for c, w in zip(confs_in, weight):  # one accumulator, not one array per query
+            null_map += w * nulls[c]
+        null_map = np.sort(null_map / len(sig))
         exceed = null_size - np.searchsorted(null_map, observed[members] + TIE_TOL, side="right")
         p[members] = (exceed + 1) / (null_size + 1)
     out = out.reset_index()
