@@ -1,0 +1,76 @@
+"""Pretrained MAE embeddings retrieve planted strong phenotypes far above chance.
+
+Measured here, and reported rather than asserted: after a few hundred CPU steps a random-weight encoder of the same
+architecture still retrieves these intensity-driven phenotypes better (mAP ~0.82 vs ~0.67); see README.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from paintbench import CHANNELS
+from paintbench.illum import compute_plate_illum
+from paintbench.loaddata import load_data_table
+from paintbench.metadata import plate_layout, select_wells
+from paintbench.metrics import null_distribution, retrieval_ap
+from paintbench.profiles import annotate, normalize
+from paintbench.synthetic import generate_plate, ground_truth
+from paintbench.vit import build_encoder
+from paintbench.vit.crops import CropDataset, build_crop_cache
+from paintbench.vit.embed import embed_plate
+from paintbench.vit.train import load_encoder, pretrain
+
+PLATES = ["BR00117000", "BR00117003", "BR00117004"]
+CPJUMP1 = {"DNA": 5, "ER": 4, "RNA": 3, "AGP": 2, "Mito": 1}
+ENCODER = {"model": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 8, "in_chans": 5,
+           "kwargs": {"depth": 2, "embed_dim": 96, "num_heads": 3}}
+
+
+@pytest.fixture(scope="module")
+def crop_caches(tmp_path_factory):
+    work = tmp_path_factory.mktemp("vit_retrieval")
+    truth = ground_truth(["JUMP-Target-1_crispr_platemap"], seed=7, strong_fraction=0.4, null_fraction=0.3, effect_scale=2.0)
+    strong = truth.loc[(truth["effect_class"] == "strong") & truth["Metadata_gene"].notna(), "Metadata_gene"].unique()[:6]
+    prefixes = []
+    for plate in PLATES:
+        wells = select_wells(plate_layout(plate), "all", list(strong), 8)
+        generate_plate(plate, wells, [1, 2], CPJUMP1, truth, work / plate, field_size=128, cells_per_field=12, seed=7)
+        table = load_data_table(plate, work / plate, wells, [1, 2], CPJUMP1)
+        compute_plate_illum(table, work / "illum" / plate, list(CHANNELS))
+        build_crop_cache(table, work / "illum" / plate, work / "crops" / plate, mode="nuclei", crop_size=32, num_workers=0)
+        prefixes.append(work / "crops" / plate)
+    return work, prefixes, truth
+
+
+def replicate_map(work, prefixes, encoder, name: str) -> tuple[float, float]:
+    """(mAP of the strong perturbations' replicate retrieval, the chance level of the same rank lists)."""
+    wells = []
+    for prefix in prefixes:
+        wells.append(embed_plate(prefix, encoder, ENCODER, work / f"{name}_{prefix.name}.parquet", pooling="mean",
+                                 batch_size=128, device="cpu", num_workers=0))
+    profiles = annotate(pd.concat(wells, ignore_index=True))
+    features = [c for c in profiles.columns if c.startswith("emb_")]
+    profiles = normalize(profiles, features)
+    query = (profiles["Metadata_pert_type"] == "trt").to_numpy()
+    negcon = (profiles["Metadata_control_type"] == "negcon").to_numpy()
+    ap = retrieval_ap(profiles, features, query_mask=query, pos_same=["Metadata_broad_sample"], neg_mask=negcon,
+                      neg_same=["Metadata_Plate"])
+    rng = np.random.default_rng(0)
+    chance = np.mean([null_distribution(int(p), int(t), 2000, rng).mean()
+                      for p, t in zip(ap["n_pos_pairs"], ap["n_total_pairs"])])
+    return float(ap["average_precision"].mean()), float(chance)
+
+
+def test_pretrained_embeddings_retrieve_strong_phenotypes(crop_caches, capsys):
+    work, prefixes, _ = crop_caches
+    pretrain(CropDataset(prefixes), ENCODER, work / "model", steps=200, batch_size=64, lr=2e-3, warmup_steps=10,
+             checkpoint_every=200, seed=0, device="cpu", decoder={"dim": 48, "depth": 1, "heads": 3}, progress=False)
+    trained, _ = load_encoder(work / "model" / "encoder.pt", "cpu")
+    random_weights = build_encoder(ENCODER["model"], ENCODER["img_size"], ENCODER["patch_size"], kwargs=ENCODER["kwargs"]).eval()
+    trained_map, chance = replicate_map(work, prefixes, trained, "trained")
+    random_map, _ = replicate_map(work, prefixes, random_weights, "random")
+    with capsys.disabled():
+        print(f"\nreplicate mAP of strong perturbations: pretrained {trained_map:.3f}, random weights {random_map:.3f}, chance {chance:.3f}")
+    assert trained_map > chance + 0.2, (trained_map, chance)
