@@ -60,7 +60,8 @@ def worker(engine: str, args: argparse.Namespace, out: Path) -> None:
     if engine == "ours":
         from paintbench import metrics
 
-        neg = dict(neg_mask=control, neg_same=[PLATE]) if rules["negatives"] == "plate_controls" else dict(neg_diff=[PERT])
+        plate_controls = rules["negatives"] == "plate_controls"
+        neg = dict(neg_mask=control, neg_same=[PLATE]) if plate_controls else dict(neg_diff=[PERT])
         ap = metrics.retrieval_ap(df, features, query_mask=~control, pos_same=[PERT], **neg)
         ap = ap[ap["n_pos_pairs"] > 0]
         t1 = time.perf_counter()
@@ -148,6 +149,9 @@ def main() -> None:
                     max_abs_ap_diff=float(np.max(np.abs(ours["ap"] - ref["ap"]))),
                     max_abs_map_diff=float(np.max(np.abs(ours["map"] - ref["map"]))),
                     max_abs_p_diff=float(np.max(np.abs(ours["p"] - ref["p"]))),
+                    # Monte Carlo error of two independent nulls: <= 1 means within 4 sd (+1/N)
+                    max_p_diff_over_mc_tol=round(float(np.max(np.abs(ours["p"] - ref["p"]) / (
+                        4 * np.sqrt(ref["p"] * (1 - ref["p"]) / args.null_size) + 1 / args.null_size))), 3),
                     groups_q_status_differs=int(np.sum((ours["q"] < 0.05) != (ref["q"] < 0.05))),
                 )
             print(json.dumps(row), flush=True)

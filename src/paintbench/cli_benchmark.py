@@ -24,6 +24,15 @@ def cmd_profiles(args: argparse.Namespace) -> None:
         log.info("feature selected: %d features -> %s", selected.shape[1], args.selected_output)
 
 
+def cmd_published_profiles(args: argparse.Namespace) -> None:
+    from paintbench.metadata import plate_info
+    from paintbench.published import build_published
+
+    batches = [plate_info(p, args.metadata_dir).batch for p in args.plates]
+    build_published(args.plates, batches, Path(args.output), args.bucket, args.gallery_prefix, args.endpoint_url,
+                    not args.signed, args.metadata_dir, Path(args.cache_dir) if args.cache_dir else None)
+
+
 def user_table(table: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     """Map a user's profile table onto the column names the tasks use; missing condition columns = one condition."""
     from paintbench.retrieval import CONDITION, PERT
@@ -74,6 +83,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="normalized.parquet")
     p.add_argument("--selected-output", default=None, help="normalized_feature_select.parquet")
     p.set_defaults(func=cmd_profiles)
+
+    p = sub.add_parser("published-profiles", help="the consortium's published CellProfiler profiles as a feature set")
+    p.add_argument("--plates", nargs="+", required=True)
+    p.add_argument("--metadata-dir", default=None)
+    p.add_argument("--bucket", default="cellpainting-gallery")
+    p.add_argument("--gallery-prefix", default="cpg0000-jump-pilot/source_4")
+    p.add_argument("--endpoint-url", default=None)
+    p.add_argument("--signed", action="store_true")
+    p.add_argument("--cache-dir", default=None, help="where the downloaded csv.gz files are kept")
+    p.add_argument("--output", required=True, help="scored.parquet of the published_cellprofiler feature set")
+    p.set_defaults(func=cmd_published_profiles)
 
     from paintbench.retrieval import TASKS
 

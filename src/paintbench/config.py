@@ -119,6 +119,8 @@ def check_semantics(config: dict[str, Any]) -> None:
         raise ConfigError(f"config key 'vit.decoder_dim': {vit['decoder_dim']} is not divisible by vit.decoder_heads ({vit['decoder_heads']})")
     if vit["input_size"] % vit["patch_size"]:
         raise ConfigError(f"config key 'vit.input_size': {vit['input_size']} is not a multiple of vit.patch_size ({vit['patch_size']})")
+    if config["published_profiles"] and config["source"] != "s3":
+        raise ConfigError("config key 'published_profiles': true needs source: s3 (the profiles come from the Gallery)")
     if config["illum"]["source"] == "gallery" and config["source"] != "s3":
         raise ConfigError("config key 'illum.source': 'gallery' needs source: s3 (allowed here: computed)")
     if config["source"] == "local" and "{plate}" not in config["local"]["image_dir"] and len(config["plates"]) > 1:
@@ -134,6 +136,8 @@ def coerce_command_line(config: dict[str, Any]) -> dict[str, Any]:
     for key, value in list(config.items()):
         if isinstance(value, str) and value.strip() in ("null", "None", "~"):
             config[key] = None
+        elif isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            config[key] = value.strip().lower() == "true"
     if isinstance(config.get("sites"), list):
         config["sites"] = [_as_int(site) for site in config["sites"]]
     if isinstance(config.get("channels"), dict):

@@ -33,7 +33,6 @@ from scipy import sparse
 BLOCK_ELEMENTS = 4_000_000  # similarity block (query rows x candidates): 32 MB of float64
 COUNTING_MAX_POS = 48  # up to this many positives per query, counting beats sorting whole rows
 TIE_TOL = 1e-6  # > float32 rounding of null APs (~6e-8), far below any AP difference that matters
-AP_COLUMNS = ("average_precision", "n_pos_pairs", "n_total_pairs")  # copairs' names
 
 
 def rank_key(sim: np.ndarray) -> np.ndarray:

@@ -18,7 +18,8 @@ CELLPROFILER = {
     "executable": resolve_command(config["cellprofiler"]["executable"], Path(workflow.basedir)),
 }
 
-FEATURE_SETS = ["cellprofiler", "vitmae"]
+# published_cellprofiler: the consortium's own profiles of the same plates (s3 source), scored side by side.
+FEATURE_SETS = ["cellprofiler", "vitmae"] + (["published_cellprofiler"] if config["published_profiles"] else [])
 TASKS = ["replicate_retrieval", "sister_matching", "compound_gene_matching"]
 VIT = config["vit"]
 VIT_PRETRAIN_PLATES = VIT["pretrain_plates"] or PLATES

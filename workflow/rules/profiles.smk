@@ -12,7 +12,7 @@ rule profiles:
     benchmark:
         f"{RESULTS}/benchmarks/profiles/{{feature_set}}.tsv"
     wildcard_constraints:
-        feature_set="|".join(FEATURE_SETS),
+        feature_set="cellprofiler|vitmae",
     params:
         metadata_dir=METADATA_DIR,
         selection=lambda wildcards: "--feature-selection" if wildcards.feature_set == "cellprofiler" else "",
@@ -28,3 +28,25 @@ rule profiles:
         "python -m paintbench profiles --wells {input.wells} --metadata-dir {params.metadata_dir}"
         " {params.selection} {params.spherize} --output {output.normalized} --selected-output {output.scored}"
         " > {log} 2>&1"
+
+
+rule published_profiles:
+    output:
+        scored=f"{RESULTS}/profiles/published_cellprofiler/scored.parquet",
+    log:
+        f"{RESULTS}/logs/profiles/published_cellprofiler.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/profiles/published_cellprofiler.tsv"
+    params:
+        plates=" ".join(PLATES),
+        metadata_dir=METADATA_DIR,
+        s3=s3_args(),
+        cache_dir=f"{DATA}/published_profiles",
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../../envs/paintbench.yaml"
+    shell:
+        "python -m paintbench published-profiles --plates {params.plates} --metadata-dir {params.metadata_dir}"
+        " {params.s3} --cache-dir {params.cache_dir} --output {output.scored} > {log} 2>&1"
