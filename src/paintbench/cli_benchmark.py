@@ -19,9 +19,11 @@ def cmd_profiles(args: argparse.Namespace) -> None:
     normalized, selected = build_profiles(tables, args.metadata_dir, args.feature_selection, args.spherize)
     write_table(normalized, args.output)
     log.info("%d wells x %d features -> %s", len(normalized), normalized.shape[1], args.output)
-    if args.feature_selection:
-        write_table(selected, args.selected_output)
-        log.info("feature selected: %d features -> %s", selected.shape[1], args.selected_output)
+    if args.selected_output:
+        # The table retrieval scores: feature-selected where selection applies, else the normalized one.
+        scored = normalized if selected is None else selected
+        write_table(scored, args.selected_output)
+        log.info("scored profiles: %d columns -> %s", scored.shape[1], args.selected_output)
 
 
 def cmd_published_profiles(args: argparse.Namespace) -> None:

@@ -63,7 +63,7 @@ def consensus(profiles: pd.DataFrame, features: list[str], by: list[str]) -> pd.
     """Median profile per group (the paper's consensus), carrying gene and target annotations."""
     treated = profiles[profiles["Metadata_pert_type"] == "trt"]
     medians = treated.groupby(by, sort=True)[features].median()
-    annotation = treated.drop_duplicates(by).set_index(by)[[c for c in ANNOTATION if c in treated.columns]]
+    annotation = treated.drop_duplicates(by).set_index(by)[[c for c in ANNOTATION if c in treated.columns and c not in by]]
     return medians.join(annotation).reset_index()
 
 
