@@ -39,15 +39,14 @@ def user_table(table: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     """Map a user's profile table onto the column names the tasks use; missing condition columns = one condition."""
     from paintbench.retrieval import CONDITION, PERT
 
-    out = table.rename(columns={args.pert_col: PERT, args.plate_col: "Metadata_Plate"})
+    out = table.rename(columns={args.pert_col: PERT, args.plate_col: "Metadata_Plate"}).copy()
     is_control = out[PERT].astype(str) == args.control_value if not args.control_col else \
         out[args.control_col].astype(str) == args.control_value
     out["Metadata_control_type"] = is_control.map({True: "negcon", False: None})
     if "Metadata_pert_type" not in table.columns or not args.control_col:
         out["Metadata_pert_type"] = is_control.map({True: "control", False: "trt"})
-    for column in CONDITION:
-        if column not in out.columns:
-            out[column] = "all"
+    missing = {column: "all" for column in CONDITION if column not in out.columns}
+    out = out.assign(**missing)
     if args.labels_col:
         out["Metadata_target_list"] = out[args.labels_col]
     return out
