@@ -55,3 +55,15 @@ def test_invalid_configuration_names_the_key(overrides, expected):
         check_config(demo(**overrides))
     for fragment in expected:
         assert fragment in str(error.value)
+
+
+def test_command_line_strings_are_typed_by_the_schema():
+    """`--config` hands every value over as text: sites=[1,2] genes=null retrieval={null_size: 9000} ..."""
+    config = check_config(demo(sites=["1", "2"], genes="null", published_profiles="false",
+                               retrieval={"null_size": "9000"}, synthetic={"effect_scale": "1.5"},
+                               channels={"DNA": "5", "ER": "4", "RNA": "3", "AGP": "2", "Mito": "1"}))
+    assert config["sites"] == [1, 2] and config["genes"] is None and config["published_profiles"] is False
+    assert config["retrieval"] == {"null_size": 9000, "seed": 0} and config["synthetic"]["effect_scale"] == 1.5
+    assert config["channels"]["DNA"] == 5
+    with pytest.raises(ConfigError, match="'sites.0': 'one' is not of type 'integer'"):
+        check_config(demo(sites=["one"]))

@@ -127,29 +127,48 @@ def check_semantics(config: dict[str, Any]) -> None:
         raise ConfigError("config key 'local.image_dir': must contain '{plate}' when several plates are configured")
 
 
-def _as_int(value: Any) -> Any:
-    return int(value) if isinstance(value, str) and value.strip().lstrip("-").isdigit() else value
+def _scalar(value: str, types: set[str]) -> Any:
+    """A `--config` string as the scalar type the schema wants, when it reads as one."""
+    text = value.strip()
+    if "null" in types and text in ("null", "None", "~"):
+        return None
+    if "boolean" in types and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind, convert in (("integer", int), ("number", float)):
+        if kind in types:
+            try:
+                return convert(text)
+            except ValueError:
+                pass
+    return value
 
 
-def coerce_command_line(config: dict[str, Any]) -> dict[str, Any]:
-    """Undo the all-strings typing of `--config key=value`: `sites=[1,2]`, `genes=null`, `channels={DNA: 5}`."""
-    for key, value in list(config.items()):
-        if isinstance(value, str) and value.strip() in ("null", "None", "~"):
-            config[key] = None
-        elif isinstance(value, str) and value.strip().lower() in ("true", "false"):
-            config[key] = value.strip().lower() == "true"
-    if isinstance(config.get("sites"), list):
-        config["sites"] = [_as_int(site) for site in config["sites"]]
-    if isinstance(config.get("channels"), dict):
-        config["channels"] = {name: _as_int(number) for name, number in config["channels"].items()}
-    if "negcon_wells" in config:
-        config["negcon_wells"] = _as_int(config["negcon_wells"])
-    return config
+def _types(schema: dict[str, Any]) -> set[str]:
+    kinds = schema.get("type", [])
+    found = {kinds} if isinstance(kinds, str) else set(kinds)
+    for branch in schema.get("oneOf", []):
+        found |= _types(branch)
+    return found
+
+
+def coerce_to_schema(value: Any, schema: dict[str, Any]) -> Any:
+    """Undo the all-strings typing of `--config key=value` (sites=[1,2], genes=null, retrieval={null_size: 9})
+    by following the schema's types; anything that does not convert is left for validation to report."""
+    if isinstance(value, str):
+        return _scalar(value, _types(schema))
+    if isinstance(value, list):
+        items = next((b["items"] for b in [schema, *schema.get("oneOf", [])] if "items" in b), {})
+        return [coerce_to_schema(item, items) for item in value]
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        return {k: coerce_to_schema(v, properties.get(k, extra if isinstance(extra, dict) else {})) for k, v in value.items()}
+    return value
 
 
 def check_config(config: dict[str, Any]) -> dict[str, Any]:
     """Schema (with defaults) then semantic checks. Returns the same dict, completed."""
-    coerce_command_line(config)
+    config.update(coerce_to_schema(config, load_schema()))
     validate_schema(config)
     check_semantics(config)
     return config
