@@ -125,10 +125,11 @@ def identify_cells() -> IdentifySecondaryObjects:
     return m
 
 
-def measurements(texture_scales: list[int]) -> list:
+def measurements(texture_scales: list[int], gray_levels: int = 256, granular_spectrum: int = 16,
+                 texture_objects: list[str] | tuple[str, ...] = tuple(OBJECTS)) -> list:
     """The measurement modules, all on the illumination-corrected channels unless noted."""
     objects, corr = names(OBJECTS), names(CORR)
-    texture = configure(MeasureTexture(), images_list=corr, objects_list=objects, gray_levels=256,
+    texture = configure(MeasureTexture(), images_list=corr, objects_list=names(texture_objects), gray_levels=gray_levels,
                         images_or_objects="Objects")  # whole-image texture is not profiled
     for scale, g in zip(texture_scales, groups(texture, "scale_groups", "add_scale", len(texture_scales))):
         g.scale.value = scale
@@ -139,7 +140,7 @@ def measurements(texture_scales: list[int]) -> list:
         texture,
         # CellProfiler's default spectrum (16 steps, 0.25 subsampling) keeps the openings affordable.
         configure(MeasureGranularity(), images_list=corr, wants_objects=True, objects_list=objects,
-                  subsample_size=0.25, image_sample_size=0.25, element_size=10, granular_spectrum_length=16),
+                  subsample_size=0.25, image_sample_size=0.25, element_size=10, granular_spectrum_length=granular_spectrum),
         # Costes' automatic thresholds were ~75% of this module's time (about 20 s per 1080 px field
         # on one core, even "Faster"); every other colocalization metric is kept.
         configure(MeasureColocalization(), images_list=corr, objects_list=objects, images_or_objects="Both",
@@ -190,7 +191,8 @@ def export_to_spreadsheet() -> ExportToSpreadsheet:
     return m
 
 
-def analysis_pipeline(texture_scales: list[int]) -> Pipeline:
+def analysis_pipeline(texture_scales: list[int], gray_levels: int = 256, granular_spectrum: int = 16,
+                      texture_objects: list[str] | tuple[str, ...] = tuple(OBJECTS)) -> Pipeline:
     return build([
         load_data(),
         correct_illumination(),
@@ -199,7 +201,7 @@ def analysis_pipeline(texture_scales: list[int]) -> Pipeline:
         configure(IdentifyTertiaryObjects(), secondary_objects_name="Cells", primary_objects_name="Nuclei",
                   subregion_objects_name="Cytoplasm",
                   shrink_primary=True),  # keeps a ring so no cytoplasm is empty
-        *measurements(texture_scales),
+        *measurements(texture_scales, gray_levels, granular_spectrum, texture_objects),
         export_to_spreadsheet(),
     ])
 
@@ -256,7 +258,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="texture scales of analysis_demo.cppipe, the cheaper variant the offline demo runs")
     args = parser.parse_args(argv)
     save(analysis_pipeline(args.texture_scales), args.out_dir / "analysis.cppipe")
-    save(analysis_pipeline(args.demo_texture_scales), args.out_dir / "analysis_demo.cppipe")
+    # The demo's cheaper variant (~5 s instead of ~8 s per small field): the same modules, texture at one scale
+    # on nuclei and cells only (per-object texture dominates the cost), 8 granularity steps, 32 gray levels.
+    save(analysis_pipeline(args.demo_texture_scales, gray_levels=32, granular_spectrum=8,
+                           texture_objects=("Nuclei", "Cells")),
+         args.out_dir / "analysis_demo.cppipe")
     save(illum_pipeline(args.illum_filter_size), args.out_dir / "illum.cppipe")
     return 0
 
