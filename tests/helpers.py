@@ -19,3 +19,25 @@ def snakemake(args: list[str], cwd: Path, timeout: float = 600, check: bool = Tr
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result
+
+
+CPJUMP1_CHANNELS = {"DNA": 5, "ER": 4, "RNA": 3, "AGP": 2, "Mito": 1}
+
+
+def synthetic_crispr_plate(folder: Path, plate: str, n_wells: int, sites: list[int], field_size: int,
+                           cells_per_field: int):
+    """A small synthetic CRISPR plate (HIF1A/ALDH2 guides + controls) with its LoadData table and illumination
+    functions: (images' ground-truth field table, LoadData table). Shared by the branch tests."""
+    from paintbench import CHANNELS
+    from paintbench.illum import compute_plate_illum
+    from paintbench.loaddata import load_data_table
+    from paintbench.metadata import plate_layout, select_wells
+    from paintbench.synthetic import generate_plate, ground_truth
+
+    truth = ground_truth(["JUMP-Target-1_crispr_platemap"], seed=5, strong_fraction=0.4, null_fraction=0.3)
+    wells = select_wells(plate_layout(plate), "all", ["HIF1A", "ALDH2"], 2)[:n_wells]
+    fields = generate_plate(plate, wells, sites, CPJUMP1_CHANNELS, truth, folder / "images", field_size=field_size,
+                            cells_per_field=cells_per_field, seed=5)
+    load_data = load_data_table(plate, folder / "images", wells, sites, CPJUMP1_CHANNELS)
+    compute_plate_illum(load_data, folder / "illum", list(CHANNELS))
+    return wells, fields, load_data

@@ -11,12 +11,10 @@ from scipy import ndimage
 from paintbench import CHANNELS
 from paintbench.aggregate import well_profiles
 from paintbench.cellprofiler import run_shard
-from paintbench.illum import compute_plate_illum, illum_filename
+from paintbench.illum import illum_filename
 from paintbench.images import BadFieldError
 from paintbench.loaddata import load_data_table
-from paintbench.metadata import plate_layout, select_wells
-from paintbench.synthetic import generate_plate, ground_truth
-from tests.helpers import DATA, REPO
+from tests.helpers import DATA, REPO, synthetic_crispr_plate
 
 CELLPROFILER = str(REPO / ".venvs" / "cellprofiler" / "bin" / "cellprofiler")
 ANALYSIS = REPO / "config" / "cellprofiler" / "analysis.cppipe"
@@ -64,12 +62,7 @@ def test_real_field_segmentation_and_feature_families(tmp_path):
 @pytest.fixture(scope="module")
 def synthetic_plate(tmp_path_factory):
     folder = tmp_path_factory.mktemp("synthetic")
-    truth = ground_truth(["JUMP-Target-1_crispr_platemap"], seed=5, strong_fraction=0.4, null_fraction=0.3)
-    wells = select_wells(plate_layout(PLATE), "all", ["HIF1A", "ALDH2"], 2)[:4]
-    channels = {"DNA": 5, "ER": 4, "RNA": 3, "AGP": 2, "Mito": 1}
-    fields = generate_plate(PLATE, wells, [1], channels, truth, folder / "images", field_size=256, cells_per_field=16, seed=5)
-    load_data = load_data_table(PLATE, folder / "images", wells, [1], channels)
-    compute_plate_illum(load_data, folder / "illum", list(CHANNELS))
+    wells, fields, load_data = synthetic_crispr_plate(folder, PLATE, 4, [1], field_size=256, cells_per_field=16)
     return folder, wells, fields, load_data
 
 

@@ -11,15 +11,13 @@ import tifffile
 import torch
 
 from paintbench import CHANNELS
-from paintbench.illum import compute_plate_illum, correct, illum_filename, load_functions
+from paintbench.illum import correct, illum_filename, load_functions
 from paintbench.images import BadFieldError, read_field
 from paintbench.loaddata import load_data_table
-from paintbench.metadata import plate_layout, select_wells
-from paintbench.synthetic import generate_plate, ground_truth
 from paintbench.vit import build_encoder
 from paintbench.vit.crops import CLIP, CropDataset, build_crop_cache, cache_files, tile_centres
 from paintbench.vit.embed import embed_plate
-from tests.helpers import DATA
+from tests.helpers import DATA, synthetic_crispr_plate
 
 PLATE = "BR00117000"
 FIELD = 192
@@ -30,13 +28,7 @@ REAL_CHANNELS = {"DNA": 5, "ER": 2, "RNA": 6, "AGP": 3, "Mito": 4}
 @pytest.fixture(scope="module")
 def plate(tmp_path_factory):
     folder = tmp_path_factory.mktemp("vit_plate")
-    truth = ground_truth(["JUMP-Target-1_crispr_platemap"], seed=5, strong_fraction=0.4, null_fraction=0.3)
-    wells = select_wells(plate_layout(PLATE), "all", ["HIF1A", "ALDH2"], 2)[:3]
-    channels = {"DNA": 5, "ER": 4, "RNA": 3, "AGP": 2, "Mito": 1}
-    fields = generate_plate(PLATE, wells, [1, 2], channels, truth, folder / "images", field_size=FIELD,
-                            cells_per_field=20, seed=5)
-    load_data = load_data_table(PLATE, folder / "images", wells, [1, 2], channels)
-    compute_plate_illum(load_data, folder / "illum", list(CHANNELS))
+    _, fields, load_data = synthetic_crispr_plate(folder, PLATE, 3, [1, 2], field_size=FIELD, cells_per_field=20)
     return folder, fields, load_data
 
 

@@ -54,12 +54,12 @@ def user_table(table: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
 
 def cmd_retrieval(args: argparse.Namespace) -> None:
     from paintbench.atomic import read_table, write_table
-    from paintbench.retrieval import compound_gene_matching, feature_columns, replicate_retrieval, sister_matching
+    from paintbench.retrieval import compound_gene_matching, replicate_retrieval, scorable_features, sister_matching
 
     profiles = read_table(args.profiles)
     if args.pert_col != "Metadata_broad_sample" or args.control_value != "negcon" or args.labels_col:
         profiles = user_table(profiles, args)
-    features = feature_columns(profiles)
+    features = scorable_features(profiles)
     if args.task == "replicate_retrieval":
         ap, scored = replicate_retrieval(profiles, features, args.null_size, args.seed)
     elif args.task == "sister_matching":

@@ -48,7 +48,7 @@ def published_profiles(tables: list[pd.DataFrame], metadata_dir: str | Path | No
     """Keep the published features; take every Metadata_ annotation from the bundled metadata, so the
     retrieval tasks see the same columns as for the pipeline's own feature sets."""
     wells = pd.concat(tables, ignore_index=True)
-    features = [c for c in feature_columns(wells)]
+    features = feature_columns(wells)
     keys = wells[["Metadata_Plate", "Metadata_Well"]].astype(str)
     return annotate(pd.concat([keys, wells[features]], axis=1), metadata_dir)
 

@@ -19,6 +19,7 @@ import pandas as pd
 
 from paintbench.metadata import NEGCON
 from paintbench.metrics import mean_average_precision, retrieval_ap
+from paintbench.profiles import feature_columns
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,9 @@ def _concat(tables: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
-def feature_columns(profiles: pd.DataFrame) -> list[str]:
-    features = [c for c in profiles.columns if not c.startswith("Metadata_")]
+def scorable_features(profiles: pd.DataFrame) -> list[str]:
+    """Numeric non-Metadata columns without missing or infinite values (cosine similarity needs them all)."""
+    features = feature_columns(profiles)
     finite = profiles[features].replace([np.inf, -np.inf], np.nan).notna().all()
     dropped = [c for c in features if not finite[c]]
     if dropped:
