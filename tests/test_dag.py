@@ -22,3 +22,10 @@ def test_full_batch_dry_run(tmp_path):
     assert counts["download"] == counts["illum"] == counts["cellprofiler_well_profiles"] == 51
     assert counts["cellprofiler_shard"] == 51 * 384 // 16  # default shards of 16 wells
     assert counts["total"] < 10_000
+
+
+def test_workflow_passes_snakemake_lint(tmp_path):
+    for config in ("config.yaml", "demo.yaml"):
+        result = snakemake(["--lint", "--configfile", str(REPO / "config" / config)], cwd=tmp_path, check=False)
+        output = result.stdout + result.stderr
+        assert result.returncode == 0 and "Lints for" not in output, f"{config}:\n{output[-4000:]}"

@@ -96,7 +96,7 @@ def test_forward_shapes_and_determinism(mae):
     assert torch.equal(mask.sum(1), torch.full((2,), 12.0))
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert torch.equal(loss, loss2) and torch.equal(pred, pred2) and torch.equal(mask, mask2)
-    assert torch.allclose(loss, masked_patch_loss(pred, mae.patchify(imgs), mask))
+    assert torch.allclose(loss, masked_patch_loss(pred, mae.patchify(imgs), mask, norm_pix=mae.norm_pix_loss))
     # The encoder sees only kept tokens (plus the class token).
     latent, _, _ = mae.forward_encoder(imgs, 0.75, torch.Generator().manual_seed(3))
     assert latent.shape == (2, 1 + 4, 64)

@@ -1,7 +1,10 @@
-"""Pretrained MAE embeddings retrieve planted strong phenotypes far above chance.
+"""Pretrained MAE embeddings retrieve planted strong phenotypes better than random embeddings.
 
-Measured here, and reported rather than asserted: after a few hundred CPU steps a random-weight encoder of the same
-architecture still retrieves these intensity-driven phenotypes better (mAP ~0.82 vs ~0.67); see README.
+Random-weight ViTs are a strong baseline on Cell Painting (their pooled tokens keep each channel's intensity), so
+the comparison is against several random encoders of the same architecture. Measured here (3 training seeds x 7
+random seeds, replicate mAP of strong perturbations): pretrained 0.85-0.93 after 2,000 steps, random 0.77-0.83,
+chance 0.37. With the MAE paper's per-patch normalized targets (vit.norm_pix_loss) pretraining stays at or below
+random (0.71 after 200 steps, 0.76 after 3,000): they throw away the intensity the phenotypes live in.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from paintbench import CHANNELS
 from paintbench.illum import compute_plate_illum
@@ -65,12 +69,18 @@ def replicate_map(work, prefixes, encoder, name: str) -> tuple[float, float]:
 
 def test_pretrained_embeddings_retrieve_strong_phenotypes(crop_caches, capsys):
     work, prefixes, _ = crop_caches
-    pretrain(CropDataset(prefixes), ENCODER, work / "model", steps=200, batch_size=64, lr=2e-3, warmup_steps=10,
-             checkpoint_every=200, seed=0, device="cpu", decoder={"dim": 48, "depth": 1, "heads": 3}, progress=False)
+    pretrain(CropDataset(prefixes), ENCODER, work / "model", steps=2000, batch_size=64, lr=2e-3, warmup_steps=10,
+             checkpoint_every=2000, seed=0, device="cpu", decoder={"dim": 48, "depth": 1, "heads": 3}, progress=False)
     trained, _ = load_encoder(work / "model" / "encoder.pt", "cpu")
-    random_weights = build_encoder(ENCODER["model"], ENCODER["img_size"], ENCODER["patch_size"], kwargs=ENCODER["kwargs"]).eval()
     trained_map, chance = replicate_map(work, prefixes, trained, "trained")
-    random_map, _ = replicate_map(work, prefixes, random_weights, "random")
+    random_maps = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        random_weights = build_encoder(ENCODER["model"], ENCODER["img_size"], ENCODER["patch_size"],
+                                       kwargs=ENCODER["kwargs"]).eval()
+        random_maps.append(replicate_map(work, prefixes, random_weights, f"random{seed}")[0])
     with capsys.disabled():
-        print(f"\nreplicate mAP of strong perturbations: pretrained {trained_map:.3f}, random weights {random_map:.3f}, chance {chance:.3f}")
-    assert trained_map > chance + 0.2, (trained_map, chance)
+        print(f"\nreplicate mAP of strong perturbations: pretrained {trained_map:.3f}, random weights "
+              f"{', '.join(f'{m:.3f}' for m in random_maps)}, chance {chance:.3f}")
+    assert trained_map > chance + 0.3, (trained_map, chance)
+    assert trained_map > max(random_maps) and trained_map > np.mean(random_maps) + 0.05, (trained_map, random_maps)

@@ -110,7 +110,7 @@ def vit_train_args() -> str:
         f" --decoder-depth {v['decoder_depth']} --decoder-heads {v['decoder_heads']} --steps {v['steps']}"
         f" --batch-size {v['batch_size']} --lr {v['lr']} --weight-decay {v['weight_decay']}"
         f" --warmup-steps {v['warmup_steps']} --checkpoint-every {v['checkpoint_every']} --seed {v['seed']}"
-        f" --device {v['device']}"
+        f" --device {v['device']} {'--norm-pix-loss' if v['norm_pix_loss'] else '--no-norm-pix-loss'}"
     )
 
 

@@ -46,7 +46,7 @@ rule vit_pretrain:
         f"{RESULTS}/benchmarks/vit_pretrain.tsv"
     params:
         prefixes=lambda wildcards, input: " ".join(p.removesuffix(".npy") for p in input.crops),
-        out_dir=f"{RESULTS}/vit/model",
+        out_dir=lambda wildcards, output: os.path.dirname(output.encoder),
         args=vit_train_args(),
     threads: max(1, VIT["num_workers"])
     resources:

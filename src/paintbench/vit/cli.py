@@ -45,7 +45,8 @@ def cmd_vit_pretrain(args: argparse.Namespace) -> None:
     pretrain(crops, _encoder_config(args), Path(args.out_dir), steps=args.steps, batch_size=args.batch_size, lr=args.lr,
              warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every, seed=args.seed,
              weight_decay=args.weight_decay, mask_ratio=args.mask_ratio, device=args.device, num_workers=workers,
-             decoder={"dim": args.decoder_dim, "depth": args.decoder_depth, "heads": args.decoder_heads})
+             decoder={"dim": args.decoder_dim, "depth": args.decoder_depth, "heads": args.decoder_heads,
+                      "norm_pix_loss": args.norm_pix_loss})
 
 
 def cmd_vit_embed(args: argparse.Namespace) -> None:
@@ -87,6 +88,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decoder-dim", type=int, default=256)
     p.add_argument("--decoder-depth", type=int, default=4)
     p.add_argument("--decoder-heads", type=int, default=8)
+    p.add_argument("--norm-pix-loss", action=argparse.BooleanOptionalAction, default=False,
+                   help="regress per-patch standardized pixels (discards patch intensity; off by default)")
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1.5e-4)

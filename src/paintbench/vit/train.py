@@ -255,7 +255,7 @@ def pretrain(crops: Dataset, encoder_config: dict[str, Any], out_dir: Path, *, s
     ckpt_path = out_dir / CHECKPOINT
     train_config = dict(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                         warmup_steps=warmup_steps, mask_ratio=mask_ratio, seed=seed,
-                        decoder={**DECODER_DEFAULTS, "norm_pix_loss": True, **(decoder or {})},
+                        decoder={**DECODER_DEFAULTS, **(decoder or {})},
                         n_crops=len(crops), crop_shape=list(torch.as_tensor(crops[0]).shape),
                         checkpoint_every=checkpoint_every, num_workers=num_workers, device=str(dev),
                         log_every=log_every)
