@@ -24,6 +24,9 @@ from paintbench.config import check_config
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 # Ours first: its messages name the key and the allowed values. Snakemake's then applies the same schema.
 check_config(config)
 validate(config, "workflow/schemas/config.schema.yaml")
@@ -43,6 +46,7 @@ include: "workflow/rules/cellprofiler.smk"
 include: "workflow/rules/vit.smk"
 include: "workflow/rules/profiles.smk"
 include: "workflow/rules/retrieval.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

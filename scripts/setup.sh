@@ -2,6 +2,7 @@
 # One-command, idempotent setup of the two environments the pipeline needs:
 #   .venvs/paintbench     snakemake, torch/timm, pandas/pyarrow, statsmodels, ... + this package (editable)
 #   .venvs/cellprofiler   CellProfiler 5 headless (numpy<2 / scipy<1.11 pins clash with the analysis stack)
+# and, for the test suite only, Debian's chromium (headless rendering of the HTML report) when run as root.
 # Re-running is cheap: an environment whose lock file has not changed since it was built is left alone.
 # Usage: bash scripts/setup.sh [--analysis-only]
 set -euo pipefail
@@ -44,5 +45,15 @@ if ! $analysis_only; then
   build_env cellprofiler "$root/envs/cellprofiler.lock.txt" --no-deps
   MPLCONFIGDIR="${TMPDIR:-/tmp}/paintbench-mpl" "$venvs/cellprofiler/bin/python" -c "import cellprofiler_core, cellprofiler" \
     || { echo "setup: the CellProfiler environment is broken" >&2; rm -f "$venvs/cellprofiler/.paintbench-lock.sha256"; exit 1; }
+fi
+# Headless Chromium renders reports/index.html in the test suite (not needed to run the pipeline).
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Debian's chromium (for the report rendering test)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } >/dev/null \
+      || echo "setup: note: could not install chromium; tests/test_report.py will say so"
+  else
+    echo "setup: note: no chromium found; install it (e.g. apt-get install chromium) to run the report rendering test"
+  fi
 fi
 echo "setup: done. Activate with: source $venvs/paintbench/bin/activate"

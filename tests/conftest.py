@@ -142,3 +142,42 @@ def fault_proxy(s3_gallery):
     yield make
     for proxy in started:
         proxy.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# A small demo run through both branches to the report: shared by the report and cluster tests
+# --------------------------------------------------------------------------------------------
+# Two replicate plates per modality: the smallest layout on which every task has something to score.
+SMALL_DEMO_PLATES = ["BR00116991", "BR00116992", "BR00117000", "BR00117003", "BR00117020", "BR00117021"]
+
+
+def small_demo_config(folder, **overrides) -> str:
+    """config/demo.yaml cut to two genes (CSK strong, FOXM1 null), 4 controls per plate and 128 px fields: 44 fields.
+
+    Too few controls and replicates for any permutation p-value to reach q < 0.05 (replicate retrieval's
+    smallest p is 1/5), so sister matching is empty: the report must show that as zero rows."""
+    import yaml
+
+    from tests.helpers import REPO
+
+    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    config.update(plates=SMALL_DEMO_PLATES, genes=["CSK", "FOXM1"], negcon_wells=4, data_dir=str(folder / "data"),
+                  results_dir=str(folder / "results"))
+    config["synthetic"].update(field_size=128, cells_per_field=14)
+    config["vit"].update(steps=60, warmup_steps=5, checkpoint_every=30)
+    config["retrieval"] = {"null_size": 5000, "seed": 0}
+    config.update(overrides)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def small_demo_run(tmp_path_factory):
+    """(config path, results dir) of a finished small demo run, built once per test session (~4 min on 2 cores)."""
+    from tests.helpers import snakemake
+
+    folder = tmp_path_factory.mktemp("small_demo")
+    config = small_demo_config(folder)
+    snakemake(["--cores", "2", "--configfile", config], cwd=folder, timeout=1800)
+    return config, folder / "results"

@@ -41,7 +41,8 @@ rule cellprofiler_well_profiles:
     output:
         profiles=f"{RESULTS}/profiles/cellprofiler/{{plate}}.parquet",
         single_cells=f"{RESULTS}/cellprofiler/{{plate}}/single_cells.parquet",
-        qc=f"{RESULTS}/cellprofiler/{{plate}}/skipped_fields.tsv",
+        qc=report(f"{RESULTS}/cellprofiler/{{plate}}/skipped_fields.tsv", caption="../report/skipped_fields.rst",
+                  category="CellProfiler", subcategory="{plate}"),
     log:
         f"{RESULTS}/logs/cellprofiler_well_profiles/{{plate}}.log",
     benchmark:

@@ -1,7 +1,10 @@
 # Input functions and run-wide values shared by every rule file.
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
+
+import yaml
 
 from paintbench.cellprofiler import shard_wells
 from paintbench.config import resolve_command, resolve_path
@@ -119,5 +122,20 @@ def vit_encoder_args() -> str:
     return encoder_config_args() if VIT["checkpoint"] else ""
 
 
+def report_inputs(wildcards) -> dict[str, list[str]]:
+    """Everything the figures read: retrieval results, well profiles, illumination, crop caches, the MAE's log."""
+    measured = [fs for fs in FEATURE_SETS if fs != "published_cellprofiler"]
+    inputs = {
+        "results": expand(f"{RESULTS}/retrieval/{{fs}}/{{task}}{{suffix}}.parquet", fs=FEATURE_SETS, task=TASKS, suffix=["", "_ap"]),
+        "normalized": expand(f"{RESULTS}/profiles/{{fs}}/normalized.parquet", fs=measured),
+        "cell_counts": expand(f"{RESULTS}/profiles/cellprofiler/{{plate}}.parquet", plate=PLATES),
+        "illum": expand(rules.illum.output.functions, plate=PLATES),
+        "crops": expand(f"{RESULTS}/vit/crops/{{plate}}.parquet", plate=PLATES),
+    }
+    if not VIT["checkpoint"]:
+        inputs["train_log"] = [f"{RESULTS}/vit/model/train_log.tsv"]
+    return inputs
+
+
 def all_outputs() -> list[str]:
-    return expand(f"{RESULTS}/retrieval/{{feature_set}}/{{task}}.parquet", feature_set=FEATURE_SETS, task=TASKS)
+    return [f"{RESULTS}/reports/index.html", f"{RESULTS}/reports/summary.tsv"]

@@ -39,7 +39,7 @@ rule vit_pretrain:
     output:
         encoder=f"{RESULTS}/vit/model/encoder.pt",
         log_table=f"{RESULTS}/vit/model/train_log.tsv",
-        loss_plot=f"{RESULTS}/vit/model/train_loss.png",
+        loss_plot=report(f"{RESULTS}/vit/model/train_loss.png", caption="../report/train_loss.rst", category="ViT-MAE"),
     log:
         f"{RESULTS}/logs/vit_pretrain.log",
     benchmark:

@@ -1,0 +1,1 @@
+"""Reports: summary table, figures, HTML report and target look-up."""

@@ -1,0 +1,191 @@
+"""Target look-up on a finished run: which genes look like a compound, which compounds look like a gene.
+
+`paintbench query --compound NAME` ranks the genetic perturbations (CRISPR and ORF consensus profiles, per
+cell type and time point) by |cosine| to the compound's consensus profile; `--gene SYMBOL` ranks compounds
+(virtual screening). Consensus = median of the replicate wells (as in sister and compound-gene matching), on the
+feature set's scored profiles; |cosine| because an ORF can mimic a compound's inhibition in reverse.
+
+Pair p-value: the pair's |cosine| against every compound-gene pair of the same cell type, compound time point
+and genetic modality/time point that is *not* an annotated target pair (the background of unrelated pairs):
+p = (1 + #background >= s) / (1 + #background). q: Benjamini-Hochberg over the ranked list of one query in one
+condition. The compound-level compound-gene matching mAP, p and q of the run are joined when present.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from statsmodels.stats.multitest import multipletests
+
+from paintbench.atomic import read_table
+from paintbench.metrics import cosine_similarity
+from paintbench.retrieval import PERT, consensus, scorable_features
+
+GENETIC = ("crispr", "orf")
+OUTPUT_COLUMNS = ["Metadata_cell_type", "compound_timepoint", "Metadata_matched_modality", "matched_timepoint",
+                  "rank", "Metadata_gene", "Metadata_broad_sample", "Metadata_pert_iname", "cosine", "abs_cosine",
+                  "p_value", "q_value", "annotated_target"]
+
+
+def targets_of(target_list: object) -> set[str]:
+    return set() if pd.isna(target_list) else {t for t in str(target_list).split("|") if t}
+
+
+def _suggest(kind: str, name: str, known: list[str]) -> ValueError:
+    close = difflib.get_close_matches(name.lower(), [k.lower() for k in known], n=5, cutoff=0.6)
+    spelled = {k.lower(): k for k in known}
+    hint = f"; did you mean {', '.join(spelled[c] for c in close)}?" if close else f" ({len(known)} known)"
+    return ValueError(f"unknown {kind} {name!r} in this run{hint}")
+
+
+def _only_control(profiles: pd.DataFrame, columns: list[str], name: str) -> str | None:
+    """The control type when `name` is in the run only as a control well (not scored by the benchmark)."""
+    controls = profiles[profiles["Metadata_pert_type"] != "trt"]
+    for column in columns:
+        hit = controls[controls[column].astype(str).str.lower() == name.lower()]
+        if not hit.empty:
+            return str(hit["Metadata_control_type"].iloc[0])
+    return None
+
+
+def _resolve(profiles: pd.DataFrame, kind: str, name: str, modalities: tuple[str, ...], columns: list[str],
+             answer: str, suggest_from: str) -> str:
+    """The `answer` column's value of the treated perturbation whose `columns` match `name` (case-insensitive)."""
+    treated = profiles[profiles["Metadata_modality"].isin(modalities) & (profiles["Metadata_pert_type"] == "trt")]
+    for column in columns:
+        hit = treated[treated[column].astype(str).str.lower() == name.lower()]
+        if not hit.empty:
+            return str(hit[answer].iloc[0])
+    control = _only_control(profiles[profiles["Metadata_modality"].isin(modalities)], columns, name)
+    if control is not None:
+        raise ValueError(f"{kind} {name!r} is in this run only as a control ({control}), which the benchmark does "
+                         "not score; query a treated perturbation")
+    raise _suggest(kind, name, sorted(set(treated[suggest_from].dropna().astype(str))))
+
+
+def resolve_compound(profiles: pd.DataFrame, name: str) -> str:
+    """A compound's broad_sample from its broad_sample or name (case-insensitive); unknown names suggest close ones."""
+    return _resolve(profiles, "compound", name, ("compound",), [PERT, "Metadata_pert_iname"], PERT,
+                    "Metadata_pert_iname")
+
+
+def resolve_gene(profiles: pd.DataFrame, symbol: str) -> str:
+    return _resolve(profiles, "gene", symbol, GENETIC, ["Metadata_gene"], "Metadata_gene", "Metadata_gene")
+
+
+def _condition_pairs(profiles: pd.DataFrame, features: list[str]):
+    """Yield (condition dict, compound consensus, gene consensus, |cos| matrix, annotated-pair mask)."""
+    treated = profiles[profiles["Metadata_pert_type"] == "trt"]
+    compounds = treated[treated["Metadata_modality"] == "compound"]
+    genetic = treated[treated["Metadata_modality"].isin(GENETIC) & treated["Metadata_gene"].notna()]
+    for (cell, ctime), comp in compounds.groupby(["Metadata_cell_type", "Metadata_timepoint"], sort=True):
+        comp_table = consensus(comp, features, [PERT])
+        for (modality, gtime), gen in genetic[genetic["Metadata_cell_type"] == cell].groupby(
+                ["Metadata_modality", "Metadata_timepoint"], sort=True):
+            gene_table = consensus(gen, features, ["Metadata_gene"])
+            cosine = cosine_similarity(comp_table[features].to_numpy(float), gene_table[features].to_numpy(float))
+            annotated = np.array([[g in targets_of(t) for g in gene_table["Metadata_gene"]]
+                                  for t in comp_table["Metadata_target_list"]], dtype=bool).reshape(cosine.shape)
+            condition = {"Metadata_cell_type": cell, "compound_timepoint": ctime, "Metadata_matched_modality": modality,
+                         "matched_timepoint": gtime}
+            yield condition, comp_table, gene_table, cosine, annotated
+
+
+def _pair_p_values(scores: np.ndarray, background: np.ndarray) -> np.ndarray:
+    ordered = np.sort(background)
+    at_least = len(ordered) - np.searchsorted(ordered, scores, side="left")
+    return (1.0 + at_least) / (1.0 + len(ordered))
+
+
+def _ranked(condition: dict, cosine: np.ndarray, background: np.ndarray, partners: pd.DataFrame,
+            annotated: np.ndarray) -> pd.DataFrame:
+    abs_cos = np.abs(cosine)
+    p = _pair_p_values(abs_cos, np.abs(background))
+    table = partners.assign(cosine=cosine, abs_cosine=abs_cos, p_value=p,
+                            q_value=multipletests(p, method="fdr_bh")[1], annotated_target=annotated, **condition)
+    table = table.sort_values(["abs_cosine", "annotated_target"], ascending=[False, False]).reset_index(drop=True)
+    return table.assign(rank=np.arange(1, len(table) + 1))
+
+
+def query(profiles: pd.DataFrame, compound: str | None = None, gene: str | None = None) -> tuple[str, pd.DataFrame]:
+    """(resolved name, ranked partners) for exactly one of compound / gene."""
+    if (compound is None) == (gene is None):
+        raise ValueError("give exactly one of --compound or --gene")
+    features = scorable_features(profiles)
+    name = resolve_compound(profiles, compound) if compound is not None else resolve_gene(profiles, gene)
+    parts = []
+    for condition, comp_table, gene_table, cosine, annotated in _condition_pairs(profiles, features):
+        background = cosine[~annotated]
+        if compound is not None:
+            rows = np.flatnonzero(comp_table[PERT].to_numpy() == name)
+            if rows.size:
+                partners = gene_table[["Metadata_gene"]].assign(
+                    Metadata_broad_sample=name, Metadata_pert_iname=comp_table["Metadata_pert_iname"].iloc[rows[0]])
+                parts.append(_ranked(condition, cosine[rows[0]], background, partners, annotated[rows[0]]))
+        else:
+            cols = np.flatnonzero(gene_table["Metadata_gene"].to_numpy() == name)
+            if cols.size:
+                partners = comp_table[[PERT, "Metadata_pert_iname"]].assign(Metadata_gene=name)
+                parts.append(_ranked(condition, cosine[:, cols[0]], background, partners, annotated[:, cols[0]]))
+    if not parts:
+        kind = "compound" if compound is not None else "gene"
+        raise ValueError(f"{kind} {name!r} has no {'genetic' if compound else 'compound'} perturbations of the same "
+                         "cell type in this run to compare with")
+    return name, pd.concat(parts, ignore_index=True)[OUTPUT_COLUMNS]
+
+
+def with_matching_scores(ranked: pd.DataFrame, matching: pd.DataFrame | None) -> pd.DataFrame:
+    """Join the run's compound-level compound-gene matching mAP / p / q (per compound and matched condition)."""
+    if matching is None or matching.empty:
+        return ranked
+    keys = matching.rename(columns={"Metadata_timepoint": "compound_timepoint",
+                                    "Metadata_matched_timepoint": "matched_timepoint",
+                                    "mean_average_precision": "compound_matching_map",
+                                    "p_value": "compound_matching_p", "corrected_p_value": "compound_matching_q"})
+    columns = ["Metadata_cell_type", "compound_timepoint", "Metadata_matched_modality", "matched_timepoint", PERT]
+    scores = keys[columns + ["compound_matching_map", "compound_matching_p", "compound_matching_q"]]
+    return ranked.merge(scores, on=columns, how="left")
+
+
+def load_run(results_dir: str | Path, feature_set: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """(scored profiles, compound-gene matching results or None) of one feature set of a finished run."""
+    root = Path(results_dir)
+    profiles_path = root / "profiles" / feature_set / "scored.parquet"
+    if not profiles_path.exists():
+        available = sorted(p.name for p in (root / "profiles").glob("*") if (p / "scored.parquet").exists())
+        raise FileNotFoundError(f"{profiles_path}: no scored profiles for feature set {feature_set!r} "
+                                f"(this run has: {', '.join(available) or 'none'})")
+    matching_path = root / "retrieval" / feature_set / "compound_gene_matching.parquet"
+    matching = read_table(matching_path) if matching_path.exists() else None
+    return read_table(profiles_path), matching
+
+
+def query_figure(ranked: pd.DataFrame, kind: str, label: str, feature_set: str, stem: Path, top: int = 10) -> list[Path]:
+    """Top partners per condition as horizontal |cosine| bars; annotated targets highlighted, q in the labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from paintbench.report.figures import save_figure
+
+    keys = ["Metadata_cell_type", "compound_timepoint", "Metadata_matched_modality", "matched_timepoint"]
+    groups = list(ranked.groupby(keys, sort=True))
+    height = max(2.5, 0.32 * min(top, max(len(g) for _, g in groups)) + 1.2)
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.8 * len(groups), height), squeeze=False)
+    partner = "Metadata_gene" if kind == "compound" else "Metadata_pert_iname"
+    for ax, ((cell, ctime, modality, gtime), group) in zip(axes[0], groups):
+        shown = group.nsmallest(top, "rank").iloc[::-1]
+        colours = ["#D55E00" if hit else "#999999" for hit in shown["annotated_target"]]
+        ax.barh(range(len(shown)), shown["abs_cosine"], color=colours)
+        ax.set_yticks(range(len(shown)),
+                      [f"{name}  (q {q:.2g})" for name, q in zip(shown[partner].astype(str), shown["q_value"])], fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("|cosine| to the query's consensus profile")
+        ax.set_title(f"{cell}: compound {ctime} h vs {modality} {gtime} h", fontsize=10)
+    fig.suptitle(f"{label} ({feature_set}): orange = annotated target", fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, Path(stem))

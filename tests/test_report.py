@@ -1,0 +1,128 @@
+"""The report stage on a small demo run: summary rows, published reference rows, the HTML report rendered in
+headless Chromium, Snakemake's own report, and the target look-up with its errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.image import imread
+
+from tests.helpers import REPO, snakemake
+
+FEATURE_SETS = ["cellprofiler", "vitmae"]
+REPLICATE = {("A549", "compound", 24), ("A549", "crispr", 144), ("A549", "orf", 48)}
+PUBLISHED = {"compound": 0.765, "crispr": 0.679, "orf": 0.056}  # CPJUMP1 paper, A549 at these time points
+
+
+def paintbench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "paintbench", *args], capture_output=True, text=True, cwd=REPO,
+                          env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"}, timeout=300)
+
+
+def conditions(summary: pd.DataFrame, feature_set: str, task: str) -> list[tuple]:
+    rows = summary[(summary["feature_set"] == feature_set) & (summary["task"] == task)]
+    return [tuple(None if pd.isna(v) else v for v in row) for row in rows[
+        ["Metadata_cell_type", "Metadata_modality", "Metadata_timepoint", "Metadata_matched_modality",
+         "Metadata_matched_timepoint"]].itertuples(index=False)]
+
+
+def test_summary_has_every_task_condition_and_feature_set(small_demo_run):
+    _, results = small_demo_run
+    summary = pd.read_csv(results / "reports" / "summary.tsv", sep="\t")
+    for fs in FEATURE_SETS:
+        assert sorted(conditions(summary, fs, "replicate_retrieval")) == sorted(c + (None, None) for c in REPLICATE)
+        assert sorted(conditions(summary, fs, "sister_matching")) == [("A549", "compound", 24, None, None),
+                                                                      ("A549", "crispr", 144, None, None)]
+        assert sorted(conditions(summary, fs, "compound_gene_matching")) == [("A549", "compound", 24, "crispr", 144),
+                                                                             ("A549", "compound", 24, "orf", 48)]
+        # Independent recomputation of one row from the task's own result table.
+        table = pd.read_parquet(results / "retrieval" / fs / "replicate_retrieval.parquet")
+        crispr = table[table["Metadata_modality"] == "crispr"]
+        row = summary[(summary["feature_set"] == fs) & (summary["task"] == "replicate_retrieval")
+                      & (summary["Metadata_modality"] == "crispr")].iloc[0]
+        assert row["n_perturbations"] == len(crispr) == 4  # CSK and FOXM1, two guides each
+        sister = summary[(summary["feature_set"] == fs) & (summary["task"] == "sister_matching")]
+        assert (sister["n_perturbations"] == 0).all()  # nothing can pass replicate retrieval on this small run
+        assert row["mean_average_precision"] == pytest.approx(crispr["mean_average_precision"].mean())
+        assert row["fraction_retrieved"] == pytest.approx(crispr["below_corrected_p"].mean())
+    reference = summary[summary["feature_set"] == "paper_cellprofiler"]
+    replicate = reference[reference["task"] == "replicate_retrieval"]
+    assert dict(zip(replicate["Metadata_modality"], replicate["fraction_retrieved"])) == PUBLISHED
+    assert (reference["task"] == "compound_gene_matching").sum() == 2
+    assert not (reference["task"] == "sister_matching").any()  # the paper gives no per-condition sister numbers
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    pytest.fail("headless Chromium is needed to render the report: apt-get install chromium (scripts/setup.sh does)")
+
+
+def test_html_report_renders_every_figure_in_chromium(small_demo_run, tmp_path):
+    _, results = small_demo_run
+    index = results / "reports" / "index.html"
+    page = index.read_text()
+    assert not re.search(r"""(src|href)=["']https?://""", page), "the report must not need the network"
+    manifest = json.loads((results / "reports" / "figures" / "figures.json").read_text())
+    stems = {f["stem"] for f in manifest}
+    assert {"fraction_retrieved", "map_vs_p_replicate_retrieval", "compare_cellprofiler_vs_vitmae", "plate_cell_counts",
+            "plate_replicate_ap_vitmae", "illumination", "mae_training", "mae_reconstructions", "examples"} <= stems
+    for stem in stems:
+        assert (results / "reports" / "figures" / f"{stem}.svg").stat().st_size > 0
+    browser = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+               f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*browser, "--dump-dom", index.as_uri()], capture_output=True, text=True, timeout=180)
+    loaded = re.search(r'data-figures-loaded="(\d+)/(\d+)"', dom.stdout)
+    assert loaded, f"report script did not run:\n{dom.stderr[-2000:]}"
+    assert int(loaded.group(1)) == int(loaded.group(2)) == len(manifest)
+    shot = tmp_path / "report.png"
+    subprocess.run([*browser, f"--screenshot={shot}", "--window-size=1280,2400", index.as_uri()],
+                   capture_output=True, timeout=180, check=True)
+    pixels = imread(shot)
+    assert pixels.shape[1] == 1280 and np.std(pixels[..., :3]) > 0.05  # rendered content, not a blank page
+
+
+def test_snakemake_report_has_a_category_per_stage(small_demo_run):
+    config, results = small_demo_run
+    out = results.parent / "snakemake_report.html"
+    snakemake(["--report", str(out), "--configfile", config], cwd=results.parent)
+    html = out.read_text()
+    for category in ("Report", "Figures", "ViT-MAE", "CellProfiler"):
+        assert category in html, category
+
+
+def test_query_puts_the_planted_target_first(small_demo_run):
+    _, results = small_demo_run
+    done = paintbench("query", "--results-dir", str(results), "--feature-set", "cellprofiler", "--compound", "apatinib")
+    assert done.returncode == 0, done.stderr
+    assert "CSK" in done.stdout
+    ranked = pd.read_csv(results / "reports" / "query" / "apatinib_cellprofiler.tsv", sep="\t")
+    assert set(ranked["Metadata_matched_modality"]) == {"crispr", "orf"}
+    top = ranked[ranked["rank"] == 1]
+    assert list(top["Metadata_gene"]) == ["CSK", "CSK"] and top["annotated_target"].all()
+    assert (results / "reports" / "query" / "apatinib_cellprofiler.png").stat().st_size > 0
+    # Virtual screening: the compounds annotated to CSK lead the list of compounds like CSK's knockout.
+    done = paintbench("query", "--results-dir", str(results), "--feature-set", "cellprofiler", "--gene", "csk")
+    assert done.returncode == 0, done.stderr
+    screen = pd.read_csv(results / "reports" / "query" / "csk_cellprofiler.tsv", sep="\t")
+    crispr = screen[screen["Metadata_matched_modality"] == "crispr"].sort_values("rank")
+    n_annotated = int(crispr["annotated_target"].sum())
+    assert n_annotated == 2 and crispr["annotated_target"].head(n_annotated).all()
+
+
+def test_query_unknown_names_suggest_close_matches(small_demo_run):
+    _, results = small_demo_run
+    done = paintbench("query", "--results-dir", str(results), "--compound", "apatinb")
+    assert done.returncode == 1 and "unknown compound 'apatinb'" in done.stderr and "did you mean apatinib" in done.stderr
+    done = paintbench("query", "--results-dir", str(results), "--gene", "CKS")
+    assert done.returncode == 1 and "did you mean CSK" in done.stderr
+    done = paintbench("query", "--results-dir", str(results), "--feature-set", "dino", "--gene", "CSK")
+    assert done.returncode == 1 and "no scored profiles for feature set 'dino'" in done.stderr

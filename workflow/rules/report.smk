@@ -1,0 +1,80 @@
+# Stage 6: summary table, figures and the self-contained HTML report; feature sets side by side.
+
+
+rule report_summary:
+    input:
+        results=expand(f"{RESULTS}/retrieval/{{fs}}/{{task}}.parquet", fs=FEATURE_SETS, task=TASKS),
+        published=f"{METADATA_DIR}/cpjump1_published_cellprofiler.tsv",
+    output:
+        summary=report(f"{RESULTS}/reports/summary.tsv", caption="../report/summary.rst", category="Report"),
+    log:
+        f"{RESULTS}/logs/report/summary.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/report/summary.tsv"
+    params:
+        results_dir=lambda wildcards, output: os.path.dirname(os.path.dirname(output.summary)),
+        feature_sets=" ".join(FEATURE_SETS),
+    localrule: True
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/paintbench.yaml"
+    shell:
+        "python -m paintbench report-summary --results-dir {params.results_dir} --feature-sets {params.feature_sets}"
+        " --published {input.published} --output {output.summary} > {log} 2>&1"
+
+
+rule report_figures:
+    input:
+        unpack(report_inputs),
+        summary=rules.report_summary.output.summary,
+    output:
+        figures=report(directory(f"{RESULTS}/reports/figures"), patterns=["{name}.png"],
+                       caption="../report/figures.rst", category="Figures"),
+    log:
+        f"{RESULTS}/logs/report/figures.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/report/figures.tsv"
+    params:
+        results_dir=lambda wildcards, output: os.path.dirname(os.path.dirname(output.figures)),
+        feature_sets=" ".join(FEATURE_SETS),
+        plates=" ".join(PLATES),
+        mae=lambda wildcards, input: f"--mae-dir {os.path.dirname(input.train_log[0])}" if "train_log" in input.keys() else "",
+    localrule: True
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/paintbench.yaml"
+    shell:
+        "python -m paintbench report-figures --results-dir {params.results_dir} --feature-sets {params.feature_sets}"
+        " --plates {params.plates} --summary {input.summary} {params.mae} --out-dir {output.figures} > {log} 2>&1"
+
+
+rule report_html:
+    input:
+        summary=rules.report_summary.output.summary,
+        figures=rules.report_figures.output.figures,
+    output:
+        html=report(f"{RESULTS}/reports/index.html", caption="../report/index.rst", category="Report"),
+    log:
+        f"{RESULTS}/logs/report/html.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/report/html.tsv"
+    params:
+        results_dir=lambda wildcards, output: os.path.dirname(os.path.dirname(output.html)),
+        plates=" ".join(PLATES),
+        # The effective configuration (config files + --config), as the run used it.
+        config=lambda wildcards: yaml.safe_dump(dict(config), sort_keys=False),
+        cellprofiler=CELLPROFILER["executable"],
+    localrule: True
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/paintbench.yaml"
+    shell:
+        "python -m paintbench report-html --results-dir {params.results_dir} --plates {params.plates}"
+        " --summary {input.summary} --figures-dir {input.figures} --config-text {params.config:q}"
+        " --cellprofiler {params.cellprofiler} --output {output.html} > {log} 2>&1"
