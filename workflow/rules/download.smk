@@ -15,6 +15,8 @@ rule synthetic_ground_truth:
         strong=config["synthetic"]["strong_fraction"],
         null=config["synthetic"]["null_fraction"],
         scale=config["synthetic"]["effect_scale"],
+    threads: 1
+    localrule: True
     resources:
         mem_mb=1000,
         runtime=10,
@@ -44,6 +46,7 @@ rule download:
         metadata_dir=METADATA_DIR,
         source_args=source_args,
     threads: 1
+    localrule: True
     resources:
         mem_mb=2000,
         runtime=240,

@@ -42,6 +42,8 @@ rule published_profiles:
         metadata_dir=METADATA_DIR,
         s3=s3_args(),
         cache_dir=f"{DATA}/published_profiles",
+    threads: 1
+    localrule: True
     resources:
         mem_mb=4000,
         runtime=60,

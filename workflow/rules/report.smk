@@ -15,6 +15,7 @@ rule report_summary:
         results_dir=lambda wildcards, output: os.path.dirname(os.path.dirname(output.summary)),
         feature_sets=" ".join(FEATURE_SETS),
     localrule: True
+    threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
@@ -42,6 +43,7 @@ rule report_figures:
         plates=" ".join(PLATES),
         mae=lambda wildcards, input: f"--mae-dir {os.path.dirname(input.train_log[0])}" if "train_log" in input.keys() else "",
     localrule: True
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
@@ -69,6 +71,7 @@ rule report_html:
         config=lambda wildcards: yaml.safe_dump(dict(config), sort_keys=False),
         cellprofiler=CELLPROFILER["executable"],
     localrule: True
+    threads: 1
     resources:
         mem_mb=2000,
         runtime=10,

@@ -14,6 +14,7 @@ rule replicate_retrieval:
     params:
         null_size=config["retrieval"]["null_size"],
         seed=config["retrieval"]["seed"],
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
@@ -41,6 +42,7 @@ rule matching:
     params:
         null_size=config["retrieval"]["null_size"],
         seed=config["retrieval"]["seed"],
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=60,

@@ -1,0 +1,74 @@
+"""Rerunning parts of a finished run (README "Rerunning one stage"): exactly the jobs a user expects, no more."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+
+import pandas as pd
+
+from tests.helpers import REPO, snakemake
+from tests.test_dag import job_counts
+
+REPORT = {"report_summary", "report_figures", "report_html"}
+PLATE = "BR00117000"
+
+
+def planned(run, *args: str) -> dict[str, int]:
+    """Jobs a dry run of the finished small demo would run, per rule (without the 'all' and 'total' rows)."""
+    config, results = run
+    result = snakemake(["-n", "--quiet", "rules", "--configfile", config, *args], cwd=results.parent)
+    text = result.stdout + result.stderr
+    if "Nothing to be done" in text:
+        return {}
+    return {rule: n for rule, n in job_counts(text).items() if rule not in ("all", "total")}
+
+
+def test_finished_run_is_up_to_date(small_demo_run):
+    assert planned(small_demo_run) == {}
+
+
+def test_forcerun_a_stage_reruns_it_and_everything_downstream(small_demo_run):
+    jobs = planned(small_demo_run, "--forcerun", "profiles")
+    assert set(jobs) == {"profiles", "replicate_retrieval", "matching"} | REPORT
+    assert jobs["profiles"] == 2 and jobs["matching"] == 4
+
+
+def test_changing_a_retrieval_parameter_reruns_only_retrieval_and_reports(small_demo_run):
+    jobs = planned(small_demo_run, "--config", "retrieval={null_size: 2000, seed: 0}")
+    assert set(jobs) == {"replicate_retrieval", "matching"} | REPORT
+
+
+def test_one_branch_one_rule_one_plate(small_demo_run):
+    _, results = small_demo_run
+    # Only the ViT embedding of every plate, nothing downstream.
+    assert planned(small_demo_run, "--forcerun", "vit_embed", "--until", "vit_embed") == {"vit_embed": 6}
+    # Only the CellProfiler branch (its temporary shards are recomputed), nothing downstream.
+    assert planned(small_demo_run, "--forcerun", "cellprofiler_shard", "--until", "cellprofiler_well_profiles") == {
+        "cellprofiler_shard": 6, "cellprofiler_well_profiles": 6}
+    # One plate through the CellProfiler branch.
+    target = str(results / "profiles" / "cellprofiler" / f"{PLATE}.parquet")
+    assert planned(small_demo_run, "--forcerun", target, "--until", target) == {
+        "cellprofiler_shard": 1, "cellprofiler_well_profiles": 1}
+    # Only the reports.
+    assert set(planned(small_demo_run, "--forcerun", "report_summary")) == REPORT
+
+
+def test_one_shard_by_hand_with_the_command_from_its_log(small_demo_run, tmp_path):
+    _, results = small_demo_run
+    log = (results / "logs" / "cellprofiler_shard" / PLATE / "s000.log").read_text()
+    command = shlex.split(log.split("rerun this stage with: ", 1)[1].splitlines()[0])
+    assert command[:4] == ["python", "-m", "paintbench", "cellprofiler"]
+    output = tmp_path / "s000.parquet"
+    command[command.index("--output") + 1] = str(output)
+    command[command.index("--qc-output") + 1] = str(tmp_path / "s000.qc.parquet")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run([os.path.join(os.path.dirname(os.sys.executable), "python"), *command[1:]],
+                          cwd=results.parent, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    by_hand = pd.read_parquet(output)
+    merged = pd.read_parquet(results / "cellprofiler" / PLATE / "single_cells.parquet")
+    assert len(by_hand) == len(merged) > 0
+    features = [c for c in by_hand.columns if not c.startswith("Metadata_")][:50]
+    pd.testing.assert_frame_equal(by_hand[features].reset_index(drop=True), merged[features].reset_index(drop=True))
