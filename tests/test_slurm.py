@@ -5,6 +5,7 @@ recovers with the documented command without leaving partial output that looks c
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,8 +30,9 @@ def cluster():
     if os.geteuid() != 0:
         pytest.fail("the SLURM tests start a cluster with scripts/slurm_start.sh, which needs root")
     env = {**os.environ, "SLURM_CONF": str(STATE / "etc" / "slurm.conf")}
-    was_up = subprocess.run(["scontrol", "ping"], env=env, capture_output=True).returncode == 0 \
-        if (STATE / "etc" / "slurm.conf").exists() else False
+    # On a fresh machine SLURM is not even installed yet: slurm_start.sh installs it.
+    was_up = bool(shutil.which("scontrol")) and (STATE / "etc" / "slurm.conf").exists() \
+        and subprocess.run(["scontrol", "ping"], env=env, capture_output=True).returncode == 0
     started = subprocess.run(["bash", str(REPO / "scripts" / "slurm_start.sh")], capture_output=True, text=True, timeout=600)
     assert started.returncode == 0, started.stdout + started.stderr
     yield env
