@@ -42,7 +42,10 @@ retry() {
 
 install_packages() {
   local wanted=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server) missing=()
-  for package in "${wanted[@]}"; do dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package"); done
+  # dpkg -s also succeeds for removed packages whose config files remain: ask for the installed state itself.
+  for package in "${wanted[@]}"; do
+    [[ $(dpkg-query -W -f='${Status}' "$package" 2>/dev/null) == "install ok installed" ]] || missing+=("$package")
+  done
   ((${#missing[@]})) || return 0
   say "installing ${missing[*]}"
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
