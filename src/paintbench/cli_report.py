@@ -59,6 +59,13 @@ def cmd_query(args: argparse.Namespace) -> None:
     log.info("table -> %s, figure -> %s", stem.with_suffix(".tsv"), stem.with_suffix(".png"))
 
 
+def _finished_run_options(p: argparse.ArgumentParser) -> None:
+    """What report-figures and report-html both read: the run's results, its plates and summary.tsv."""
+    p.add_argument("--results-dir", required=True)
+    p.add_argument("--plates", nargs="+", required=True)
+    p.add_argument("--summary", required=True)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report-summary", help="summary.tsv: feature set x task x condition, with published values")
     p.add_argument("--results-dir", required=True)
@@ -68,18 +75,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_report_summary)
 
     p = sub.add_parser("report-figures", help="the report's figures (PNG + SVG) and their manifest")
-    p.add_argument("--results-dir", required=True)
+    _finished_run_options(p)
     p.add_argument("--feature-sets", nargs="+", required=True)
-    p.add_argument("--plates", nargs="+", required=True)
-    p.add_argument("--summary", required=True)
     p.add_argument("--mae-dir", default=None, help="the MAE's folder (train_log.tsv, checkpoint.pt) when it was pretrained")
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_report_figures)
 
     p = sub.add_parser("report-html", help="self-contained reports/index.html")
-    p.add_argument("--results-dir", required=True)
-    p.add_argument("--plates", nargs="+", required=True)
-    p.add_argument("--summary", required=True)
+    _finished_run_options(p)
     p.add_argument("--figures-dir", required=True)
     p.add_argument("--config-text", default=None, help="the run's configuration (YAML text) to show")
     p.add_argument("--cellprofiler", default=None, help="CellProfiler executable (for its version)")

@@ -71,7 +71,8 @@ def _plate_figures(results_dir: Path, feature_sets: list[str], plates: list[str]
     figures = []
     counts = [results_dir / "profiles" / "cellprofiler" / f"{plate}.parquet" for plate in plates]
     if all(path.exists() for path in counts):
-        wells = pd.concat([read_table(p)[["Metadata_Plate", "Metadata_Well", "Metadata_Object_Count"]] for p in counts])
+        wells = pd.concat([pd.read_parquet(p, columns=["Metadata_Plate", "Metadata_Well", "Metadata_Object_Count"])
+                           for p in counts])
         plate_heatmaps_figure(wells, out / "plate_cell_counts", "Metadata_Object_Count", "cells per well")
         figures.append(Figure("plate_cell_counts", "Plates", "Cells per well (CellProfiler)",
                               "Cells segmented per well on each plate's layout: edge, row or column patterns point "

@@ -103,10 +103,12 @@ def qc_html(results_dir: Path, plates: list[str]) -> str:
             skipped.append(table)
         cells = results_dir / "profiles" / "cellprofiler" / f"{plate}.parquet"
         crops = results_dir / "vit" / "crops" / f"{plate}.parquet"
+        # One column each: a plate's well profiles hold thousands of features the count does not need.
+        objects = pd.read_parquet(cells, columns=["Metadata_Object_Count"]) if cells.exists() else None
         counts.append({"plate": plate,
-                       "wells": len(read_table(cells)) if cells.exists() else "-",
-                       "cells (CellProfiler)": int(read_table(cells)["Metadata_Object_Count"].sum()) if cells.exists() else "-",
-                       "crops (ViT)": len(read_table(crops)) if crops.exists() else "-"})
+                       "wells": len(objects) if objects is not None else "-",
+                       "cells (CellProfiler)": int(objects["Metadata_Object_Count"].sum()) if objects is not None else "-",
+                       "crops (ViT)": len(pd.read_parquet(crops, columns=["Metadata_Well"])) if crops.exists() else "-"})
     skipped_table = pd.concat(skipped, ignore_index=True) if skipped else pd.DataFrame()
     text = pd.DataFrame(counts).to_html(index=False, border=0)
     if skipped_table.empty:
