@@ -1,19 +1,18 @@
-"""Retrieval metrics: hand-computed AP, the tie rule, the permutation null, calibration, and agreement
-with copairs 0.5.5 (the reference implementation; used only here and in scripts/bench_retrieval.py)."""
+"""Average precision: hand-computed AP, the tie rule, pair rules, the paper code's compound-gene lists, and agreement
+with copairs 0.5.5 (the reference implementation; used only in tests and scripts/bench_*.py). Significance is
+tested in test_significance.py."""
 
 from __future__ import annotations
 
-import itertools
-from math import comb
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from statsmodels.stats.multitest import multipletests
 
 from paintbench import metrics
-from paintbench.metrics import average_precision, mean_average_precision, retrieval_ap
+from paintbench.metrics import average_precision, retrieval_ap
+from paintbench.significance import fraction_retrieved, score_groups
 
 LINCS = Path(__file__).parent / "data/lincs_plate/SQ00015054_normalized_feature_select.csv.gz"
 PERT, PLATE = "Metadata_broad_sample", "Metadata_Plate"
@@ -81,93 +80,28 @@ def test_counting_and_sorting_engines_agree(monkeypatch, max_pos):
     np.testing.assert_allclose(average_precision(sim, positive, valid)[0], expected, atol=1e-12)
 
 
-@pytest.mark.parametrize("n_pos,n_total", [(2, 6), (1, 4), (4, 5), (3, 3)])  # rejection and random-key paths
-def test_null_distribution_matches_exact_enumeration(n_pos, n_total):
-    exact: dict[float, float] = {}
-    for subset in itertools.combinations(range(n_total), n_pos):
-        ap = round(float(np.mean((np.arange(n_pos) + 1) / (np.array(subset) + 1))), 6)
-        exact[ap] = exact.get(ap, 0) + 1 / comb(n_total, n_pos)
-    size = 40_000
-    null = metrics.null_distribution(n_pos, n_total, size, np.random.default_rng(0))
-    values, counts = np.unique(np.round(null.astype(float), 6), return_counts=True)
-    assert set(values) <= set(exact)
-    for v, c in zip(values, counts):
-        assert abs(c / size - exact[v]) < 5 * np.sqrt(exact[v] * (1 - exact[v]) / size) + 1e-9
-
-
-def test_null_is_seeded_and_shared_by_configuration():
-    a = metrics._config_null(3, 19, 1000, 7)
-    assert a is metrics._config_null(3, 19, 1000, 7)  # cached
-    metrics._config_null.cache_clear()
-    assert np.array_equal(a, metrics._config_null(3, 19, 1000, 7))  # reproducible, order-independent
-    assert not np.array_equal(a, metrics._config_null(3, 19, 1000, 8))
-
-
-def test_p_value_formula_strict_exceedance():
-    # Configuration (1 positive, 2 candidates): null AP is 1 or 1/2, each with probability 1/2.
-    t = pd.DataFrame({"g": ["top", "bottom", "none"], "average_precision": [1.0, 0.5, np.nan],
-                      "n_pos_pairs": [1, 1, 0], "n_total_pairs": [2, 2, 2]})
-    n = 20_000
-    m = mean_average_precision(t, "g", null_size=n, seed=0).set_index("g")
-    assert list(m.index) == ["bottom", "top"]  # no positives: not a test
-    assert m.loc["top", "p_value"] == 1 / (n + 1)  # null draws equal to the observed value do not count
-    assert m.loc["bottom", "p_value"] == pytest.approx(0.5, abs=0.02)
-    np.testing.assert_allclose(m["corrected_p_value"], multipletests(m["p_value"], method="fdr_bh")[1])
-    assert list(m.columns) == ["mean_average_precision", "p_value", "corrected_p_value", "below_p",
-                               "below_corrected_p", "n_queries", "n_positives"]
-
-
-def plate_design(seed: int, n_pert: int = 200, reps: int = 4, n_ctrl: int = 16, effect: float = 0.0):
-    """Each perturbation on its own plate with its controls; profiles drawn like the controls + effect."""
-    rng = np.random.default_rng(seed)
-    per_plate = [False] * reps + [True] * n_ctrl
-    control = np.tile(per_plate, n_pert)
-    pert = np.where(control, "DMSO", np.repeat([f"c{i}" for i in range(n_pert)], len(per_plate)))
-    x = rng.standard_normal((len(control), 20))
-    x[~control] += effect * rng.standard_normal((n_pert, 20)).repeat(reps, axis=0)
-    feats = [f"f{i}" for i in range(20)]
-    meta = pd.DataFrame({PERT: pert, PLATE: np.repeat(np.arange(n_pert), len(per_plate)), "control": control})
-    return pd.concat([meta, pd.DataFrame(x, columns=feats)], axis=1), feats
-
-
-def replicate_ap(df, feats, query_mask=None):
-    control = df["control"].to_numpy()
-    query = ~control if query_mask is None else query_mask
-    return retrieval_ap(df, feats, query_mask=query, pos_same=[PERT], neg_mask=control, neg_same=[PLATE])
-
-
-def test_perfectly_separated_replicates():
-    df, feats = plate_design(0, n_pert=20, effect=50.0)
-    m = mean_average_precision(replicate_ap(df, feats), PERT, null_size=10_000, seed=0)
-    assert (m["mean_average_precision"] == 1.0).all() and (m["p_value"] == 1 / 10_001).all()
-    assert metrics.fraction_retrieved(m) == 1.0 and (m["n_queries"] == 4).all() and (m["n_positives"] == 3).all()
-
-
-def test_calibration_single_query_per_perturbation_is_nominal():
-    # One query per perturbation: its AP is exactly null-distributed (all wells exchangeable).
-    below_p, below_q = [], []
-    for seed in range(10):
-        df, feats = plate_design(seed)
-        first = ~df["control"].to_numpy() & ~df[PERT].duplicated().to_numpy()
-        m = mean_average_precision(replicate_ap(df, feats, first), PERT, null_size=10_000, seed=seed)
-        below_p.append(m["below_p"].mean())
-        below_q.append(m["below_corrected_p"].mean())
-    assert 0.03 <= np.mean(below_p) <= 0.07
-    assert max(below_q) <= 0.05
-
-
-def test_calibration_replicate_groups_is_conservative():
-    # 4 replicates -> 4 queries with one configuration share one null row (copairs' definition), so
-    # the null of their mean is the single-AP null, wider than the mean's: p-values are conservative
-    # (~1% below 0.05 here, copairs too), never liberal.
-    below_p, below_q = [], []
-    for seed in range(10):
-        df, feats = plate_design(seed)
-        m = mean_average_precision(replicate_ap(df, feats), PERT, null_size=10_000, seed=seed)
-        below_p.append(m["below_p"].mean())
-        below_q.append(m["below_corrected_p"].mean())
-    assert 0.001 <= np.mean(below_p) <= 0.05
-    assert max(below_q) <= 0.05
+def test_paper_code_negatives_count_every_true_match_twice():
+    """The paper's compound-gene lists (copairs@880f22a): each positive also stands as a negative twin with the same
+    similarity, first in lists of up to 16 entries, after its positive in longer ones."""
+    compound = pd.DataFrame({"Metadata_target_list": ["G1|G2"], "Metadata_modality": ["compound"], "x": [1.0], "y": [0.0]})
+    genes = pd.DataFrame({"Metadata_target_list": ["G1", "G2", "G3"], "Metadata_modality": "crispr",
+                          "x": [1.0, 0.0, 0.5], "y": [0.0, 1.0, 0.5]})
+    kw = dict(candidates=genes, multilabel="Metadata_target_list", multilabel_mode="per_label", abs_similarity=True,
+              pos_diff=["Metadata_modality"], neg_diff=["Metadata_modality"])
+    ours = retrieval_ap(compound, ["x", "y"], **kw).set_index("Metadata_target_list")
+    # disjoint: G1's list is g1 (+), g3; G2's is g3, g2 (+).
+    assert ours["average_precision"].to_dict() == pytest.approx({"G1": 1.0, "G2": 0.5})
+    paper = retrieval_ap(compound, ["x", "y"], paper_code_negatives=True, **kw).set_index("Metadata_target_list")
+    # paper code, G1: negatives are g1, g2, g3 (all genes): twin(g1), g1 (+), g3, g2 -> AP 1/2; list of 4.
+    # G2: twin order irrelevant below its positive's rank: g1, g3, twin(g2), g2 (+) -> AP 1/4.
+    assert paper["average_precision"].to_dict() == pytest.approx({"G1": 0.5, "G2": 0.25})
+    assert paper["n_total_pairs"].tolist() == [4, 4] and paper["n_pos_pairs"].tolist() == [1, 1]
+    # A long list (more than 16 entries): the positive wins the tie with its twin.
+    many = pd.concat([genes.iloc[:1], pd.DataFrame({"Metadata_target_list": [f"N{i}" for i in range(20)],
+                                                    "Metadata_modality": "crispr", "x": 0.1, "y": 1.0})])
+    long = retrieval_ap(compound.assign(Metadata_target_list="G1"), ["x", "y"], **{**kw, "candidates": many},
+                        paper_code_negatives=True)
+    assert long["average_precision"].item() == 1.0 and long["n_total_pairs"].item() == 22
 
 
 def test_multilabel_two_tables_and_abs_similarity():
@@ -190,6 +124,12 @@ def test_multilabel_two_tables_and_abs_similarity():
 # ---------------------------------------------------------------------------------------------
 # Agreement with copairs 0.5.5
 # ---------------------------------------------------------------------------------------------
+
+
+def replicate_ap(df, feats, query_mask=None):
+    control = df["control"].to_numpy()
+    query = ~control if query_mask is None else query_mask
+    return retrieval_ap(df, feats, query_mask=query, pos_same=[PERT], neg_mask=control, neg_same=[PLATE])
 
 
 def copairs_replicate_ap(df, feats):
@@ -228,8 +168,9 @@ def lincs():
 
 
 def compare_to_copairs(ours, ref, key, group, tmp_path, null_size=10_000):
-    """AP per query and mAP per group identical; p within Monte Carlo error; same retrieved set
-    except groups whose q sits within Monte Carlo error of 0.05."""
+    """AP per query and mAP per group identical; p of our copairs protocol (ties count against the observation)
+    within Monte Carlo error of copairs' (strictly greater only): on long lists the tie rule changes nothing beyond
+    that noise. Same retrieved set except groups whose q sits within Monte Carlo error of 0.05."""
     import copairs.map as cm
 
     o = ours[ours["n_pos_pairs"] > 0].set_index(key).sort_index()
@@ -238,7 +179,7 @@ def compare_to_copairs(ours, ref, key, group, tmp_path, null_size=10_000):
     for col in ["n_pos_pairs", "n_total_pairs"]:
         assert np.array_equal(o[col].to_numpy(), r[col].to_numpy())
     np.testing.assert_allclose(o["average_precision"], r["average_precision"], rtol=0, atol=1e-9)
-    om = mean_average_precision(ours, group, null_size=null_size, seed=0)
+    om = score_groups(ours, group, "copairs", null_size=null_size, seed=0)
     rm = cm.mean_average_precision(ref, [group], null_size=null_size, threshold=0.05, seed=0,
                                    progress_bar=False, cache_dir=tmp_path)
     m = om.merge(rm, on=group, suffixes=("", "_ref"), validate="1:1")
@@ -259,7 +200,7 @@ def test_lincs_replicate_retrieval_matches_copairs(lincs, tmp_path):
     df, feats = lincs
     om, flipped = compare_to_copairs(replicate_ap(df, feats), copairs_replicate_ap(df, feats),
                                      "row_id", PERT, tmp_path)
-    assert len(om) == 58 and flipped <= 2 and metrics.fraction_retrieved(om) > 0.3
+    assert len(om) == 58 and flipped <= 2 and fraction_retrieved(om) > 0.3
 
 
 def test_lincs_moa_matching_matches_copairs(lincs, tmp_path):

@@ -18,7 +18,8 @@ from paintbench import CHANNELS
 from paintbench.illum import compute_plate_illum
 from paintbench.loaddata import load_data_table
 from paintbench.metadata import plate_layout, select_wells
-from paintbench.metrics import null_distribution, retrieval_ap
+from paintbench.metrics import retrieval_ap
+from paintbench.significance import null_distribution
 from paintbench.profiles import annotate, normalize
 from paintbench.synthetic import generate_plate, ground_truth
 from paintbench.vit import build_encoder

@@ -1,20 +1,13 @@
-"""Retrieval metrics for the three CPJUMP1 tasks: average precision, mAP with a permutation p-value,
-Benjamini-Hochberg q-values and the fraction retrieved. One vectorized engine serves all tasks.
+"""Average precision for the three CPJUMP1 tasks: one vectorized engine for every pair rule.
+Significance (nulls, p-values, protocols, q-values) lives in paintbench.significance.
 
-Definitions follow copairs 0.5.5 (the reference; tests compare against it) so that numbers agree:
+Definitions follow copairs 0.5.5 (the reference; tests compare against it) so that APs agree:
 - Rank key: copairs stores similarities as float32 and sorts by `1 - sim` in float32, so two
   similarities equal after that rounding tie. We rank by the same key (`rank_key`).
 - Ties: copairs lists positives before negatives and stable-sorts, so a positive ranks ahead of every
   negative with an equal key. Hence the i-th positive (by key) sits at rank i + #(negatives with a
-  strictly smaller key), and AP = mean_i i / rank_i.
-- Null: AP of a uniformly random rank list with the query's (n_pos, n_total). One set of `null_size`
-  draws per configuration is shared by every query with that configuration (copairs does the same),
-  so a group's null mAP is the draw-wise mean of its queries' configuration nulls. When all queries
-  of a group share one configuration, that is the single-query AP null (wider than the null of a
-  mean of independent APs: conservative).
-- p = (1 + #{draws with null mAP > observed mAP}) / (null_size + 1): copairs' strict '>', with values
-  within TIE_TOL counted as ties (copairs compares float32 null values with float64 mAPs, so its
-  treatment of exact ties depends on rounding; we make it explicit). BH via statsmodels.
+  strictly smaller key), and AP = mean_i i / rank_i. (Exact similarity ties between a positive and a
+  negative need identical profiles; continuous features practically never produce them.)
 Pair rules (a candidate that is both positive and negative is positive; self is never a candidate):
 positives share every `pos_same` column (and >= 1 label) and differ in every `pos_diff` column;
 negatives are `neg_mask` candidates sharing every `neg_same` column, differing in every `neg_diff`
@@ -23,7 +16,6 @@ column and sharing no label.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Literal, Sequence
 
 import numpy as np
@@ -31,8 +23,13 @@ import pandas as pd
 from scipy import sparse
 
 BLOCK_ELEMENTS = 4_000_000  # similarity block (query rows x candidates): 32 MB of float64
+# The CPJUMP1 paper's compound-gene lists (copairs@880f22a) held every true match twice, as a positive and as a
+# negative with the same similarity, ordered by numpy's unstable argsort: the negative twin first in lists of up to
+# 16 entries (insertion sort), after its positive in long lists with one positive (measured with numpy 1.23 and
+# 1.26); with several positives in a long list the order varied (mean AP of a perfect list ~0.77 for two). We place
+# the twin first up to 16 entries and after its positive beyond: exact for short lists and single positives.
+PAPER_CODE_SHORT_LIST = 16
 COUNTING_MAX_POS = 48  # up to this many positives per query, counting beats sorting whole rows
-TIE_TOL = 1e-6  # > float32 rounding of null APs (~6e-8), far below any AP difference that matters
 
 
 def rank_key(sim: np.ndarray) -> np.ndarray:
@@ -41,8 +38,10 @@ def rank_key(sim: np.ndarray) -> np.ndarray:
     return np.subtract(np.float32(1), key, out=key)
 
 
-def _ap_counting(key: np.ndarray, positive: np.ndarray, negative: np.ndarray, n_pos: np.ndarray) -> np.ndarray:
-    """AP from ranks of the few positives: O(rows x candidates x max positives), no full sort."""
+def _ap_counting(key: np.ndarray, positive: np.ndarray, negative: np.ndarray, n_pos: np.ndarray,
+                 ahead: np.ndarray | int = 0) -> np.ndarray:
+    """AP from ranks of the few positives: O(rows x candidates x max positives), no full sort. `ahead` adds that
+    many list entries in front of every positive of a row (its own negative twin, see PAPER_CODE_SHORT_LIST)."""
     kmax = int(n_pos.max())
     rows, cols = np.nonzero(positive)
     starts = np.concatenate([[0], np.cumsum(n_pos)[:-1]])
@@ -53,6 +52,7 @@ def _ap_counting(key: np.ndarray, positive: np.ndarray, negative: np.ndarray, n_
     better = np.empty(pos_key.shape, dtype=np.int64)
     for i in range(kmax):
         better[:, i] = np.count_nonzero(neg_key < pos_key[:, i, None], axis=1)
+    better += np.asarray(ahead).reshape(-1, 1)
     i = np.arange(1, kmax + 1)
     precision = np.where(i <= n_pos[:, None], i / (i + better), 0.0)
     return precision.sum(axis=1) / n_pos
@@ -68,18 +68,28 @@ def _ap_sorting(key: np.ndarray, positive: np.ndarray, negative: np.ndarray, n_p
 
 
 def average_precision(
-    sim: np.ndarray, positive: np.ndarray, valid: np.ndarray
+    sim: np.ndarray, positive: np.ndarray, valid: np.ndarray, negative: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """AP per query row over its valid candidates; returns (ap, n_pos, n_total). AP is NaN without positives."""
+    """AP per query row over its valid candidates; returns (ap, n_pos, n_total). AP is NaN without positives.
+
+    `negative` given (the paper code's compound-gene lists): negatives may include positives, which then stand in
+    the list twice, the negative twin tied with its positive (see PAPER_CODE_SHORT_LIST).
+    """
     positive = np.asarray(positive, dtype=bool) & valid
-    negative = np.asarray(valid, dtype=bool) & ~positive
-    n_pos, n_total = positive.sum(axis=1), np.asarray(valid).sum(axis=1)
+    twins = negative is not None
+    negative = np.asarray(valid, dtype=bool) & ~positive if negative is None else np.asarray(negative, bool)
+    n_pos = positive.sum(axis=1)
+    n_total = n_pos + negative.sum(axis=1) if twins else np.asarray(valid).sum(axis=1)
     ap = np.full(len(n_pos), np.nan)
     step = max(1, BLOCK_ELEMENTS // max(1, sim.shape[1]))
     with np.errstate(invalid="ignore", divide="ignore"):
         for s in range(0, len(n_pos), step):
             b = slice(s, s + step)
             if n_pos[b].max(initial=0) == 0:
+                continue
+            if twins:  # the twin goes first in short lists, after its positive in long ones
+                ahead = (n_total[b] <= PAPER_CODE_SHORT_LIST).astype(np.int64)
+                ap[b] = _ap_counting(rank_key(sim[b]), positive[b], negative[b], n_pos[b], ahead)
                 continue
             engine = _ap_counting if n_pos[b].max() <= COUNTING_MAX_POS else _ap_sorting
             ap[b] = engine(rank_key(sim[b]), positive[b], negative[b], n_pos[b])
@@ -98,92 +108,6 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray, abs_similarity: bool = False
     """Cosine similarity of every row of `a` with every row of `b` (small inputs; retrieval_ap blocks)."""
     sim = _unit_rows(np.asarray(a, dtype=np.float64)) @ _unit_rows(np.asarray(b, dtype=np.float64)).T
     return np.abs(sim) if abs_similarity else sim
-
-
-def _sampled_positions(n_pos: int, n_total: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted 0-based positions of n_pos positives in `size` uniformly random lists of n_total."""
-    out = np.empty((size, n_pos), dtype=np.int64)
-    if n_pos * (n_pos - 1) / 2 <= n_total:
-        # Few positives: iid draws, redraw lists with a repeat (acceptance >= ~e^-1); uniform subsets.
-        todo = np.arange(size)
-        while todo.size:
-            draw = np.sort(rng.integers(0, n_total, size=(todo.size, n_pos)), axis=1)
-            ok = np.all(np.diff(draw, axis=1) > 0, axis=1)
-            out[todo[ok]] = draw[ok]
-            todo = todo[~ok]
-        return out
-    chunk = max(1, BLOCK_ELEMENTS // n_total)  # many positives: random keys, O(size x n_total)
-    for s in range(0, size, chunk):
-        keys = rng.random((min(chunk, size - s), n_total))
-        out[s : s + chunk] = np.sort(np.argpartition(keys, n_pos - 1, axis=1)[:, :n_pos], axis=1)
-    return out
-
-
-def null_distribution(n_pos: int, n_total: int, null_size: int, rng: np.random.Generator) -> np.ndarray:
-    """AP of `null_size` random rank lists with n_pos positives among n_total (float32, as copairs)."""
-    if not 0 < n_pos <= n_total:
-        raise ValueError(f"need 0 < n_pos <= n_total, got {n_pos}, {n_total}")
-    i = np.arange(1, n_pos + 1)
-    out = np.empty(null_size, dtype=np.float32)
-    chunk = max(1, BLOCK_ELEMENTS // n_pos)
-    for s in range(0, null_size, chunk):
-        m = min(chunk, null_size - s)
-        out[s : s + m] = (i / (_sampled_positions(n_pos, n_total, m, rng) + 1)).sum(axis=1) / n_pos
-    return out
-
-
-@lru_cache(maxsize=256)
-def _config_null(n_pos: int, n_total: int, null_size: int, seed: int) -> np.ndarray:
-    """Null of one configuration; its stream depends on (seed, configuration) only, never on order."""
-    null = null_distribution(n_pos, n_total, null_size, np.random.default_rng([seed, n_pos, n_total]))
-    null.flags.writeable = False
-    return null
-
-
-def mean_average_precision(
-    ap_table: pd.DataFrame,
-    group_col: str | Sequence[str],
-    null_size: int = 100_000,
-    seed: int = 0,
-    threshold: float = 0.05,
-) -> pd.DataFrame:
-    """mAP per group with permutation p-value and BH q-value (see module docstring).
-
-    Rows without positives or AP are dropped; `n_positives` is the mean positives per query.
-    """
-    from statsmodels.stats.multitest import multipletests
-
-    cols = [group_col] if isinstance(group_col, str) else list(group_col)
-    t = ap_table.loc[ap_table["average_precision"].notna() & (ap_table["n_pos_pairs"] > 0)]
-    confs, conf_ix = np.unique(t[["n_pos_pairs", "n_total_pairs"]].to_numpy(np.int64), axis=0, return_inverse=True)
-    nulls = [_config_null(int(k), int(n), null_size, seed) for k, n in confs]
-    work = t[cols].assign(_ap=t["average_precision"].to_numpy(), _k=t["n_pos_pairs"].to_numpy(), _c=conf_ix.ravel())
-    grouped = work.groupby(cols, sort=True, observed=True)
-    out = grouped.agg(mean_average_precision=("_ap", "mean"), n_queries=("_ap", "size"), n_positives=("_k", "mean"))
-    # Groups with the same multiset of configurations share one null mAP distribution: compute it once.
-    sig_id, signatures = pd.factorize(grouped["_c"].agg(lambda c: tuple(sorted(c))))
-    observed = out["mean_average_precision"].to_numpy()
-    p = np.empty(len(out))
-    for j, sig in enumerate(signatures):
-        members = np.flatnonzero(sig_id == j)
-        confs_in, weight = np.unique(sig, return_counts=True)
-        null_map = np.zeros(null_size)
-        for c, w in zip(confs_in, weight):  # one accumulator, not one array per query
-            null_map += w * nulls[c]
-        null_map = np.sort(null_map / len(sig))
-        exceed = null_size - np.searchsorted(null_map, observed[members] + TIE_TOL, side="right")
-        p[members] = (exceed + 1) / (null_size + 1)
-    out = out.reset_index()
-    out.insert(len(cols) + 1, "p_value", p)
-    out.insert(len(cols) + 2, "corrected_p_value", multipletests(p, method="fdr_bh")[1] if len(p) else p)
-    out.insert(len(cols) + 3, "below_p", out["p_value"] < threshold)
-    out.insert(len(cols) + 4, "below_corrected_p", out["corrected_p_value"] < threshold)
-    return out
-
-
-def fraction_retrieved(map_table: pd.DataFrame, threshold: float = 0.05) -> float:
-    """Share of groups (perturbations) with BH q-value < threshold."""
-    return float((map_table["corrected_p_value"] < threshold).mean()) if len(map_table) else float("nan")
 
 
 def _labels(column: pd.Series, sep: str) -> list[list[str]]:
@@ -216,6 +140,7 @@ def retrieval_ap(
     multilabel_mode: Literal["any", "per_label"] = "any",
     sep: str = "|",
     abs_similarity: bool = False,
+    paper_code_negatives: bool = False,
 ) -> pd.DataFrame:
     """AP of each query (rows of `profiles` selected by `query_mask`) against `candidates`
     (default: `profiles` itself, self excluded). Returns the query rows' metadata (non-feature
@@ -225,7 +150,9 @@ def retrieval_ap(
     Multilabel: `multilabel` names a column present in both tables. "any": one row per query,
     positives share >= 1 label. "per_label" (copairs' multilabel): one row per (query, label), the
     column then holds that label; positives carry it, candidates sharing only other labels are
-    left out. In both, negatives share no label with the query.
+    left out. In both, negatives share no label with the query, except with `paper_code_negatives`: then
+    every candidate that meets the negative rules is a negative whatever its labels, true matches included (what
+    the CPJUMP1 paper's compound-gene matching computed, see PAPER_CODE_SHORT_LIST).
     """
     cand = profiles if candidates is None else candidates
     qmask = np.ones(len(profiles), bool) if query_mask is None else np.asarray(query_mask, bool)
@@ -272,11 +199,13 @@ def retrieval_ap(
         if multilabel is not None:
             shared = (aq[r] @ ac.T).toarray() > 0
             pos &= shared if row_label is None else (ac_t[row_label[s : s + step]].toarray() > 0)
-            neg &= ~shared
+            if not paper_code_negatives:
+                neg &= ~shared
         if candidates is None:  # same table: a query is never its own candidate
             pos[np.arange(len(r)), q_rows[r]] = False
             neg[np.arange(len(r)), q_rows[r]] = False
-        ap[s : s + step], n_pos[s : s + step], n_total[s : s + step] = average_precision(sim, pos, pos | neg)
+        twins = neg if paper_code_negatives else None
+        ap[s : s + step], n_pos[s : s + step], n_total[s : s + step] = average_precision(sim, pos, pos | neg, twins)
     meta = profiles.iloc[q_rows[rep]].drop(columns=list(features))
     if row_label is not None:
         names = np.array(sorted(vocab, key=vocab.get), dtype=object)
