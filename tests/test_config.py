@@ -36,6 +36,19 @@ def test_plates_all_expands_to_the_whole_batch():
     assert "BR00116991" in config["plates"]
 
 
+def test_plates_paper_is_the_papers_benchmark_set():
+    config = check_config(demo(plates="paper"))
+    assert len(config["plates"]) == 40 and "BR00117008" not in config["plates"]  # density 80: not the paper's
+
+
+def test_paper_config_scores_published_profiles_only():
+    config = load_config(REPO / "config" / "paper.yaml")
+    assert config["feature_sets"] == ["published_cellprofiler"] and len(config["plates"]) == 40
+    assert config["retrieval"]["protocol"] == "cpjump1" and config["retrieval"]["compound_gene_negatives"] == "paper_code"
+    # published_profiles: true is the same as listing the feature set
+    assert check_config(demo(source="s3", published_profiles=True))["feature_sets"][-1] == "published_cellprofiler"
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
@@ -48,6 +61,10 @@ def test_plates_all_expands_to_the_whole_batch():
         ({"source": "ftp"}, ["'source'", "'ftp' is not one of ['s3', 'local', 'synthetic']"]),
         ({"colour": "blue"}, ["<top level>", "'colour'", "allowed keys"]),
         ({"synthetic": {"field_size": 10}}, ["'synthetic.field_size'", "10"]),
+        ({"feature_sets": ["cellprofiler", "dino"]}, ["'feature_sets.1'", "'dino' is not one of"]),
+        ({"feature_sets": ["published_cellprofiler"]}, ["'feature_sets'", "needs source: s3", "'synthetic'"]),
+        ({"retrieval": {"protocol": "paper"}}, ["'retrieval.protocol'", "'paper' is not one of ['cpjump1', 'copairs']"]),
+        ({"plates": "papers"}, ["'plates'", "'papers'", "allowed"]),
     ],
 )
 def test_invalid_configuration_names_the_key(overrides, expected):
@@ -63,7 +80,9 @@ def test_command_line_strings_are_typed_by_the_schema():
                                retrieval={"null_size": "9000"}, synthetic={"effect_scale": "1.5"},
                                channels={"DNA": "5", "ER": "4", "RNA": "3", "AGP": "2", "Mito": "1"}))
     assert config["sites"] == [1, 2] and config["genes"] is None and config["published_profiles"] is False
-    assert config["retrieval"] == {"null_size": 9000, "seed": 0} and config["synthetic"]["effect_scale"] == 1.5
+    assert config["retrieval"] == {"null_size": 9000, "seed": 0, "protocol": "cpjump1",
+                                   "compound_gene_negatives": "disjoint"}
+    assert config["synthetic"]["effect_scale"] == 1.5
     assert config["channels"]["DNA"] == 5
     with pytest.raises(ConfigError, match="'sites.0': 'one' is not of type 'integer'"):
         check_config(demo(sites=["one"]))

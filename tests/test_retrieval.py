@@ -8,7 +8,8 @@ import pytest
 
 from paintbench.cli import main as paintbench
 from paintbench.metadata import plate_layout, select_wells
-from paintbench.retrieval import compound_gene_matching, replicate_retrieval, sister_matching
+from paintbench.retrieval import (compound_gene_matching, consensus, replicate_retrieval, run_task,
+                                  sister_matching)
 from paintbench.synthetic import PARAMETERS, ground_truth
 from tests.helpers import DATA
 
@@ -26,6 +27,7 @@ def planted():
     truth = ground_truth(PLATEMAPS, seed=7, strong_fraction=0.4, null_fraction=0.3)
     genes = truth[truth["Metadata_modality"] == "crispr"].dropna(subset=["Metadata_gene"]).drop_duplicates("Metadata_gene")
     chosen = [g for cls in ("strong", "weak", "null") for g in genes.loc[genes["effect_class"] == cls, "Metadata_gene"][:6]]
+    chosen.append("EZH2")  # a positive control on every plate: the paper scores it
     rng = np.random.default_rng(0)
     mixing = rng.normal(size=(len(PARAMETERS), 60))
     rows = []
@@ -51,6 +53,11 @@ def test_replicate_retrieval_recovers_strong_over_weak_over_null(planted):
     profiles, features, classes = planted
     ap, scored = replicate_retrieval(profiles, features, null_size=20_000, seed=1)
     assert set(scored["Metadata_modality"]) == {"compound", "crispr"}
+    # Positive controls are queries too (the paper's denominators count them); negative controls never are.
+    controls = set(ap["Metadata_control_type"].dropna())
+    assert "poscon_cp" in controls and "negcon" not in controls
+    assert "EZH2" in set(scored["Metadata_gene"].dropna()) | set(scored["Metadata_target_list"].dropna())
+    assert (scored["protocol"] == "cpjump1").all() and (scored["alt_protocol"] == "copairs").all()
     assert {"mean_average_precision", "p_value", "corrected_p_value", "below_corrected_p", "n_queries",
             "n_positives", "Metadata_cell_type", "Metadata_timepoint"} <= set(scored.columns)
     # positives: the other replicates (2, more where a plate holds a perturbation twice); negatives: 16 plate controls
@@ -65,16 +72,22 @@ def test_replicate_retrieval_recovers_strong_over_weak_over_null(planted):
 def test_sister_and_compound_gene_matching(planted):
     profiles, features, classes = planted
     _, replicate = replicate_retrieval(profiles, features, null_size=20_000, seed=1)
-    _, sisters = sister_matching(profiles, features, replicate, null_size=20_000, seed=1)
+    sister_ap, sisters = sister_matching(profiles, features, replicate, null_size=20_000, seed=1)
     crispr = sisters[sisters["Metadata_modality"] == "crispr"]
     assert len(crispr) > 0 and crispr["mean_average_precision"].mean() > 0.8  # guides of one gene share the effect
-    passed = replicate.loc[replicate["below_corrected_p"], "Metadata_broad_sample"]
-    assert set(sisters["Metadata_broad_sample"]) <= set(passed)
+    passed = set(replicate.loc[replicate["below_corrected_p"], "Metadata_broad_sample"])
+    assert set(sister_ap["Metadata_broad_sample"]) <= passed
+    assert crispr["Metadata_gene"].is_unique  # one row per gene
 
-    _, matching = compound_gene_matching(profiles, features, null_size=20_000, seed=1)
-    assert set(matching["Metadata_matched_modality"]) == {"crispr"}
-    strong = by_class(matching.assign(Metadata_modality="compound"), classes)["mean_average_precision"].mean()
-    assert strong["strong"] > strong.get("null", 0) and strong["strong"] > 0.5
+    match_ap, matching = compound_gene_matching(profiles, features, replicate, null_size=20_000, seed=1)
+    assert set(matching["Metadata_matched_modality"]) == {"crispr"} and matching["Metadata_gene"].is_unique
+    assert set(match_ap["Metadata_query_modality"]) == {"compound", "crispr"}  # both directions are queries
+    assert set(match_ap["Metadata_broad_sample"]) <= passed
+    gene_class = classes.xs("crispr").reset_index().merge(
+        profiles[["Metadata_broad_sample", "Metadata_gene"]].drop_duplicates(), on="Metadata_broad_sample")
+    per_class = matching.merge(gene_class.drop_duplicates("Metadata_gene")[["Metadata_gene", "effect_class"]],
+                               on="Metadata_gene").groupby("effect_class")["mean_average_precision"].mean()
+    assert per_class["strong"] > 0.5
 
 
 def test_cli_scores_a_users_own_table(tmp_path):

@@ -37,7 +37,7 @@ def cmd_published_profiles(args: argparse.Namespace) -> None:
 
 def user_table(table: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     """Map a user's profile table onto the column names the tasks use; missing condition columns = one condition."""
-    from paintbench.retrieval import CONDITION, PERT
+    from paintbench.retrieval import PERT, with_condition_columns
 
     out = table.rename(columns={args.pert_col: PERT, args.plate_col: "Metadata_Plate"}).copy()
     is_control = out[PERT].astype(str) == args.control_value if not args.control_col else \
@@ -45,34 +45,28 @@ def user_table(table: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     out["Metadata_control_type"] = is_control.map({True: "negcon", False: None})
     if "Metadata_pert_type" not in table.columns or not args.control_col:
         out["Metadata_pert_type"] = is_control.map({True: "control", False: "trt"})
-    missing = {column: "all" for column in CONDITION if column not in out.columns}
-    out = out.assign(**missing)
     if args.labels_col:
         out["Metadata_target_list"] = out[args.labels_col]
-    return out
+    return with_condition_columns(out)
 
 
 def cmd_retrieval(args: argparse.Namespace) -> None:
     from paintbench.atomic import read_table, write_table
-    from paintbench.retrieval import compound_gene_matching, replicate_retrieval, scorable_features, sister_matching
+    from paintbench.retrieval import run_task, scorable_features
 
     profiles = read_table(args.profiles)
     if args.pert_col != "Metadata_broad_sample" or args.control_value != "negcon" or args.labels_col:
         profiles = user_table(profiles, args)
     features = scorable_features(profiles)
-    if args.task == "replicate_retrieval":
-        ap, scored = replicate_retrieval(profiles, features, args.null_size, args.seed)
-    elif args.task == "sister_matching":
-        replicate = (pd.read_parquet(args.replicate_results) if args.replicate_results
-                     else replicate_retrieval(profiles, features, args.null_size, args.seed)[1])
-        ap, scored = sister_matching(profiles, features, replicate, args.null_size, args.seed)
-    else:
-        ap, scored = compound_gene_matching(profiles, features, args.null_size, args.seed)
+    replicate = read_table(args.replicate_results) if args.replicate_results else None
+    ap, scored = run_task(args.task, profiles, features, args.protocol, args.null_size, args.seed, replicate,
+                          args.compound_gene_negatives)
     write_table(ap, args.ap_output or str(Path(args.output).with_name(Path(args.output).stem + "_ap.parquet")))
     write_table(scored, args.output)
     retrieved = scored["below_corrected_p"].mean() if len(scored) else float("nan")
-    log.info("%s: %d perturbations, mean mAP %.3f, fraction retrieved %.3f -> %s", args.task, len(scored),
-             scored["mean_average_precision"].mean() if len(scored) else float("nan"), retrieved, args.output)
+    log.info("%s (%s protocol): %d scored, mean mAP %.3f, fraction retrieved %.3f -> %s", args.task, args.protocol,
+             len(scored), scored["mean_average_precision"].mean() if len(scored) else float("nan"), retrieved,
+             args.output)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -96,7 +90,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="scored.parquet of the published_cellprofiler feature set")
     p.set_defaults(func=cmd_published_profiles)
 
-    from paintbench.retrieval import TASKS
+    from paintbench.retrieval import COMPOUND_GENE_NEGATIVES, TASKS
+    from paintbench.significance import PROTOCOLS
 
     p = sub.add_parser("retrieval", help="mAP, p, q and fraction retrieved for one task, on any well-level table")
     p.add_argument("--profiles", required=True, help="Parquet, CSV or CSV.GZ with Metadata_ columns and features")
@@ -104,6 +99,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="per-perturbation table (Parquet)")
     p.add_argument("--ap-output", default=None, help="per-query AP table (default: <output>_ap.parquet)")
     p.add_argument("--replicate-results", default=None, help="sister_matching: the replicate_retrieval output")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="cpjump1",
+                   help="cpjump1: per-query p-values, geometric mean per perturbation (the paper's); copairs: mAP null")
+    p.add_argument("--compound-gene-negatives", choices=COMPOUND_GENE_NEGATIVES, default="disjoint",
+                   help="disjoint: the other modality's profiles sharing no target (the paper's definition); "
+                        "paper_code: all of them, true matches included (what the paper's code computed)")
     p.add_argument("--null-size", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pert-col", default="Metadata_broad_sample", help="column naming the perturbation")

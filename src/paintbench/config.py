@@ -14,7 +14,9 @@ import jsonschema
 import yaml
 
 from paintbench import CHANNELS
-from paintbench.metadata import MetadataError, known_plates, plate_info, unknown_name_message
+from paintbench.metadata import MetadataError, known_plates, paper_plates, plate_info, unknown_name_message
+
+IMAGE_FEATURE_SETS = ("cellprofiler", "vitmae")
 
 WORKFLOW_DIR = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = WORKFLOW_DIR / "workflow" / "schemas" / "config.schema.yaml"
@@ -107,6 +109,10 @@ def check_semantics(config: dict[str, Any]) -> None:
     known = known_plates(metadata_dir)
     if config["plates"] == "all":
         config["plates"] = list(known)
+    elif config["plates"] == "paper":
+        config["plates"] = paper_plates(metadata_dir)
+        if not config["plates"]:
+            raise ConfigError(f"config key 'plates': 'paper' selects no plate of {metadata_dir / 'experiment-metadata.tsv'}")
     for plate in config["plates"]:
         if plate not in known:
             raise ConfigError(f"config key 'plates': " + unknown_name_message("plate", plate, known))
@@ -119,8 +125,11 @@ def check_semantics(config: dict[str, Any]) -> None:
         raise ConfigError(f"config key 'vit.decoder_dim': {vit['decoder_dim']} is not divisible by vit.decoder_heads ({vit['decoder_heads']})")
     if vit["input_size"] % vit["patch_size"]:
         raise ConfigError(f"config key 'vit.input_size': {vit['input_size']} is not a multiple of vit.patch_size ({vit['patch_size']})")
-    if config["published_profiles"] and config["source"] != "s3":
-        raise ConfigError("config key 'published_profiles': true needs source: s3 (the profiles come from the Gallery)")
+    if config["published_profiles"] and "published_cellprofiler" not in config["feature_sets"]:
+        config["feature_sets"] = [*config["feature_sets"], "published_cellprofiler"]
+    if "published_cellprofiler" in config["feature_sets"] and config["source"] != "s3":
+        raise ConfigError("config key 'feature_sets': published_cellprofiler needs source: s3 (the profiles come from "
+                          f"the Gallery; source is {config['source']!r})")
     if config["illum"]["source"] == "gallery" and config["source"] != "s3":
         raise ConfigError("config key 'illum.source': 'gallery' needs source: s3 (allowed here: computed)")
     if config["source"] == "local" and "{plate}" not in config["local"]["image_dir"] and len(config["plates"]) > 1:

@@ -26,6 +26,15 @@ class MetadataError(ValueError):
     """Unknown plate, platemap or perturbation library."""
 
 
+# The CPJUMP1 paper's benchmark plates (benchmark/1.0.calculate-map-cp.ipynb): Density 100, no antibiotics, and
+# the parental line for compounds (the Cas9 compound plates are left out). ORF plates are parental, CRISPR plates Cas9.
+BENCHMARK_DENSITY = 100
+BENCHMARK_ANTIBIOTICS = "absent"
+BENCHMARK_CELL_LINE = {"compound": "Parental", "crispr": "Cas9", "orf": "Parental"}
+BENCHMARK_TIME_DELAY = "Day0"
+BENCHMARK_GROUP = "benchmark"
+
+
 @dataclass(frozen=True)
 class Plate:
     barcode: str
@@ -35,6 +44,33 @@ class Plate:
     cell_type: str
     timepoint: int
     sites_per_well: int
+    group: str = BENCHMARK_GROUP  # how the plate departs from the benchmark conditions; never pooled across groups
+
+
+def plate_group(row: pd.Series) -> str:
+    """'benchmark', or what sets a plate apart from the paper's benchmark plates ('density 80', 'Cas9 line', ...).
+
+    Plates of one cell type, modality and time point that differ in density, antibiotics, cell line or time delay
+    are different experiments: the retrieval tasks keep them apart. Columns a metadata table lacks do not count.
+    """
+    modality = str(row["Perturbation"]).lower()
+    differences = []
+    if pd.notna(row.get("Density")) and int(row["Density"]) != BENCHMARK_DENSITY:
+        differences.append(f"density {int(row['Density'])}")
+    if pd.notna(row.get("Antibiotics")) and str(row["Antibiotics"]) != BENCHMARK_ANTIBIOTICS:
+        differences.append(str(row["Antibiotics"]).lower())
+    line = BENCHMARK_CELL_LINE.get(modality)
+    if pd.notna(row.get("Cell_line")) and line is not None and str(row["Cell_line"]) != line:
+        differences.append(f"{row['Cell_line']} line")
+    if pd.notna(row.get("Time_delay")) and str(row["Time_delay"]) != BENCHMARK_TIME_DELAY:
+        differences.append(f"delay {row['Time_delay']}")
+    return ", ".join(differences) or BENCHMARK_GROUP
+
+
+def paper_plates(metadata_dir: str | Path | None = None) -> list[str]:
+    """The plates of the CPJUMP1 paper's benchmark (`plates: paper`): every plate whose group is 'benchmark'."""
+    table = plate_table(metadata_dir)
+    return [str(row["Assay_Plate_Barcode"]) for _, row in table.iterrows() if plate_group(row) == BENCHMARK_GROUP]
 
 
 def _dir(metadata_dir: str | Path | None) -> Path:
@@ -81,6 +117,7 @@ def plate_info(barcode: str, metadata_dir: str | Path | None = None) -> Plate:
         cell_type=str(row["Cell_type"]),
         timepoint=int(row["Time"]),
         sites_per_well=sites,
+        group=plate_group(row),
     )
 
 
@@ -144,6 +181,7 @@ def plate_layout(barcode: str, metadata_dir: str | Path | None = None) -> pd.Dat
     layout["Metadata_modality"] = plate.modality
     layout["Metadata_cell_type"] = plate.cell_type
     layout["Metadata_timepoint"] = plate.timepoint
+    layout["Metadata_plate_group"] = plate.group
     layout["Metadata_Batch"] = plate.batch
     layout["Metadata_Plate_Map_Name"] = plate.platemap
     return layout

@@ -1,119 +1,215 @@
-"""The three CPJUMP1 retrieval tasks on normalized well profiles, for any feature set.
+"""The three CPJUMP1 retrieval tasks on normalized well profiles, for any feature set, as the paper's code runs
+them (benchmark/1.0.calculate-map-cp.ipynb of jump-cellpainting/2024_Chandrasekaran_NatureMethods).
 
-1. replicate_retrieval: every treatment well (pert_type 'trt') is a query; positives are the other wells of the
-   same perturbation (any plate of the condition); negatives are the negative-control wells of the query's plate.
-2. sister_matching: consensus (median) profiles of the perturbations that passed task 1. Compounds: positives
-   share at least one target, |cosine|. CRISPR: the other guide(s) of the same gene, cosine. ORFs have no sisters.
-3. compound_gene_matching: compound consensus profiles (all compounds with a target) against per-gene consensus
-   profiles of CRISPR and of ORF plates of the same cell type; positives are genes in the compound's target list;
-   |cosine| (a knockout or overexpression can mirror an inhibitor); multilabel.
-A condition is (cell type, modality, time point), as in the paper; matching adds the matched modality and time.
+A condition is one experiment: cell type, modality, time point and plate group (density, antibiotics, cell line
+and time delay: plates that differ in them are never pooled). Matching tasks add the matched genetic condition.
+
+1. replicate_retrieval: every well that is neither a negative control nor empty is a query (positive controls
+   included); positives: the other wells of the same perturbation on any plate of the condition; negatives: the
+   negative-control wells of the query's plate; cosine. Scored per perturbation; BH within the condition.
+2. sister_matching: median consensus per perturbation of those that passed task 1 (q < 0.05). Compounds: one query
+   per (compound, target) pair; positives: the other compounds with that target; negatives: compounds sharing no
+   target; |cosine|; scored per target gene. CRISPR: guides whose sister guide did not pass are removed; positives:
+   the other guide(s) of the gene, negatives: guides of other genes; cosine; scored per gene. ORFs have no sisters.
+3. compound_gene_matching: passed compound consensus profiles (targets restricted to genes with a passed reagent
+   in the genetic condition) and passed per-reagent genetic consensus profiles (each guide or ORF on its own);
+   both are queries: (compound, target) against the genetic reagents, (reagent, gene) against the compounds;
+   positives: the same gene in the other modality; negatives: the other modality's profiles sharing no target;
+   |cosine|; scored per gene over both directions; every compound time point against every genetic time point
+   of the same cell type.
+Significance follows `protocol` (paintbench.significance): cpjump1 or copairs; the pair definitions are the same.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
-from paintbench.metadata import NEGCON
-from paintbench.metrics import mean_average_precision, retrieval_ap
+from paintbench.metadata import EMPTY, NEGCON
+from paintbench.metrics import retrieval_ap
 from paintbench.profiles import feature_columns
+from paintbench.significance import PROTOCOLS, Protocol, query_p_values, score_groups
 
 log = logging.getLogger(__name__)
 
 TASKS = ("replicate_retrieval", "sister_matching", "compound_gene_matching")
-CONDITION = ["Metadata_cell_type", "Metadata_modality", "Metadata_timepoint"]
+CONDITION = ["Metadata_cell_type", "Metadata_modality", "Metadata_timepoint", "Metadata_plate_group"]
+MATCHED = ["Metadata_matched_modality", "Metadata_matched_timepoint", "Metadata_matched_plate_group"]
 PERT = "Metadata_broad_sample"
-ANNOTATION = ["Metadata_gene", "Metadata_target_list", "Metadata_pert_iname"]
+TARGETS = "Metadata_target_list"
+GENE = "Metadata_gene"
+ANNOTATION = ["Metadata_pert_iname", GENE, TARGETS, "Metadata_control_type"]
+GENETIC = ("crispr", "orf")
+COMPOUND_GENE_NEGATIVES = ("disjoint", "paper_code")
 
 
-def _scored(ap: pd.DataFrame, group: str, condition: dict, null_size: int, seed: int) -> pd.DataFrame:
-    """mAP table of one condition with its condition columns and the group's annotation."""
+def with_condition_columns(profiles: pd.DataFrame) -> pd.DataFrame:
+    """A table lacking some condition columns (a user's own profiles) is one condition in those."""
+    missing = {column: "all" for column in CONDITION if column not in profiles.columns}
+    return profiles.assign(**missing) if missing else profiles
+
+
+def is_negcon(profiles: pd.DataFrame) -> np.ndarray:
+    return (profiles["Metadata_control_type"] == NEGCON).to_numpy()
+
+
+def is_query(profiles: pd.DataFrame) -> np.ndarray:
+    """Every well that is neither a negative control nor empty: treatments and positive controls."""
+    empty = profiles["Metadata_pert_type"].eq(EMPTY) | profiles["Metadata_control_type"].eq(EMPTY) | profiles[PERT].isna()
+    return ~is_negcon(profiles) & ~empty.to_numpy()
+
+
+def _finish(ap: pd.DataFrame, group: list[str], condition: dict, protocol: Protocol, null_size: int, seed: int,
+            names: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-query p-values (cpjump1) and the per-group table of one condition, both carrying the condition."""
+    ap = ap[ap["n_pos_pairs"] > 0].reset_index(drop=True)
+    if protocol == "cpjump1":
+        ap = ap.assign(p_value=query_p_values(ap, null_size, seed))
+    ap = ap.assign(**condition)  # matching: a reagent query's own modality stays in Metadata_query_modality
     if ap.empty:
-        return pd.DataFrame()
-    scored = mean_average_precision(ap, group, null_size=null_size, seed=seed)
-    annotation = ap.drop_duplicates(group).set_index(group)[[c for c in ANNOTATION if c in ap.columns]]
-    scored = scored.join(annotation, on=group)
+        return ap, pd.DataFrame()
+    scored = score_groups(ap, group, protocol, null_size, seed)
+    # The other protocol's verdict on the same APs, so a report can show what the choice of statistic changes.
+    other = next(p for p in PROTOCOLS if p != protocol)
+    alt = score_groups(ap.drop(columns=["p_value"], errors="ignore"), group, other, null_size, seed)
+    scored = scored.assign(alt_protocol=other, alt_p_value=alt["p_value"].to_numpy(),
+                           alt_corrected_p_value=alt["corrected_p_value"].to_numpy(),
+                           alt_below_corrected_p=alt["below_corrected_p"].to_numpy())
+    keep = [c for c in ANNOTATION if c in ap.columns and c not in group]
+    if group == [PERT]:
+        scored = scored.join(ap.drop_duplicates(PERT).set_index(PERT)[keep], on=PERT)
+    if names is not None:  # the perturbations whose queries a gene's row pools
+        members = ap.groupby(group, sort=True)[names].agg(lambda v: "|".join(sorted(set(map(str, v)))))
+        scored = scored.join(members.rename("Metadata_perturbations"), on=group)
     for key, value in reversed(list(condition.items())):
         scored.insert(0, key, value)
-    return scored
+    return ap, scored
 
 
-def replicate_retrieval(profiles: pd.DataFrame, features: list[str], null_size: int = 100_000, seed: int = 0,
-                        pert_col: str = PERT, plate_col: str = "Metadata_Plate",
-                        control_col: str = "Metadata_control_type") -> tuple[pd.DataFrame, pd.DataFrame]:
+def replicate_retrieval(profiles: pd.DataFrame, features: list[str], protocol: Protocol = "cpjump1",
+                        null_size: int = 100_000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-query AP, per-perturbation mAP/p/q) for every condition."""
+    profiles = with_condition_columns(profiles)
     aps, maps = [], []
     for key, sub in profiles.groupby(CONDITION, sort=True):
         sub = sub.reset_index(drop=True)
-        query = (sub["Metadata_pert_type"] == "trt").to_numpy()
-        negcon = (sub[control_col] == NEGCON).to_numpy()
+        query, negcon = is_query(sub), is_negcon(sub)
         if not query.any() or not negcon.any():
             log.warning("replicate retrieval %s: %d queries, %d controls: skipped", key, query.sum(), negcon.sum())
             continue
-        ap = retrieval_ap(sub, features, query_mask=query, pos_same=[pert_col], neg_mask=negcon, neg_same=[plate_col])
-        ap = ap[ap["n_pos_pairs"] > 0]
+        ap = retrieval_ap(sub, features, query_mask=query, pos_same=[PERT], neg_mask=negcon, neg_same=["Metadata_Plate"])
+        ap, scored = _finish(ap, [PERT], dict(zip(CONDITION, key)), protocol, null_size, seed)
         aps.append(ap)
-        maps.append(_scored(ap, pert_col, dict(zip(CONDITION, key)), null_size, seed))
+        maps.append(scored)
     return _concat(aps), _concat(maps)
 
 
 def consensus(profiles: pd.DataFrame, features: list[str], by: list[str]) -> pd.DataFrame:
-    """Median profile per group (the paper's consensus), carrying gene and target annotations."""
-    treated = profiles[profiles["Metadata_pert_type"] == "trt"]
+    """Median profile per group (the paper's consensus) of the query wells, carrying their annotation."""
+    treated = profiles[is_query(profiles)]
     medians = treated.groupby(by, sort=True)[features].median()
     annotation = treated.drop_duplicates(by).set_index(by)[[c for c in ANNOTATION if c in treated.columns and c not in by]]
     return medians.join(annotation).reset_index()
 
 
-def sister_matching(profiles: pd.DataFrame, features: list[str], replicate_map: pd.DataFrame,
-                    null_size: int = 100_000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    passed = replicate_map.loc[replicate_map["below_corrected_p"], CONDITION + [PERT]]
+def passed_consensus(profiles: pd.DataFrame, features: list[str],
+                     replicate_scored: pd.DataFrame) -> Iterator[tuple[dict, pd.DataFrame]]:
+    """(condition, consensus of the perturbations that passed replicate retrieval there) per condition."""
+    profiles = with_condition_columns(profiles)
+    if replicate_scored.empty:
+        return
+    passed = replicate_scored.loc[replicate_scored["below_corrected_p"], CONDITION + [PERT]]
     active = profiles.merge(passed, on=CONDITION + [PERT], how="inner")
-    aps, maps = [], []
     for key, sub in active.groupby(CONDITION, sort=True):
-        condition = dict(zip(CONDITION, key))
+        yield dict(zip(CONDITION, key)), consensus(sub, features, CONDITION + [PERT])
+
+
+def sister_matching(profiles: pd.DataFrame, features: list[str], replicate_scored: pd.DataFrame,
+                    protocol: Protocol = "cpjump1", null_size: int = 100_000,
+                    seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-query AP, per-gene mAP/p/q): compounds per target gene, CRISPR guides per gene."""
+    aps, maps = [], []
+    for condition, table in passed_consensus(profiles, features, replicate_scored):
         modality = condition["Metadata_modality"]
-        table = consensus(sub, features, CONDITION + [PERT])
         if modality == "compound":
-            table = table[table["Metadata_target_list"].notna()].reset_index(drop=True)
-            ap = retrieval_ap(table, features, multilabel="Metadata_target_list", abs_similarity=True)
+            table = table[table[TARGETS].notna()].reset_index(drop=True)
+            if table.empty:
+                continue
+            ap = retrieval_ap(table, features, multilabel=TARGETS, multilabel_mode="per_label", abs_similarity=True)
+            ap = ap.assign(**{GENE: ap[TARGETS]})
         elif modality == "crispr":
-            ap = retrieval_ap(table, features, pos_same=["Metadata_gene"], neg_diff=["Metadata_gene"])
+            guides = table[GENE].map(table[GENE].value_counts())
+            table = table[guides > 1].reset_index(drop=True)  # a guide whose sister did not pass is removed
+            if table.empty:
+                continue
+            ap = retrieval_ap(table, features, pos_same=[GENE], neg_diff=[GENE])
         else:
             continue  # ORF plates carry one ORF per gene: no sisters
-        ap = ap[ap["n_pos_pairs"] > 0]
+        ap, scored = _finish(ap, [GENE], condition, protocol, null_size, seed, names=PERT)
         aps.append(ap)
-        maps.append(_scored(ap, PERT, condition, null_size, seed))
+        maps.append(scored)
     return _concat(aps), _concat(maps)
 
 
-def compound_gene_matching(profiles: pd.DataFrame, features: list[str], null_size: int = 100_000,
-                           seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    compounds = profiles[profiles["Metadata_modality"] == "compound"]
-    genetic = profiles[profiles["Metadata_modality"].isin(["crispr", "orf"]) & profiles["Metadata_gene"].notna()]
+def _restricted_targets(target_list: object, genes: set[str]) -> str | None:
+    kept = sorted({t for t in str(target_list).split("|") if t} & genes) if isinstance(target_list, str) else []
+    return "|".join(kept) or None
+
+
+def compound_gene_matching(profiles: pd.DataFrame, features: list[str], replicate_scored: pd.DataFrame,
+                           protocol: Protocol = "cpjump1", null_size: int = 100_000, seed: int = 0,
+                           negatives: str = "disjoint") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-query AP in both directions, per-gene mAP/p/q) for every compound x genetic condition of a cell type.
+
+    negatives: 'disjoint' (the paper's definition: the other modality's profiles sharing no target) or
+    'paper_code' (what the paper's code computed: every profile of the other modality, true matches included).
+    """
+    if negatives not in COMPOUND_GENE_NEGATIVES:
+        raise ValueError(f"compound-gene negatives must be one of {COMPOUND_GENE_NEGATIVES}, not {negatives!r}")
+    tables = list(passed_consensus(profiles, features, replicate_scored))
+    compounds = [(c, t) for c, t in tables if c["Metadata_modality"] == "compound"]
+    genetic = [(c, t) for c, t in tables if c["Metadata_modality"] in GENETIC]
     aps, maps = [], []
-    for (cell, ctime), comp in compounds.groupby(["Metadata_cell_type", "Metadata_timepoint"], sort=True):
-        queries = consensus(comp, features, ["Metadata_cell_type", "Metadata_timepoint", PERT])
-        queries = queries[queries["Metadata_target_list"].notna()].reset_index(drop=True)
-        for (modality, gtime), gen in genetic[genetic["Metadata_cell_type"] == cell].groupby(
-                ["Metadata_modality", "Metadata_timepoint"], sort=True):
-            genes = consensus(gen, features, ["Metadata_gene"])
-            genes = genes.assign(Metadata_target_list=genes["Metadata_gene"])
-            known = set(genes["Metadata_gene"])
-            hits = queries["Metadata_target_list"].map(lambda t: bool(set(str(t).split("|")) & known))
-            if not hits.any():
+    for compound_condition, compound_table in compounds:
+        for genetic_condition, reagents in genetic:
+            if genetic_condition["Metadata_cell_type"] != compound_condition["Metadata_cell_type"]:
                 continue
-            ap = retrieval_ap(queries, features, query_mask=hits.to_numpy(), candidates=genes,
-                              multilabel="Metadata_target_list", abs_similarity=True)
-            ap = ap[ap["n_pos_pairs"] > 0]
-            condition = {"Metadata_cell_type": cell, "Metadata_modality": "compound", "Metadata_timepoint": ctime,
-                         "Metadata_matched_modality": modality, "Metadata_matched_timepoint": gtime}
-            aps.append(ap.assign(**{k: v for k, v in condition.items() if k not in ap.columns}))
-            maps.append(_scored(ap, PERT, condition, null_size, seed))
+            reagents = reagents[reagents[GENE].notna()]
+            queries = compound_table.assign(**{TARGETS: compound_table[TARGETS].map(
+                lambda t: _restricted_targets(t, set(reagents[GENE])))})
+            queries = queries[queries[TARGETS].notna()]
+            if queries.empty or reagents.empty:
+                continue
+            both = pd.concat([queries, reagents.assign(**{TARGETS: reagents[GENE]})], ignore_index=True)
+            ap = retrieval_ap(both, features, pos_diff=["Metadata_modality"], neg_diff=["Metadata_modality"],
+                              multilabel=TARGETS, multilabel_mode="per_label", abs_similarity=True,
+                              paper_code_negatives=negatives == "paper_code")
+            ap = ap.assign(**{GENE: ap[TARGETS], "Metadata_query_modality": ap["Metadata_modality"]})
+            matched = {f"Metadata_matched_{k[len('Metadata_'):]}": genetic_condition[k]
+                       for k in ("Metadata_modality", "Metadata_timepoint", "Metadata_plate_group")}
+            ap, scored = _finish(ap, [GENE], {**compound_condition, **matched}, protocol, null_size, seed, names=PERT)
+            aps.append(ap)
+            maps.append(scored)
     return _concat(aps), _concat(maps)
+
+
+def run_task(task: str, profiles: pd.DataFrame, features: list[str], protocol: Protocol = "cpjump1",
+             null_size: int = 100_000, seed: int = 0, replicate_scored: pd.DataFrame | None = None,
+             compound_gene_negatives: str = "disjoint") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One task by name; the matching tasks compute replicate retrieval first when it is not given."""
+    if task == "replicate_retrieval":
+        return replicate_retrieval(profiles, features, protocol, null_size, seed)
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
+    if replicate_scored is None:
+        replicate_scored = replicate_retrieval(profiles, features, protocol, null_size, seed)[1]
+    if task == "sister_matching":
+        return sister_matching(profiles, features, replicate_scored, protocol, null_size, seed)
+    return compound_gene_matching(profiles, features, replicate_scored, protocol, null_size, seed,
+                                  compound_gene_negatives)
 
 
 def _concat(tables: list[pd.DataFrame]) -> pd.DataFrame:

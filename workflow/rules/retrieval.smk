@@ -1,4 +1,4 @@
-# Stage 5: the three CPJUMP1 retrieval tasks per feature set: AP, permutation p, BH q, mAP, fraction retrieved.
+# Stage 5: the three CPJUMP1 retrieval tasks per feature set under retrieval.protocol: AP, p, BH q, fraction retrieved.
 
 
 rule replicate_retrieval:
@@ -12,8 +12,7 @@ rule replicate_retrieval:
     benchmark:
         f"{RESULTS}/benchmarks/retrieval/{{feature_set}}/replicate_retrieval.tsv"
     params:
-        null_size=config["retrieval"]["null_size"],
-        seed=config["retrieval"]["seed"],
+        retrieval=retrieval_args(),
     threads: 1
     resources:
         mem_mb=4000,
@@ -22,7 +21,7 @@ rule replicate_retrieval:
         "../../envs/paintbench.yaml"
     shell:
         "python -m paintbench retrieval --profiles {input.profiles} --task replicate_retrieval"
-        " --null-size {params.null_size} --seed {params.seed} --output {output.scored} --ap-output {output.ap}"
+        " {params.retrieval} --output {output.scored} --ap-output {output.ap}"
         " > {log} 2>&1"
 
 
@@ -40,8 +39,7 @@ rule matching:
     wildcard_constraints:
         task="sister_matching|compound_gene_matching",
     params:
-        null_size=config["retrieval"]["null_size"],
-        seed=config["retrieval"]["seed"],
+        retrieval=retrieval_args(),
     threads: 1
     resources:
         mem_mb=4000,
@@ -50,5 +48,5 @@ rule matching:
         "../../envs/paintbench.yaml"
     shell:
         "python -m paintbench retrieval --profiles {input.profiles} --task {wildcards.task}"
-        " --replicate-results {input.replicate} --null-size {params.null_size} --seed {params.seed}"
+        " --replicate-results {input.replicate} {params.retrieval}"
         " --output {output.scored} --ap-output {output.ap} > {log} 2>&1"
