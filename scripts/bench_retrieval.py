@@ -1,4 +1,5 @@
-"""Retrieval engine speed and memory: paintbench.metrics against copairs 0.5.5, same inputs, same run.
+"""Retrieval engine speed and memory: paintbench.metrics against copairs 0.5.5, same inputs, same run
+(the copairs protocol, the quantity copairs computes; scripts/bench_protocols.py measures the tasks and protocols).
 
 Each engine runs in its own subprocess (peak RSS from os.wait4's ru_maxrss, so one engine's memory
 never counts against the other); the parent compares their APs per query, mAPs and p-values.
@@ -59,13 +60,14 @@ def worker(engine: str, args: argparse.Namespace, out: Path) -> None:
     t0 = time.perf_counter()
     if engine == "ours":
         from paintbench import metrics
+        from paintbench.significance import score_groups
 
         plate_controls = rules["negatives"] == "plate_controls"
         neg = dict(neg_mask=control, neg_same=[PLATE]) if plate_controls else dict(neg_diff=[PERT])
         ap = metrics.retrieval_ap(df, features, query_mask=~control, pos_same=[PERT], **neg)
         ap = ap[ap["n_pos_pairs"] > 0]
         t1 = time.perf_counter()
-        maps = metrics.mean_average_precision(ap, PERT, null_size=args.null_size, seed=0)
+        maps = score_groups(ap, PERT, "copairs", null_size=args.null_size, seed=0)
     else:
         import copairs.map as cm
         from copairs.matching import assign_reference_index
@@ -100,18 +102,23 @@ def worker(engine: str, args: argparse.Namespace, out: Path) -> None:
     )
 
 
+def measured(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of a child process; a failing child stops the benchmark."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])} ... failed ({status})")
+    return time.perf_counter() - start, usage.ru_maxrss / 1024  # Linux: KiB
+
+
 def run_engine(engine: str, args: argparse.Namespace, tmp: Path) -> dict:
     out = tmp / f"{args.problem}_{engine}.npz"
     cmd = [sys.executable, __file__, "--worker", engine, "--problem", args.problem, "--null-size", str(args.null_size),
            "--perturbations", str(args.perturbations), "--controls", str(args.controls), "--out", str(out)]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{engine} worker failed ({status})")
+    wall, peak = measured(cmd)
     r = dict(np.load(out))
-    r.update(engine=engine, wall_s=wall, peak_rss_mb=usage.ru_maxrss / 1024)  # Linux: KiB
+    r.update(engine=engine, wall_s=wall, peak_rss_mb=peak)
     return r
 
 

@@ -18,7 +18,7 @@ from tests.helpers import REPO, snakemake
 
 FEATURE_SETS = ["cellprofiler", "vitmae"]
 REPLICATE = {("A549", "compound", 24), ("A549", "crispr", 144), ("A549", "orf", 48)}
-PUBLISHED = {"compound": 0.765, "crispr": 0.679, "orf": 0.056}  # CPJUMP1 paper, A549 at these time points
+PAPER = {"compound": 0.7614, "crispr": 0.6787, "orf": 0.0563}  # CPJUMP1 paper's figure 4, A549 at these time points
 
 
 def paintbench(*args: str) -> subprocess.CompletedProcess:
@@ -48,15 +48,26 @@ def test_summary_has_every_task_condition_and_feature_set(small_demo_run):
         row = summary[(summary["feature_set"] == fs) & (summary["task"] == "replicate_retrieval")
                       & (summary["Metadata_modality"] == "crispr")].iloc[0]
         assert row["n_perturbations"] == len(crispr) == 4  # CSK and FOXM1, two guides each
-        sister = summary[(summary["feature_set"] == fs) & (summary["task"] == "sister_matching")]
-        assert (sister["n_perturbations"] == 0).all()  # nothing can pass replicate retrieval on this small run
         assert row["mean_average_precision"] == pytest.approx(crispr["mean_average_precision"].mean())
         assert row["fraction_retrieved"] == pytest.approx(crispr["below_corrected_p"].mean())
-    reference = summary[summary["feature_set"] == "paper_cellprofiler"]
+        # One replicate and 4 controls per list: a perfect list has p = 1/5, so nothing can be retrieved, and the
+        # summary says so instead of reporting a silent zero.
+        assert row["n_untestable"] == 4 and row["protocol"] == "cpjump1"
+        sister = summary[(summary["feature_set"] == fs) & (summary["task"] == "sister_matching")]
+        assert (sister["n_perturbations"] == 0).all() and sister["fraction_retrieved"].isna().all()
+    reference = summary[summary["row_kind"] == "paper"]
     replicate = reference[reference["task"] == "replicate_retrieval"]
-    assert dict(zip(replicate["Metadata_modality"], replicate["fraction_retrieved"])) == PUBLISHED
-    assert (reference["task"] == "compound_gene_matching").sum() == 2
-    assert not (reference["task"] == "sister_matching").any()  # the paper gives no per-condition sister numbers
+    assert dict(zip(replicate["Metadata_modality"], replicate["fraction_retrieved"])) == PAPER
+    assert (reference["task"] == "compound_gene_matching").sum() == 2 and (reference["task"] == "sister_matching").sum() == 2
+    assert not reference["comparable"].any() and reference["notes"].str.contains("synthetic").all()
+
+
+def test_html_report_shows_the_planted_answer_and_the_protocol(small_demo_run):
+    _, results = small_demo_run
+    page = (results / "reports" / "index.html").read_text()
+    assert "The planted answer" in page and "strong" in page and "null" in page
+    assert "Significance protocol of this run: <b>cpjump1</b>" in page
+    assert "can never reach q &lt; 0.05" in page  # the untestable lists are flagged
 
 
 def chromium() -> str:

@@ -65,11 +65,13 @@ def per_perturbation(seed: int, n: int = 30, modality: str = "compound") -> pd.D
 
 
 def test_condition_labels() -> None:
-    assert condition_label({"Metadata_cell_type": "A549", "Metadata_modality": "compound",
-                            "Metadata_timepoint": 24.0, "Metadata_matched_modality": np.nan}) == "compound A549 24 h"
-    matched = pd.Series({"Metadata_cell_type": "A549", "Metadata_modality": "compound", "Metadata_timepoint": 24,
-                         "Metadata_matched_modality": "crispr", "Metadata_matched_timepoint": 144})
-    assert condition_label(matched) == "compound 24 h -> crispr 144 h (A549)"
+    """Whole hours ("144 h", never "144.0 h"); a plate group only where it departs from the benchmark plates."""
+    assert condition_label({"Metadata_cell_type": "A549", "Metadata_modality": "compound", "Metadata_timepoint": 24.0,
+                            "Metadata_plate_group": "benchmark", "Metadata_matched_modality": np.nan}) == "A549 compound 24 h"
+    matched = pd.Series({"Metadata_cell_type": "A549", "Metadata_modality": "compound", "Metadata_timepoint": 48,
+                         "Metadata_plate_group": "density 80", "Metadata_matched_modality": "crispr",
+                         "Metadata_matched_timepoint": 144.0, "Metadata_matched_plate_group": "benchmark"})
+    assert condition_label(matched) == "A549 compound 48 h (density 80) -> crispr 144 h"
 
 
 def test_save_figure_atomic(tmp_path: Path) -> None:

@@ -13,17 +13,18 @@ def cmd_report_summary(args: argparse.Namespace) -> None:
     from paintbench.atomic import write_table
     from paintbench.report.summary import build_summary, read_published
 
-    summary = build_summary(args.results_dir, args.feature_sets, published=read_published(args.published))
+    summary = build_summary(args.results_dir, args.feature_sets, published=read_published(args.published),
+                            synthetic=args.synthetic)
     write_table(summary, args.output)
     log.info("%d summary rows (%d reference rows) -> %s", len(summary),
-             int((summary["feature_set"] == "paper_cellprofiler").sum()), args.output)
+             int((summary["row_kind"] == "paper").sum()), args.output)
 
 
 def cmd_report_figures(args: argparse.Namespace) -> None:
-    from paintbench.atomic import read_table
     from paintbench.report.build import make_figures
+    from paintbench.report.summary import read_summary
 
-    figures = make_figures(args.results_dir, args.feature_sets, args.plates, read_table(args.summary), args.out_dir,
+    figures = make_figures(args.results_dir, args.feature_sets, args.plates, read_summary(args.summary), args.out_dir,
                            args.mae_dir)
     log.info("%d figures -> %s", len(figures), args.out_dir)
 
@@ -70,7 +71,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report-summary", help="summary.tsv: feature set x task x condition, with published values")
     p.add_argument("--results-dir", required=True)
     p.add_argument("--feature-sets", nargs="+", required=True)
-    p.add_argument("--published", required=True, help="TSV of published CellProfiler fraction retrieved")
+    p.add_argument("--published", required=True, help="TSV of the CPJUMP1 paper's CellProfiler values per task and condition")
+    p.add_argument("--synthetic", action="store_true",
+                   help="the run's plates are synthetic: the paper's values are a reference for other data")
     p.add_argument("--output", required=True)
     p.set_defaults(func=cmd_report_summary)
 

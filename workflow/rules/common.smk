@@ -21,8 +21,10 @@ CELLPROFILER = {
     "executable": resolve_command(config["cellprofiler"]["executable"], Path(workflow.basedir)),
 }
 
-# published_cellprofiler: the consortium's own profiles of the same plates (s3 source), scored side by side.
-FEATURE_SETS = ["cellprofiler", "vitmae"] + (["published_cellprofiler"] if config["published_profiles"] else [])
+# published_cellprofiler: the consortium's own profiles of the same plates (s3 source), scored side by side;
+# a run of it alone (config/paper.yaml) reads no image at all.
+FEATURE_SETS = config["feature_sets"]
+IMAGE_SETS = [fs for fs in FEATURE_SETS if fs in ("cellprofiler", "vitmae")]
 TASKS = ["replicate_retrieval", "sister_matching", "compound_gene_matching"]
 VIT = config["vit"]
 VIT_PRETRAIN_PLATES = VIT["pretrain_plates"] or PLATES
@@ -123,18 +125,27 @@ def vit_encoder_args() -> str:
 
 
 def report_inputs(wildcards) -> dict[str, list[str]]:
-    """Everything the figures read: retrieval results, well profiles, illumination, crop caches, the MAE's log."""
-    measured = [fs for fs in FEATURE_SETS if fs != "published_cellprofiler"]
+    """Everything the figures read: retrieval results, well profiles, illumination, crop caches, the MAE's log
+    (only what the run's feature sets produce)."""
     inputs = {
         "results": expand(f"{RESULTS}/retrieval/{{fs}}/{{task}}{{suffix}}.parquet", fs=FEATURE_SETS, task=TASKS, suffix=["", "_ap"]),
-        "normalized": expand(f"{RESULTS}/profiles/{{fs}}/normalized.parquet", fs=measured),
-        "cell_counts": expand(f"{RESULTS}/profiles/cellprofiler/{{plate}}.parquet", plate=PLATES),
-        "illum": expand(rules.illum.output.functions, plate=PLATES),
-        "crops": expand(f"{RESULTS}/vit/crops/{{plate}}.parquet", plate=PLATES),
+        "normalized": expand(f"{RESULTS}/profiles/{{fs}}/normalized.parquet", fs=IMAGE_SETS),
     }
-    if not VIT["checkpoint"]:
-        inputs["train_log"] = [f"{RESULTS}/vit/model/train_log.tsv"]
+    if IMAGE_SETS:
+        inputs["illum"] = expand(rules.illum.output.functions, plate=PLATES)
+    if "cellprofiler" in IMAGE_SETS:
+        inputs["cell_counts"] = expand(f"{RESULTS}/profiles/cellprofiler/{{plate}}.parquet", plate=PLATES)
+    if "vitmae" in IMAGE_SETS:
+        inputs["crops"] = expand(f"{RESULTS}/vit/crops/{{plate}}.parquet", plate=PLATES)
+        if not VIT["checkpoint"]:
+            inputs["train_log"] = [f"{RESULTS}/vit/model/train_log.tsv"]
     return inputs
+
+
+def retrieval_args() -> str:
+    r = config["retrieval"]
+    return (f"--protocol {r['protocol']} --compound-gene-negatives {r['compound_gene_negatives']}"
+            f" --null-size {r['null_size']} --seed {r['seed']}")
 
 
 def all_outputs() -> list[str]:

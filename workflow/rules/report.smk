@@ -14,6 +14,7 @@ rule report_summary:
     params:
         results_dir=lambda wildcards, output: os.path.dirname(os.path.dirname(output.summary)),
         feature_sets=" ".join(FEATURE_SETS),
+        synthetic="--synthetic" if config["source"] == "synthetic" else "",
     localrule: True
     threads: 1
     resources:
@@ -23,7 +24,7 @@ rule report_summary:
         "../../envs/paintbench.yaml"
     shell:
         "python -m paintbench report-summary --results-dir {params.results_dir} --feature-sets {params.feature_sets}"
-        " --published {input.published} --output {output.summary} > {log} 2>&1"
+        " --published {input.published} {params.synthetic} --output {output.summary} > {log} 2>&1"
 
 
 rule report_figures:

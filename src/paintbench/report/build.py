@@ -20,6 +20,7 @@ from paintbench.report.figures import (comparison_figure, fraction_retrieved_fig
                                        plate_heatmaps_figure)
 from paintbench.report.image_figures import (examples_figure, illumination_figure, reconstruction_figure,
                                              training_figure)
+from paintbench.report.reference import paper_comparison_figure, paper_differences
 from paintbench.report.summary import REFERENCE, TASKS, result_path
 from paintbench.retrieval import PERT
 
@@ -43,8 +44,15 @@ def _retrieval_figures(results_dir: Path, feature_sets: list[str], summary: pd.D
     figures = []
     fraction_retrieved_figure(summary, out / "fraction_retrieved")
     figures.append(Figure("fraction_retrieved", "Retrieval", "Fraction retrieved per task and condition",
-                          "Share of perturbations whose mAP is significant (BH q < 0.05) for each feature set; "
-                          "black diamonds are the CPJUMP1 paper's CellProfiler values where the paper reports the condition."))
+                          "Share of scored units (perturbations; target genes or genes for the matching tasks) "
+                          "retrieved at BH q < 0.05 for each feature set, with 95% Wilson intervals; black diamonds "
+                          "are the CPJUMP1 paper's CellProfiler values where this run is comparable with them."))
+    if not paper_differences(summary).empty:
+        paper_comparison_figure(summary, out / "paper_comparison")
+        figures.append(Figure("paper_comparison", "Retrieval", "This run against the CPJUMP1 paper",
+                              "Fraction retrieved per task and condition of every comparable feature set (dots, 95% "
+                              "intervals) and the paper's CellProfiler value (black diamonds); labels give the largest "
+                              "absolute difference. The paper's own reruns differ by about 0.01."))
     for task in TASKS:
         results = {fs: read_table(result_path(results_dir, fs, task)) for fs in feature_sets}
         results = {fs: table for fs, table in results.items() if not table.empty}
@@ -134,6 +142,8 @@ def _example_figure(results_dir: Path, feature_sets: list[str], out: Path, n: in
 
 
 def _image_figures(results_dir: Path, plates: list[str], mae_dir: Path | None, out: Path) -> list[Figure]:
+    if not (results_dir / "illum").is_dir():
+        return []  # a run of published profiles reads no images
     illumination_figure(results_dir / "illum", plates, out / "illumination")
     figures = [Figure("illumination", "Images", "Illumination functions",
                       "Per-plate, per-channel illumination functions that both branches divide by; smooth, "

@@ -24,7 +24,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from paintbench.atomic import atomic_path  # noqa: E402
-from paintbench.report.summary import CONDITION, REFERENCE, TASKS  # noqa: E402
+from paintbench.report.summary import CONDITION, REFERENCE, TASKS, condition_label  # noqa: E402
 
 OKABE_ITO = {"orange": "#E69F00", "sky_blue": "#56B4E9", "green": "#009E73", "yellow": "#F0E442",
              "blue": "#0072B2", "vermillion": "#D55E00", "purple": "#CC79A7", "black": "#000000"}
@@ -37,7 +37,7 @@ NOT_SIGNIFICANT = "#BBBBBB"
 HEATMAP_CMAP = "viridis"
 MISSING_WELL = "#E6E6E6"
 REFERENCE_LABEL = "CPJUMP1 paper (CellProfiler)"
-MERGE_KEYS = ["Metadata_cell_type", "Metadata_modality", "Metadata_timepoint", "Metadata_broad_sample"]
+MERGE_KEYS = ["Metadata_cell_type", "Metadata_modality", "Metadata_timepoint", "Metadata_plate_group", "Metadata_broad_sample"]
 LABEL_COLUMNS = ("Metadata_pert_iname", "Metadata_gene", "Metadata_broad_sample")
 Q_THRESHOLD = 0.05
 P_FLOOR = 1e-6
@@ -92,50 +92,50 @@ def _missing(value: Any) -> bool:
         return False
 
 
-def _hours(value: Any) -> str:
-    if _missing(value):
-        return "?"
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    return f"{int(number)}" if number.is_integer() else f"{number:g}"
-
-
-def condition_label(row: Mapping[str, Any]) -> str:
-    """'compound A549 24 h', or for compound-gene matching 'compound 24 h -> crispr 144 h (A549)'."""
-    cell, modality, time = row.get("Metadata_cell_type"), row.get("Metadata_modality"), row.get("Metadata_timepoint")
-    matched = row.get("Metadata_matched_modality")
-    if not _missing(matched):
-        return (f"{modality} {_hours(time)} h -> {matched} {_hours(row.get('Metadata_matched_timepoint'))} h "
-                f"({cell})")
-    return f"{modality} {cell} {_hours(time)} h"
+def _labelled(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows with the summary's condition label (computed for tables that lack the column)."""
+    if "condition" in rows and rows["condition"].notna().all():
+        return rows.assign(_label=rows["condition"].astype(str))
+    return rows.assign(_label=[condition_label(r) for _, r in rows.iterrows()])
 
 
 def _conditions(rows: pd.DataFrame) -> list[str]:
-    """Condition labels of one task in a stable order (cell type, modality, time, matched modality/time)."""
+    """Condition labels of one task in a stable order (cell type, modality, time, group, matched condition)."""
     present = [c for c in CONDITION if c in rows]
-    keys = rows[present].drop_duplicates().sort_values(present, na_position="first")
-    return list(dict.fromkeys(condition_label(r) for _, r in keys.iterrows()))
+    return list(dict.fromkeys(_labelled(rows.sort_values(present, na_position="first"))["_label"]))
+
+
+def _reference(rows: pd.DataFrame) -> pd.DataFrame:
+    """The paper's rows that this run can be compared with (never drawn as a competitor on other data)."""
+    kind = rows["row_kind"] if "row_kind" in rows else rows["feature_set"].map(lambda f: "paper" if f == REFERENCE else "")
+    comparable = rows["comparable"].fillna(False).astype(bool) if "comparable" in rows else True
+    return rows[(kind == "paper") & comparable & rows["fraction_retrieved"].notna()]
 
 
 def _grouped_bars(ax: plt.Axes, rows: pd.DataFrame, sets: list[str], colours: dict[str, str]) -> bool:
-    """Horizontal bars per condition, one per feature set; reference values as black diamonds. True if any drawn."""
+    """Horizontal bars per condition with 95% interval whiskers, one per feature set; comparable paper values as
+    black diamonds. True if any diamond was drawn."""
     labels = _conditions(rows)
     position = {label: i for i, label in enumerate(labels)}
-    rows = rows.assign(_label=[condition_label(r) for _, r in rows.iterrows()])
+    rows = _labelled(rows)
     height = 0.8 / max(1, len(sets))
     for j, name in enumerate(sets):
         part = rows[(rows["feature_set"] == name) & rows["fraction_retrieved"].notna()]
         y = part["_label"].map(position).to_numpy(float) + (j - (len(sets) - 1) / 2) * height
-        ax.barh(y, part["fraction_retrieved"], height=height, color=colours[name])
-    reference = rows[(rows["feature_set"] == REFERENCE) & rows["fraction_retrieved"].notna()]
+        value = part["fraction_retrieved"].to_numpy(float)
+        xerr = None
+        if {"fraction_retrieved_low", "fraction_retrieved_high"} <= set(part.columns):
+            xerr = np.vstack([value - part["fraction_retrieved_low"].to_numpy(float),
+                              part["fraction_retrieved_high"].to_numpy(float) - value])
+        ax.barh(y, value, height=height, color=colours[name], xerr=xerr,
+                error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "#333333"})
+    reference = _reference(rows)
     if len(reference):
         # Unclipped so a value of 1.0 shows whole; only when there are points, since an empty unclipped line
         # has a degenerate extent that breaks the constrained layout.
         ax.plot(reference["fraction_retrieved"], reference["_label"].map(position), ls="none", marker="D", ms=7,
                 color=FEATURE_SET_COLOURS[REFERENCE], zorder=3, clip_on=False)
-    counts = rows[rows["feature_set"] != REFERENCE].groupby("_label")["n_perturbations"].max()
+    counts = rows[rows["feature_set"].isin(sets)].groupby("_label")["n_perturbations"].max()
     ax.set_yticks(range(len(labels)), [f"{label}  (n={_count(counts.get(label))})" for label in labels])
     ax.set_ylim(len(labels) - 0.5, -0.5)  # first condition at the top, as read
     return len(reference) > 0
@@ -146,7 +146,8 @@ def _count(value: Any) -> str:
 
 
 def fraction_retrieved_figure(summary: pd.DataFrame, stem: Path) -> list[Path]:
-    """One panel per task with rows: fraction retrieved per condition and feature set, the paper's as diamonds."""
+    """One panel per task with rows: fraction retrieved per condition and feature set (95% Wilson intervals), the
+    paper's values as diamonds where this run is comparable with them."""
     tasks = [t for t in TASKS if (summary["task"] == t).any()]
     tasks += [t for t in summary["task"].drop_duplicates() if t not in tasks]
     if not tasks:
@@ -156,7 +157,7 @@ def fraction_retrieved_figure(summary: pd.DataFrame, stem: Path) -> list[Path]:
     sizes = [len(_conditions(summary[summary["task"] == t])) for t in tasks]
     with style():
         # Height follows the bar count so every bar keeps a readable thickness however many conditions there are.
-        fig = plt.figure(figsize=(9, 1.6 + sum(0.25 + 0.22 * n * max(1, len(sets)) for n in sizes)),
+        fig = plt.figure(figsize=(9.5, 1.6 + sum(0.25 + 0.22 * n * max(1, len(sets)) for n in sizes)),
                          layout="constrained")
         axes = fig.subplots(len(tasks), 1, sharex=True, squeeze=False,
                             height_ratios=[0.6 + n * max(1, len(sets)) * 0.22 for n in sizes])[:, 0]
@@ -167,12 +168,12 @@ def fraction_retrieved_figure(summary: pd.DataFrame, stem: Path) -> list[Path]:
             ax.set_xlim(0, 1)
             ax.grid(axis="x", color="#DDDDDD", lw=0.6)
             ax.set_axisbelow(True)
-        axes[-1].set_xlabel(f"fraction retrieved (q < {Q_THRESHOLD:g})")
+        axes[-1].set_xlabel(f"fraction retrieved (q < {Q_THRESHOLD:g}); whiskers: 95% Wilson interval")
         handles = [Patch(color=colours[s], label=s) for s in sets]
         if any_reference:
             handles.append(Line2D([], [], ls="none", marker="D", ms=7, color="black", label=REFERENCE_LABEL))
         fig.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)), frameon=False)
-        fig.suptitle("Fraction of perturbations retrieved")
+        fig.suptitle("Fraction retrieved")
     return save_figure(fig, stem)
 
 
@@ -227,12 +228,13 @@ def _point_labels(table: pd.DataFrame) -> pd.Series:
 def comparison_figure(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str, stem: Path,
                       n_labels: int = 6) -> list[Path]:
     """Per-perturbation mAP of feature set b against a, by modality, with the largest differences named."""
-    left = a[MERGE_KEYS].assign(map_a=a["mean_average_precision"], label_a=_point_labels(a))
-    right = b[MERGE_KEYS].assign(map_b=b["mean_average_precision"], label_b=_point_labels(b))
-    both = left.merge(right, on=MERGE_KEYS).dropna(subset=["map_a", "map_b"])
+    keys = [k for k in MERGE_KEYS if k in a and k in b]
+    left = a[keys].assign(map_a=a["mean_average_precision"], label_a=_point_labels(a))
+    right = b[keys].assign(map_b=b["mean_average_precision"], label_b=_point_labels(b))
+    both = left.merge(right, on=keys).dropna(subset=["map_a", "map_b"])
     if both.empty:
         raise ValueError(f"comparison_figure: {name_a} and {name_b} share no perturbations "
-                         f"(merged on {', '.join(MERGE_KEYS)})")
+                         f"(merged on {', '.join(keys)})")
     both["label"] = both["label_a"].where(both["label_a"] != "?", both["label_b"])
     both["diff"] = both["map_b"] - both["map_a"]
     modalities = sorted(both["Metadata_modality"].astype(str).unique())

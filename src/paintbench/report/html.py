@@ -21,7 +21,19 @@ import pandas as pd
 
 from paintbench.atomic import atomic_path, read_table
 from paintbench.report.build import Figure, TASK_TITLES
-from paintbench.report.summary import REFERENCE
+from paintbench.report.reference import planted_table
+from paintbench.report.summary import REFERENCE, read_summary
+
+PROTOCOL_TEXT = ("cpjump1 is the CPJUMP1 paper's statistic: every query's AP gets its own permutation p-value and "
+                 "a unit's p is the geometric mean of its queries' p; copairs (copairs &ge; 0.5) tests the unit's mAP "
+                 "against the null of a mean AP. In both, null values equal to the observation count against it. "
+                 "The result tables carry both verdicts (<code>below_corrected_p</code> and "
+                 "<code>alt_below_corrected_p</code>).")
+COMPOUND_GENE_TEXT = ("Compound-gene matching: the paper's code (copairs of May 2023) read each genetic profile's gene "
+                      "as a set of letters, so every true compound-gene match was also counted as a negative; this "
+                      "run follows the paper's stated definition (negatives share no target) unless "
+                      "<code>retrieval.compound_gene_negatives: paper_code</code>, so its compound-gene values are "
+                      "expected above the paper's.")
 
 PACKAGES = ["paintbench", "snakemake", "torch", "timm", "numpy", "pandas", "pyarrow", "pycytominer", "statsmodels",
             "matplotlib", "scikit-image", "tifffile"]
@@ -29,7 +41,7 @@ STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 h1{margin-bottom:.2em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;font-size:.9em;margin:.5em 0} th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right}
-th{background:#f3f3f3} td.l,th.l{text-align:left} td.best{font-weight:bold;background:#e8f4ea}
+th{background:#f3f3f3} td.l,th.l{text-align:left} td.best{font-weight:bold;background:#e8f4ea} td.tied{font-style:italic;background:#f4f8f0}
 figure{margin:1.5em 0} figure img{max-width:100%;border:1px solid #eee} figcaption{color:#444;font-size:.92em}
 pre{background:#f7f7f7;padding:1em;overflow-x:auto;font-size:.85em} .muted{color:#777}
 .broken{border:2px solid #c00;padding:1em;color:#c00}
@@ -46,41 +58,84 @@ window.addEventListener('load', function () {
 """
 
 
-def _condition(row: pd.Series) -> str:
-    text = f"{row['Metadata_cell_type']} {row['Metadata_modality']} {row['Metadata_timepoint']} h"
-    if pd.notna(row.get("Metadata_matched_modality")):
-        text += f" &rarr; {row['Metadata_matched_modality']} {row['Metadata_matched_timepoint']} h"
-    return text
+def _fraction(row: pd.Series) -> str:
+    value = row["fraction_retrieved"]
+    if pd.isna(value):
+        return "<span class='muted'>n=0</span>"
+    interval = f" [{row['fraction_retrieved_low']:.2f}&ndash;{row['fraction_retrieved_high']:.2f}]"
+    detail = f" <span class='muted'>(mAP {row['mean_average_precision']:.2f}, n={int(row['n_perturbations'])}"
+    if row["n_untestable"] and not pd.isna(row["n_untestable"]):
+        detail += f", {int(row['n_untestable'])} untestable"
+    return f"{value:.2f}{interval}{detail})</span>"
 
 
 def glance_table(summary: pd.DataFrame) -> str:
-    """Task x condition rows; per feature set 'fraction retrieved (mAP)'; the best measured value in bold."""
-    measured = summary[summary["feature_set"] != REFERENCE]
-    feature_sets = list(dict.fromkeys(measured["feature_set"]))
+    """Task x condition rows; per feature set 'fraction retrieved [95% interval] (mAP, n)'; best in bold, tied in
+    italics (the interval rule of paintbench.report.summary); the paper's value where the paper reports it."""
+    scored = summary[summary["row_kind"] != "paper"]
+    feature_sets = list(dict.fromkeys(scored["feature_set"]))
     head = "".join(f"<th>{html.escape(fs)}</th>" for fs in feature_sets)
     rows = []
-    keys = ["task", "Metadata_cell_type", "Metadata_modality", "Metadata_timepoint", "Metadata_matched_modality",
-            "Metadata_matched_timepoint"]
-    for _, group in summary.groupby(keys, dropna=False, sort=False):
+    for _, group in summary.groupby(["task", "condition"], dropna=False, sort=False):
         first = group.iloc[0]
-        values = group.set_index("feature_set")
-        scores = values.loc[values.index.isin(feature_sets), "fraction_retrieved"].astype(float)
-        best = scores.max() if scores.notna().any() else None
+        values = group.drop_duplicates("feature_set").set_index("feature_set")
         cells = []
         for fs in feature_sets:
             if fs not in values.index:
                 cells.append("<td class='muted'>-</td>")
                 continue
-            row = values.loc[fs]
-            value, mean_ap, n = float(row["fraction_retrieved"]), row["mean_average_precision"], int(row["n_perturbations"])
-            mark = " class='best'" if best is not None and value == best and best > 0 else ""
-            detail = f" <span class='muted'>(mAP {mean_ap:.2f}, n={n})</span>" if pd.notna(mean_ap) else " <span class='muted'>(n=0)</span>"
-            cells.append(f"<td{mark}>{value:.2f}{detail}</td>")
-        published = values.loc[REFERENCE, "published"] if REFERENCE in values.index else ""
-        rows.append(f"<tr><td class='l'>{TASK_TITLES.get(first['task'], first['task'])}</td><td class='l'>{_condition(first)}</td>"
-                    f"{''.join(cells)}<td>{html.escape(str(published)) if pd.notna(published) else ''}</td></tr>")
+            mark = {"best": " class='best'", "tied": " class='tied'"}.get(str(values.at[fs, "best"]), "")
+            cells.append(f"<td{mark}>{_fraction(values.loc[fs])}</td>")
+        paper = values.loc[REFERENCE] if REFERENCE in values.index else None
+        if paper is None:
+            reference = ""
+        else:
+            shown = f"{paper['fraction_retrieved']:.3f} (n={int(paper['n_perturbations'])})"
+            reference = shown if bool(paper["comparable"]) else f"<span class='muted'>{shown}</span>"
+        rows.append(f"<tr><td class='l'>{TASK_TITLES.get(first['task'], first['task'])}</td>"
+                    f"<td class='l'>{html.escape(str(first['condition']))}</td>{''.join(cells)}<td>{reference}</td></tr>")
     return (f"<table><tr><th class='l'>task</th><th class='l'>condition</th>{head}<th>CPJUMP1 paper (CellProfiler)</th></tr>"
             + "".join(rows) + "</table>")
+
+
+def notes_html(summary: pd.DataFrame) -> str:
+    """How to read the numbers: the protocol, what the other protocol would say, untestable units, the reference."""
+    scored = summary[summary["row_kind"] != "paper"]
+    protocols = ", ".join(sorted(set(scored["protocol"].dropna())))
+    items = [f"Significance protocol of this run: <b>{html.escape(protocols)}</b>. " + PROTOCOL_TEXT]
+    untestable = int(scored["n_untestable"].fillna(0).sum())
+    if untestable:
+        items.append(f"{untestable} scored unit(s) can never reach q &lt; 0.05 whatever their profiles: their rank lists "
+                     "are too short (e.g. a single candidate). They count in n but are flagged "
+                     "(<code>n_untestable</code> in summary.tsv, <code>testable</code> in the result tables).")
+    paper = summary[summary["row_kind"] == "paper"]
+    if len(paper):
+        comparable = bool(paper["comparable"].fillna(False).any())
+        items.append("The paper's values come from its final notebook's figure-4 run (the source file of each is in "
+                     "summary.tsv). " + ("This run is comparable with them: the paper's reruns differ by about 0.01."
+                                         if comparable else html.escape(str(paper["notes"].iloc[0])) + "."))
+        items.append(COMPOUND_GENE_TEXT)
+    items.append("Best (bold): the leader's 95% interval lies wholly above every other feature set's; tied (italics): "
+                 "intervals overlap the leader's.")
+    return "<ul>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>"
+
+
+def planted_html(results_dir: Path, summary: pd.DataFrame) -> str:
+    """On synthetic runs: the planted answer per class, feature set and task, under both protocols."""
+    truth_path = results_dir / "synthetic" / "ground_truth.parquet"
+    if not truth_path.exists():
+        return ""
+    feature_sets = list(dict.fromkeys(summary.loc[summary["row_kind"] != "paper", "feature_set"]))
+    table = planted_table(results_dir, feature_sets, read_table(truth_path))
+    if table.empty:
+        return ""
+    protocol, other = table["protocol"].iloc[0], table["alt_protocol"].iloc[0]
+    shown = table.assign(task=table["task"].map(TASK_TITLES)).drop(columns=["protocol", "alt_protocol"]).rename(columns={
+        "feature_set": "feature set", "effect_class": "planted class", "mean_average_precision": "mAP",
+        "fraction_retrieved": f"retrieved ({protocol})", "alt_fraction_retrieved": f"retrieved ({other})"})
+    return ("<h2>The planted answer</h2><p>This run's plates are synthetic with a known answer: strong perturbations "
+            "should be retrieved, null ones at the chance rate (&le; 5%). Share retrieved per planted class under this "
+            "run's protocol and the other one.</p>" + shown.to_html(index=False, border=0, float_format="{:.2f}".format))
 
 
 def figure_html(figures_dir: Path, figure: Figure) -> str:
@@ -142,9 +197,10 @@ def render(summary: pd.DataFrame, figures_dir: Path, figures: list[Figure], resu
         sections.setdefault(figure.section, []).append(figure_html(figures_dir, figure))
     body = [f"<h1>paintbench report</h1><p class='muted'>{html.escape(str(results_dir))} &middot; "
             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC &middot; {len(plates)} plate(s)</p>",
-            "<h2>At a glance</h2><p>Fraction of perturbations retrieved (q &lt; 0.05) per task and condition, "
-            "with the mean mAP and the number of perturbations scored; the best feature set of each row in bold. "
-            "Full table: <code>reports/summary.tsv</code>.</p>", glance_table(summary)]
+            "<h2>At a glance</h2><p>Fraction retrieved (q &lt; 0.05) per task and condition with its 95% interval, "
+            "the mean mAP and the number of units scored (perturbations; target genes or genes in matching). "
+            "Full table: <code>reports/summary.tsv</code>.</p>", glance_table(summary),
+            "<h2>Reading these numbers</h2>" + notes_html(summary), planted_html(results_dir, summary)]
     for section, items in sections.items():
         body.append(f"<h2>{html.escape(section)}</h2>" + "".join(items))
     body.append("<h2>Quality control</h2>" + qc_html(results_dir, plates))
@@ -156,7 +212,7 @@ def render(summary: pd.DataFrame, figures_dir: Path, figures: list[Figure], resu
 
 def write_report(summary_path: Path, figures_dir: Path, figures: list[Figure], results_dir: Path, plates: list[str],
                  config_text: str, output: Path, cellprofiler: str | None = None) -> Path:
-    page = render(read_table(summary_path), figures_dir, figures, results_dir, plates, config_text,
+    page = render(read_summary(summary_path), figures_dir, figures, results_dir, plates, config_text,
                   software_versions(cellprofiler))
     with atomic_path(output) as tmp:
         tmp.write_text(page, encoding="utf-8")

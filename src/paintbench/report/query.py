@@ -8,7 +8,8 @@ feature set's scored profiles; |cosine| because an ORF can mimic a compound's in
 Pair p-value: the pair's |cosine| against every compound-gene pair of the same cell type, compound time point
 and genetic modality/time point that is *not* an annotated target pair (the background of unrelated pairs):
 p = (1 + #background >= s) / (1 + #background). q: Benjamini-Hochberg over the ranked list of one query in one
-condition. The compound-level compound-gene matching mAP, p and q of the run are joined when present.
+condition. The run's compound-gene matching mAP, p and q of each gene (its row of the per-gene table) are joined
+when present. Positive controls count as treatments (the benchmark scores them); negative controls do not.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from statsmodels.stats.multitest import multipletests
 
 from paintbench.atomic import read_table
 from paintbench.metrics import cosine_similarity
-from paintbench.retrieval import PERT, consensus, scorable_features
+from paintbench.retrieval import PERT, consensus, is_query, scorable_features, with_condition_columns
 
 GENETIC = ("crispr", "orf")
-OUTPUT_COLUMNS = ["Metadata_cell_type", "compound_timepoint", "Metadata_matched_modality", "matched_timepoint",
-                  "rank", "Metadata_gene", "Metadata_broad_sample", "Metadata_pert_iname", "cosine", "abs_cosine",
+CONDITION_COLUMNS = ["Metadata_cell_type", "compound_timepoint", "compound_plate_group", "Metadata_matched_modality",
+                     "matched_timepoint", "matched_plate_group"]
+OUTPUT_COLUMNS = [*CONDITION_COLUMNS, "rank", "Metadata_gene", "Metadata_broad_sample", "Metadata_pert_iname", "cosine", "abs_cosine",
                   "p_value", "q_value", "annotated_target"]
 
 
@@ -42,8 +44,8 @@ def _suggest(kind: str, name: str, known: list[str]) -> ValueError:
 
 
 def _only_control(profiles: pd.DataFrame, columns: list[str], name: str) -> str | None:
-    """The control type when `name` is in the run only as a control well (not scored by the benchmark)."""
-    controls = profiles[profiles["Metadata_pert_type"] != "trt"]
+    """The control type when `name` is in the run only as a negative control or empty well (never scored)."""
+    controls = profiles[~is_query(profiles)]
     for column in columns:
         hit = controls[controls[column].astype(str).str.lower() == name.lower()]
         if not hit.empty:
@@ -54,7 +56,7 @@ def _only_control(profiles: pd.DataFrame, columns: list[str], name: str) -> str 
 def _resolve(profiles: pd.DataFrame, kind: str, name: str, modalities: tuple[str, ...], columns: list[str],
              answer: str, suggest_from: str) -> str:
     """The `answer` column's value of the treated perturbation whose `columns` match `name` (case-insensitive)."""
-    treated = profiles[profiles["Metadata_modality"].isin(modalities) & (profiles["Metadata_pert_type"] == "trt")]
+    treated = profiles[profiles["Metadata_modality"].isin(modalities) & is_query(profiles)]
     for column in columns:
         hit = treated[treated[column].astype(str).str.lower() == name.lower()]
         if not hit.empty:
@@ -78,19 +80,20 @@ def resolve_gene(profiles: pd.DataFrame, symbol: str) -> str:
 
 def _condition_pairs(profiles: pd.DataFrame, features: list[str]):
     """Yield (condition dict, compound consensus, gene consensus, |cos| matrix, annotated-pair mask)."""
-    treated = profiles[profiles["Metadata_pert_type"] == "trt"]
+    profiles = with_condition_columns(profiles)
+    treated = profiles[is_query(profiles)]
     compounds = treated[treated["Metadata_modality"] == "compound"]
     genetic = treated[treated["Metadata_modality"].isin(GENETIC) & treated["Metadata_gene"].notna()]
-    for (cell, ctime), comp in compounds.groupby(["Metadata_cell_type", "Metadata_timepoint"], sort=True):
+    for (cell, ctime, cgroup), comp in compounds.groupby(
+            ["Metadata_cell_type", "Metadata_timepoint", "Metadata_plate_group"], sort=True):
         comp_table = consensus(comp, features, [PERT])
-        for (modality, gtime), gen in genetic[genetic["Metadata_cell_type"] == cell].groupby(
-                ["Metadata_modality", "Metadata_timepoint"], sort=True):
+        for (modality, gtime, ggroup), gen in genetic[genetic["Metadata_cell_type"] == cell].groupby(
+                ["Metadata_modality", "Metadata_timepoint", "Metadata_plate_group"], sort=True):
             gene_table = consensus(gen, features, ["Metadata_gene"])
             cosine = cosine_similarity(comp_table[features].to_numpy(float), gene_table[features].to_numpy(float))
             annotated = np.array([[g in targets_of(t) for g in gene_table["Metadata_gene"]]
                                   for t in comp_table["Metadata_target_list"]], dtype=bool).reshape(cosine.shape)
-            condition = {"Metadata_cell_type": cell, "compound_timepoint": ctime, "Metadata_matched_modality": modality,
-                         "matched_timepoint": gtime}
+            condition = dict(zip(CONDITION_COLUMNS, (cell, ctime, cgroup, modality, gtime, ggroup)))
             yield condition, comp_table, gene_table, cosine, annotated
 
 
@@ -138,15 +141,16 @@ def query(profiles: pd.DataFrame, compound: str | None = None, gene: str | None 
 
 
 def with_matching_scores(ranked: pd.DataFrame, matching: pd.DataFrame | None) -> pd.DataFrame:
-    """Join the run's compound-level compound-gene matching mAP / p / q (per compound and matched condition)."""
+    """Join the run's per-gene compound-gene matching mAP / p / q (per gene and matched condition)."""
     if matching is None or matching.empty:
         return ranked
-    keys = matching.rename(columns={"Metadata_timepoint": "compound_timepoint",
+    keys = matching.rename(columns={"Metadata_timepoint": "compound_timepoint", "Metadata_plate_group": "compound_plate_group",
                                     "Metadata_matched_timepoint": "matched_timepoint",
-                                    "mean_average_precision": "compound_matching_map",
-                                    "p_value": "compound_matching_p", "corrected_p_value": "compound_matching_q"})
-    columns = ["Metadata_cell_type", "compound_timepoint", "Metadata_matched_modality", "matched_timepoint", PERT]
-    scores = keys[columns + ["compound_matching_map", "compound_matching_p", "compound_matching_q"]]
+                                    "Metadata_matched_plate_group": "matched_plate_group",
+                                    "mean_average_precision": "gene_matching_map",
+                                    "p_value": "gene_matching_p", "corrected_p_value": "gene_matching_q"})
+    columns = [c for c in CONDITION_COLUMNS if c in keys] + ["Metadata_gene"]
+    scores = keys[columns + ["gene_matching_map", "gene_matching_p", "gene_matching_q"]]
     return ranked.merge(scores, on=columns, how="left")
 
 
@@ -172,12 +176,11 @@ def query_figure(ranked: pd.DataFrame, kind: str, label: str, feature_set: str, 
 
     from paintbench.report.figures import save_figure
 
-    keys = ["Metadata_cell_type", "compound_timepoint", "Metadata_matched_modality", "matched_timepoint"]
-    groups = list(ranked.groupby(keys, sort=True))
+    groups = list(ranked.groupby(CONDITION_COLUMNS, sort=True))
     height = max(2.5, 0.32 * min(top, max(len(g) for _, g in groups)) + 1.2)
     fig, axes = plt.subplots(1, len(groups), figsize=(4.8 * len(groups), height), squeeze=False)
     partner = "Metadata_gene" if kind == "compound" else "Metadata_pert_iname"
-    for ax, ((cell, ctime, modality, gtime), group) in zip(axes[0], groups):
+    for ax, ((cell, ctime, _, modality, gtime, _), group) in zip(axes[0], groups):
         shown = group.nsmallest(top, "rank").iloc[::-1]
         colours = ["#D55E00" if hit else "#999999" for hit in shown["annotated_target"]]
         ax.barh(range(len(shown)), shown["abs_cosine"], color=colours)

@@ -1,15 +1,20 @@
-"""summary.tsv: one row per feature set x task x condition, with the paper's CellProfiler numbers beside them.
+"""summary.tsv: one typed row per feature set x task x condition, with the CPJUMP1 paper's values beside them.
 
-A condition is (cell type, modality, time point) and, for compound-gene matching, the matched genetic modality
-and time point. The conditions each task should have follow from replicate retrieval's (sister matching: the
-compound and CRISPR ones; compound-gene matching: every compound x genetic pair of one cell type), and every
-feature set gets a row for each: one with nothing to score there (e.g. no perturbation passed replicate
-retrieval, so sister matching is empty) shows n_perturbations 0 and fraction_retrieved 0 rather than missing.
+Kinds of rows (`row_kind`):
+- measured: a feature set this run extracted and scored (cellprofiler, vitmae, ...);
+- published_profiles: the consortium's published CellProfiler profiles of the same plates, scored by this run;
+- paper: the paper's CellProfiler values (config/metadata/cpjump1_published_cellprofiler.tsv, each row naming the
+  file of jump-cellpainting/2024_Chandrasekaran_NatureMethods it comes from). They sit beside every condition the
+  paper reports; `comparable` says whether this run can be compared with them (real CPJUMP1 images, the cpjump1
+  protocol, a benchmark plate group) and `notes` says why not where it cannot.
 
-Reference rows (feature_set = paper_cellprofiler) come from config/metadata/cpjump1_published_cellprofiler.tsv
-(Chandrasekaran et al., Nature Methods 2024); '*' in a condition column matches any value. Where the paper
-gives a range rather than a number (compound-gene matching: 0 to 0.075 in every condition) fraction_retrieved
-is empty and the `published` column carries the text.
+A condition is (cell type, modality, time point, plate group) and, for compound-gene matching, the matched genetic
+modality, time point and plate group. Every expected (feature set, task, condition) has a row: one with nothing
+to score shows n_perturbations 0 and empty values (never 0.0, which would read as a result).
+
+fraction_retrieved carries a 95% Wilson interval over the scored units (perturbations or genes). `best` marks, per
+task and condition among the scored feature sets: 'best' for the leader when its interval lies wholly above every
+other feature set's; otherwise 'tied' for the leader and every feature set whose interval overlaps the leader's.
 """
 
 from __future__ import annotations
@@ -20,52 +25,101 @@ import numpy as np
 import pandas as pd
 
 from paintbench.atomic import read_table
+from paintbench.significance import wilson_interval
 
 TASKS = ("replicate_retrieval", "sister_matching", "compound_gene_matching")
-CONDITION = ["Metadata_cell_type", "Metadata_modality", "Metadata_timepoint", "Metadata_matched_modality",
-             "Metadata_matched_timepoint"]
+UNITS = {"replicate_retrieval": "perturbation", "sister_matching": "target gene", "compound_gene_matching": "gene"}
+CONDITION = ["Metadata_cell_type", "Metadata_modality", "Metadata_timepoint", "Metadata_plate_group",
+             "Metadata_matched_modality", "Metadata_matched_timepoint", "Metadata_matched_plate_group"]
 REFERENCE = "paper_cellprofiler"
-COLUMNS = ["feature_set", "task", *CONDITION, "n_perturbations", "mean_average_precision", "fraction_retrieved",
-           "published"]
+PUBLISHED = "published_cellprofiler"
+BENCHMARK_GROUP = "benchmark"
+INTEGERS = ["Metadata_timepoint", "Metadata_matched_timepoint", "n_perturbations", "n_retrieved", "n_untestable"]
+FLOATS = ["mean_average_precision", "fraction_retrieved", "fraction_retrieved_low", "fraction_retrieved_high"]
+COLUMNS = ["feature_set", "row_kind", "protocol", "task", "unit", "condition", *CONDITION, "n_perturbations",
+           "n_retrieved", "n_untestable", "mean_average_precision", "fraction_retrieved", "fraction_retrieved_low",
+           "fraction_retrieved_high", "best", "comparable", "source", "notes"]
 DEFAULT_PUBLISHED = Path(__file__).resolve().parents[3] / "config" / "metadata" / "cpjump1_published_cellprofiler.tsv"
+
+
+def typed(table: pd.DataFrame) -> pd.DataFrame:
+    """Whole numbers as nullable integers, values as floats, labels as strings: what summary.tsv promises."""
+    table = table.copy()
+    for column in COLUMNS:
+        if column not in table.columns:
+            table[column] = pd.NA
+    for column in INTEGERS:
+        table[column] = pd.to_numeric(table[column], errors="coerce").round().astype("Int64")
+    for column in FLOATS:  # 6 decimals: far below any difference that matters, and readable in a spreadsheet
+        table[column] = pd.to_numeric(table[column], errors="coerce").astype("float64").round(6)
+    for column in set(COLUMNS) - set(INTEGERS) - set(FLOATS) - {"comparable"}:
+        table[column] = table[column].astype("string")
+    table["comparable"] = table["comparable"].astype("boolean")
+    return table[COLUMNS]
+
+
+def read_summary(path: str | Path) -> pd.DataFrame:
+    return typed(read_table(path))
+
+
+def _hours(value: object) -> str:
+    return "?" if pd.isna(value) else f"{int(value)} h"
+
+
+def condition_label(row: pd.Series | dict) -> str:
+    """'A549 compound 24 h', 'A549 compound 48 h (density 80)', 'A549 compound 24 h -> crispr 144 h'."""
+    def group(key: str) -> str:
+        value = row.get(key)
+        return "" if pd.isna(value) or value in ("", BENCHMARK_GROUP, "all") else f" ({value})"
+
+    text = f"{row['Metadata_cell_type']} {row['Metadata_modality']} {_hours(row['Metadata_timepoint'])}"
+    text += group("Metadata_plate_group")
+    if not pd.isna(row.get("Metadata_matched_modality")):
+        text += f" -> {row['Metadata_matched_modality']} {_hours(row['Metadata_matched_timepoint'])}"
+        text += group("Metadata_matched_plate_group")
+    return text
 
 
 def _with_condition_columns(table: pd.DataFrame) -> pd.DataFrame:
     table = table.copy()
     for column in CONDITION:
         if column not in table.columns:
-            table[column] = np.nan
-    # Time points are integers in the metadata; matched ones may be missing (NaN makes them float).
+            table[column] = pd.NA
     for column in ("Metadata_timepoint", "Metadata_matched_timepoint"):
         table[column] = pd.to_numeric(table[column], errors="coerce").astype("Int64")
-    for column in ("Metadata_cell_type", "Metadata_modality", "Metadata_matched_modality"):
+    for column in set(CONDITION) - {"Metadata_timepoint", "Metadata_matched_timepoint"}:
         table[column] = table[column].astype("string")
     return table
 
 
 def task_summary(scored: pd.DataFrame, feature_set: str, task: str) -> pd.DataFrame:
-    """Per-condition mAP (mean over perturbations) and fraction retrieved (share with q < 0.05) of one task."""
+    """Per condition: units scored, retrieved and untestable, mean mAP, fraction retrieved (q < 0.05)."""
     if scored.empty:
         return pd.DataFrame(columns=COLUMNS)
     missing = {"mean_average_precision", "below_corrected_p"} - set(scored.columns)
     if missing:
         raise ValueError(f"{feature_set} {task}: result table lacks {sorted(missing)}")
-    scored = _with_condition_columns(scored)
+    scored = _with_condition_columns(scored).assign(
+        _retrieved=scored["below_corrected_p"].astype(bool),
+        _untestable=~scored["testable"].astype(bool) if "testable" in scored else False,
+        _protocol=scored["protocol"].astype(str) if "protocol" in scored else "unknown")
     rows = scored.groupby(CONDITION, dropna=False, sort=True).agg(
-        n_perturbations=("mean_average_precision", "size"),
-        mean_average_precision=("mean_average_precision", "mean"),
-        fraction_retrieved=("below_corrected_p", "mean"),
-    ).reset_index()
-    return rows.assign(feature_set=feature_set, task=task, published=pd.NA)[COLUMNS]
+        n_perturbations=("mean_average_precision", "size"), n_retrieved=("_retrieved", "sum"),
+        n_untestable=("_untestable", "sum"), mean_average_precision=("mean_average_precision", "mean"),
+        protocol=("_protocol", "first")).reset_index()
+    rows["fraction_retrieved"] = rows["n_retrieved"] / rows["n_perturbations"]
+    return rows.assign(feature_set=feature_set, task=task)
 
 
 def expected_conditions(summary: pd.DataFrame, tasks: tuple[str, ...] = TASKS) -> pd.DataFrame:
     """(task, condition) rows every feature set should report, from the replicate-retrieval conditions."""
-    replicate = summary.loc[summary["task"] == "replicate_retrieval", CONDITION[:3]].drop_duplicates()
+    own = CONDITION[:4]
+    replicate = summary.loc[summary["task"] == "replicate_retrieval", own].drop_duplicates()
     sister = replicate[replicate["Metadata_modality"].isin(["compound", "crispr"])].assign(task="sister_matching")
     compounds = replicate[replicate["Metadata_modality"] == "compound"]
     genetic = replicate[replicate["Metadata_modality"].isin(["crispr", "orf"])].rename(columns={
-        "Metadata_modality": "Metadata_matched_modality", "Metadata_timepoint": "Metadata_matched_timepoint"})
+        "Metadata_modality": "Metadata_matched_modality", "Metadata_timepoint": "Metadata_matched_timepoint",
+        "Metadata_plate_group": "Metadata_matched_plate_group"})
     pairs = compounds.merge(genetic, on="Metadata_cell_type").assign(task="compound_gene_matching")
     derived = _with_condition_columns(pd.concat([sister, pairs], ignore_index=True))
     derived = derived[derived["task"].isin(tasks)]
@@ -73,47 +127,77 @@ def expected_conditions(summary: pd.DataFrame, tasks: tuple[str, ...] = TASKS) -
 
 
 def complete_conditions(summary: pd.DataFrame, feature_sets: list[str], tasks: tuple[str, ...] = TASKS) -> pd.DataFrame:
-    """Add n_perturbations = 0 rows for every expected (feature set, task, condition) without results."""
+    """Add n_perturbations = 0 rows (values empty) for every expected (feature set, task, condition) without results."""
+    summary = _with_condition_columns(summary)
     keys = expected_conditions(summary, tasks)
     grid = keys.merge(pd.DataFrame({"feature_set": feature_sets}), how="cross")
-    full = grid.merge(summary, on=["feature_set", "task", *CONDITION], how="left")
-    empty = full["n_perturbations"].isna()
-    full.loc[empty, "n_perturbations"] = 0
-    full.loc[empty, "fraction_retrieved"] = 0.0
-    full["n_perturbations"] = full["n_perturbations"].astype(int)
-    return full[COLUMNS]
+    full = grid.merge(summary.drop(columns=[c for c in ("row_kind",) if c in summary]), on=["feature_set", "task", *CONDITION],
+                      how="left")
+    for column in ("n_perturbations", "n_retrieved", "n_untestable"):
+        full[column] = full[column].fillna(0)
+    protocols = summary.groupby("feature_set")["protocol"].first() if "protocol" in summary else pd.Series(dtype=str)
+    full["protocol"] = full["protocol"].fillna(full["feature_set"].map(protocols))
+    return full
 
 
-def _matches(reference: pd.Series, condition: pd.Series) -> bool:
-    for column in ("task", *CONDITION):
-        want = reference.get(column)
-        if pd.isna(want) or want == "" or want == "*":
+def add_intervals(summary: pd.DataFrame) -> pd.DataFrame:
+    low, high = wilson_interval(summary["n_retrieved"].astype(float), summary["n_perturbations"].astype(float))
+    return summary.assign(fraction_retrieved_low=low, fraction_retrieved_high=high)
+
+
+def mark_best(summary: pd.DataFrame) -> pd.Series:
+    """'best' / 'tied' / '' per row by the interval rule in the module docstring; reference rows never compete."""
+    marks = pd.Series("", index=summary.index, dtype="string")
+    scored = summary[(summary["row_kind"] != "paper") & (summary["n_perturbations"] > 0)]
+    for _, group in scored.groupby(["task", *CONDITION], dropna=False, sort=False):
+        if len(group) < 2 or not group["fraction_retrieved"].max() > 0:
             continue
-        if pd.isna(condition[column]) or str(condition[column]) != str(want):
-            return False
-    return True
-
-
-def reference_rows(summary: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
-    """Published rows for every condition of the run that the paper reports."""
-    rows = []
-    conditions = summary[["task", *CONDITION]].drop_duplicates()
-    for _, condition in conditions.iterrows():
-        for _, reference in published.iterrows():
-            if _matches(reference, condition):
-                rows.append({**condition.to_dict(), "feature_set": REFERENCE, "n_perturbations": pd.NA,
-                             "mean_average_precision": np.nan, "fraction_retrieved": reference["fraction_retrieved"],
-                             "published": str(reference["published"])})
-    return pd.DataFrame(rows, columns=COLUMNS)
+        leader = group["fraction_retrieved"].idxmax()
+        others = group.drop(index=leader)
+        if group.at[leader, "fraction_retrieved_low"] > others["fraction_retrieved_high"].max():
+            marks[leader] = "best"
+            continue
+        overlapping = group["fraction_retrieved_high"] >= group.at[leader, "fraction_retrieved_low"]
+        marks[group.index[overlapping]] = "tied"
+    return marks
 
 
 def read_published(path: str | Path = DEFAULT_PUBLISHED) -> pd.DataFrame:
-    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    needed = {"task", "Metadata_cell_type", "Metadata_modality", "Metadata_timepoint", "fraction_retrieved", "published"}
+    """The paper's values: one row per task x condition (numbers, with the repository file they come from)."""
+    table = pd.read_csv(path, sep="\t")
+    needed = {"task", "Metadata_cell_type", "Metadata_modality", "Metadata_timepoint", "Metadata_matched_modality",
+              "Metadata_matched_timepoint", "n_perturbations", "mean_average_precision", "fraction_retrieved", "source"}
     if needed - set(table.columns):
         raise ValueError(f"{path}: published table lacks columns {sorted(needed - set(table.columns))}")
-    table["fraction_retrieved"] = pd.to_numeric(table["fraction_retrieved"].replace("", np.nan))
-    return table
+    bad = table.loc[pd.to_numeric(table["fraction_retrieved"], errors="coerce").isna(), "task"]
+    if len(bad):
+        raise ValueError(f"{path}: fraction_retrieved must be a number in every row (rows {list(bad.index)})")
+    return _with_condition_columns(table)
+
+
+def reference_rows(summary: pd.DataFrame, published: pd.DataFrame, synthetic: bool) -> pd.DataFrame:
+    """The paper's row for every condition of the run that the paper reports (benchmark plate groups only)."""
+    keys = ["task", *[c for c in CONDITION if "plate_group" not in c]]
+    conditions = summary[["task", *CONDITION]].drop_duplicates()
+    benchmark = conditions["Metadata_plate_group"].isin([BENCHMARK_GROUP]) & (
+        conditions["Metadata_matched_plate_group"].isna() | conditions["Metadata_matched_plate_group"].eq(BENCHMARK_GROUP))
+    published = _with_condition_columns(published).drop(columns=["Metadata_plate_group", "Metadata_matched_plate_group"])
+    merged = conditions[benchmark.fillna(False)].merge(published, on=keys)
+    if merged.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    protocols = set(summary.loc[summary["row_kind"] != "paper", "protocol"].dropna())
+    comparable = not synthetic and protocols == {"cpjump1"}
+    note = "CPJUMP1 paper, CellProfiler profiles of the real plates (final notebook's figure-4 run)"
+    if synthetic:
+        note += "; this run's plates are synthetic: a reference for a different dataset, not a competitor"
+    elif not comparable:
+        note += f"; this run used the {', '.join(sorted(protocols))} protocol: compare under protocol cpjump1"
+    other = merged.get("other_run_fraction_retrieved")
+    notes = [note + (f"; the paper's other run: {o:.3f}" if pd.notna(o) else "") for o in
+             (other if other is not None else [np.nan] * len(merged))]
+    return merged.assign(feature_set=REFERENCE, row_kind="paper", protocol="cpjump1 (paper code)",
+                         n_retrieved=merged.get("n_retrieved"), n_untestable=pd.NA, comparable=comparable,
+                         notes=notes)
 
 
 def result_path(results_dir: str | Path, feature_set: str, task: str) -> Path:
@@ -121,7 +205,7 @@ def result_path(results_dir: str | Path, feature_set: str, task: str) -> Path:
 
 
 def build_summary(results_dir: str | Path, feature_sets: list[str], tasks: tuple[str, ...] = TASKS,
-                  published: pd.DataFrame | None = None) -> pd.DataFrame:
+                  published: pd.DataFrame | None = None, synthetic: bool = False) -> pd.DataFrame:
     """summary.tsv of a finished run; a missing result file is an error naming it."""
     parts = []
     for feature_set in feature_sets:
@@ -129,14 +213,26 @@ def build_summary(results_dir: str | Path, feature_sets: list[str], tasks: tuple
             path = result_path(results_dir, feature_set, task)
             if not path.exists():
                 raise FileNotFoundError(f"{path}: no {task} results for feature set {feature_set!r}")
-            parts.append(task_summary(read_table(path), feature_set, task))
+            parts.append(task_summary(read_table(path), feature_set, task).assign(source=str(path)))
     parts = [p for p in parts if not p.empty]
     if not parts:
         raise ValueError(f"{results_dir}: every retrieval result is empty; nothing to summarize")
-    summary = complete_conditions(_with_condition_columns(pd.concat(parts, ignore_index=True)), feature_sets, tasks)
-    reference = reference_rows(summary, read_published() if published is None else published)
+    summary = complete_conditions(pd.concat(parts, ignore_index=True), feature_sets, tasks)
+    summary["row_kind"] = np.where(summary["feature_set"] == PUBLISHED, "published_profiles", "measured")
+    summary["source"] = summary["source"].fillna(pd.Series([str(result_path(results_dir, fs, t)) for fs, t in
+                                                            zip(summary["feature_set"], summary["task"])], index=summary.index))
+    summary["notes"] = np.where(summary["n_perturbations"] == 0, "nothing to score in this condition", "")
+    untestable = summary["n_untestable"] > 0
+    summary.loc[untestable, "notes"] = [f"{int(n)} of {int(t)} can never reach q < 0.05 (lists too short)" for n, t in
+                                        zip(summary.loc[untestable, "n_untestable"], summary.loc[untestable, "n_perturbations"])]
+    reference = reference_rows(summary, read_published() if published is None else published, synthetic)
+    full = pd.concat([summary, reference], ignore_index=True) if not reference.empty else summary
+    full.loc[full["row_kind"] != "paper", "comparable"] = bool(reference["comparable"].any()) if len(reference) else False
+    full = add_intervals(typed(full).assign(unit=lambda t: t["task"].map(UNITS)))
+    full["best"] = mark_best(full)
+    full["condition"] = [condition_label(row) for _, row in full.iterrows()]
     order = {task: i for i, task in enumerate(tasks)}
-    full = pd.concat([summary, _with_condition_columns(reference)], ignore_index=True) if not reference.empty else summary
-    full = full.assign(_task=full["task"].map(order), _ref=full["feature_set"].eq(REFERENCE))
-    return full.sort_values(["_task", *CONDITION[:3], "Metadata_matched_modality", "_ref", "feature_set"],
-                            na_position="first").drop(columns=["_task", "_ref"]).reset_index(drop=True)
+    kinds = {"measured": 0, "published_profiles": 1, "paper": 2}
+    full = full.assign(_task=full["task"].map(order), _kind=full["row_kind"].map(kinds))
+    full = full.sort_values(["_task", *CONDITION, "_kind", "feature_set"], na_position="first")
+    return typed(full.drop(columns=["_task", "_kind"]).reset_index(drop=True))
