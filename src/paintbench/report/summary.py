@@ -12,7 +12,8 @@ A condition is (cell type, modality, time point, plate group) and, for compound-
 modality, time point and plate group. Every expected (feature set, task, condition) has a row: one with nothing
 to score shows n_perturbations 0 and empty values (never 0.0, which would read as a result).
 
-fraction_retrieved carries a 95% Wilson interval over the scored units (perturbations or genes). `best` marks, per
+fraction_retrieved carries a 95% Wilson interval over the scored units (perturbations or genes);
+alt_fraction_retrieved is the same APs judged by the other protocol (alt_protocol), so the choice shows. `best` marks, per
 task and condition among the scored feature sets: 'best' for the leader when its interval lies wholly above every
 other feature set's; otherwise 'tied' for the leader and every feature set whose interval overlaps the leader's.
 """
@@ -35,10 +36,11 @@ REFERENCE = "paper_cellprofiler"
 PUBLISHED = "published_cellprofiler"
 BENCHMARK_GROUP = "benchmark"
 INTEGERS = ["Metadata_timepoint", "Metadata_matched_timepoint", "n_perturbations", "n_retrieved", "n_untestable"]
-FLOATS = ["mean_average_precision", "fraction_retrieved", "fraction_retrieved_low", "fraction_retrieved_high"]
+FLOATS = ["mean_average_precision", "fraction_retrieved", "fraction_retrieved_low", "fraction_retrieved_high",
+          "alt_fraction_retrieved"]
 COLUMNS = ["feature_set", "row_kind", "protocol", "task", "unit", "condition", *CONDITION, "n_perturbations",
            "n_retrieved", "n_untestable", "mean_average_precision", "fraction_retrieved", "fraction_retrieved_low",
-           "fraction_retrieved_high", "best", "comparable", "source", "notes"]
+           "fraction_retrieved_high", "best", "alt_protocol", "alt_fraction_retrieved", "comparable", "source", "notes"]
 DEFAULT_PUBLISHED = Path(__file__).resolve().parents[3] / "config" / "metadata" / "cpjump1_published_cellprofiler.tsv"
 
 
@@ -102,11 +104,14 @@ def task_summary(scored: pd.DataFrame, feature_set: str, task: str) -> pd.DataFr
     scored = _with_condition_columns(scored).assign(
         _retrieved=scored["below_corrected_p"].astype(bool),
         _untestable=~scored["testable"].astype(bool) if "testable" in scored else False,
-        _protocol=scored["protocol"].astype(str) if "protocol" in scored else "unknown")
+        _protocol=scored["protocol"].astype(str) if "protocol" in scored else "unknown",
+        _alt=scored["alt_below_corrected_p"].astype(float) if "alt_below_corrected_p" in scored else np.nan,
+        _alt_protocol=scored["alt_protocol"].astype(str) if "alt_protocol" in scored else None)
     rows = scored.groupby(CONDITION, dropna=False, sort=True).agg(
         n_perturbations=("mean_average_precision", "size"), n_retrieved=("_retrieved", "sum"),
         n_untestable=("_untestable", "sum"), mean_average_precision=("mean_average_precision", "mean"),
-        protocol=("_protocol", "first")).reset_index()
+        protocol=("_protocol", "first"), alt_protocol=("_alt_protocol", "first"),
+        alt_fraction_retrieved=("_alt", "mean")).reset_index()
     rows["fraction_retrieved"] = rows["n_retrieved"] / rows["n_perturbations"]
     return rows.assign(feature_set=feature_set, task=task)
 
