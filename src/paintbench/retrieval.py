@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 
 TASKS = ("replicate_retrieval", "sister_matching", "compound_gene_matching")
 CONDITION = ["Metadata_cell_type", "Metadata_modality", "Metadata_timepoint", "Metadata_plate_group"]
-MATCHED = ["Metadata_matched_modality", "Metadata_matched_timepoint", "Metadata_matched_plate_group"]
 PERT = "Metadata_broad_sample"
 TARGETS = "Metadata_target_list"
 GENE = "Metadata_gene"
