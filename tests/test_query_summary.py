@@ -121,7 +121,13 @@ def test_summary_is_typed_with_intervals_reference_values_and_empty_rows(tmp_pat
     assert list(paper.index) == [("replicate_retrieval", "A549 crispr 144 h"),
                                  ("compound_gene_matching", "A549 compound 24 h -> crispr 144 h")]
     assert paper["fraction_retrieved"].tolist() == [0.6787, 0.0078] and paper["n_perturbations"].tolist() == [305, 128]
-    assert paper["comparable"].all() and (paper["source"] == "benchmark/output/x.csv").all()
+    assert (paper["source"] == "benchmark/output/x.csv").all()
+    # Compound-gene values are comparable only when negatives were counted as the paper's code did.
+    assert paper["comparable"].tolist() == [True, False]
+    assert "expect higher values here" in paper.loc[("compound_gene_matching", "A549 compound 24 h -> crispr 144 h"), "notes"]
+    ours = summary[summary["row_kind"] == "measured"].set_index(["feature_set", "task", "condition"])
+    assert ours.loc[("a", "replicate_retrieval", "A549 crispr 144 h"), "comparable"]
+    assert not ours.loc[("a", "replicate_retrieval", "A549 compound 24 h (density 80)"), "comparable"]
     # Written and read back: numeric columns stay numeric, time points print as whole numbers.
     path = tmp_path / "summary.tsv"
     write_table(summary, path)
@@ -129,6 +135,14 @@ def test_summary_is_typed_with_intervals_reference_values_and_empty_rows(tmp_pat
     for column in ("fraction_retrieved", "mean_average_precision", "n_perturbations", "fraction_retrieved_low"):
         assert pd.api.types.is_numeric_dtype(back[column]), column
     assert "144.0" not in path.read_text() and "\t144\t" in path.read_text()
+
+
+def test_compound_gene_rows_are_comparable_with_paper_code_negatives(tmp_path):
+    write_results(tmp_path, {"a": [0.9] * 10})
+    path = tmp_path / "retrieval" / "a" / "compound_gene_matching.parquet"
+    pd.read_parquet(path).assign(compound_gene_negatives="paper_code").to_parquet(path)
+    paper = build_summary(tmp_path, ["a"], published=PUBLISHED).query("row_kind == 'paper'")
+    assert paper["comparable"].all()
 
 
 def test_best_respects_the_intervals(tmp_path):

@@ -191,7 +191,7 @@ def compound_gene_matching(profiles: pd.DataFrame, features: list[str], replicat
                        for k in ("Metadata_modality", "Metadata_timepoint", "Metadata_plate_group")}
             ap, scored = _finish(ap, [GENE], {**compound_condition, **matched}, protocol, null_size, seed, names=PERT)
             aps.append(ap)
-            maps.append(scored)
+            maps.append(scored.assign(compound_gene_negatives=negatives))
     return _concat(aps), _concat(maps)
 
 

@@ -160,11 +160,10 @@ def score_groups(
     t = ap_table.loc[ap_table["average_precision"].notna() & (ap_table["n_pos_pairs"] > 0)]
     work = t[cols].assign(_ap=t["average_precision"].to_numpy(np.float64), _k=t["n_pos_pairs"].to_numpy(np.int64),
                           _n=t["n_total_pairs"].to_numpy(np.int64))
-    chance = perfect_ranking_probability(work["_k"].to_numpy(), work["_n"].to_numpy())
-    work["_log_min_p"] = -np.log10(expected_min_p(chance, null_size))
     if protocol == "cpjump1":
         p_query = t["p_value"].to_numpy(np.float64) if "p_value" in t else query_p_values(t, null_size, seed)
-        work["_log_p"] = -np.log10(p_query)
+        chance = perfect_ranking_probability(work["_k"].to_numpy(), work["_n"].to_numpy())
+        work = work.assign(_log_p=-np.log10(p_query), _log_min_p=-np.log10(expected_min_p(chance, null_size)))
     grouped = work.groupby(cols, sort=True, observed=True)
     out = grouped.agg(mean_average_precision=("_ap", "mean"), n_queries=("_ap", "size"), n_positives=("_k", "mean"))
     if protocol == "cpjump1":

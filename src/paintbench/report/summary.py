@@ -180,8 +180,12 @@ def read_published(path: str | Path = DEFAULT_PUBLISHED) -> pd.DataFrame:
     return _with_condition_columns(table)
 
 
-def reference_rows(summary: pd.DataFrame, published: pd.DataFrame, synthetic: bool) -> pd.DataFrame:
-    """The paper's row for every condition of the run that the paper reports (benchmark plate groups only)."""
+def reference_rows(summary: pd.DataFrame, published: pd.DataFrame, synthetic: bool,
+                   paper_code_negatives: bool = False) -> pd.DataFrame:
+    """The paper's row for every condition of the run that the paper reports (benchmark plate groups only).
+
+    Compound-gene rows are comparable only when the run counted negatives as the paper's code did
+    (retrieval.compound_gene_negatives: paper_code)."""
     keys = ["task", *[c for c in CONDITION if "plate_group" not in c]]
     conditions = summary[["task", *CONDITION]].drop_duplicates()
     benchmark = conditions["Metadata_plate_group"].isin([BENCHMARK_GROUP]) & (
@@ -200,9 +204,14 @@ def reference_rows(summary: pd.DataFrame, published: pd.DataFrame, synthetic: bo
     other = merged.get("other_run_fraction_retrieved")
     notes = [note + (f"; the paper's other run: {o:.3f}" if pd.notna(o) else "") for o in
              (other if other is not None else [np.nan] * len(merged))]
+    matching = (merged["task"] == "compound_gene_matching").to_numpy()
+    if comparable and not paper_code_negatives:
+        notes = [n + ("; the paper's code also counted true matches as negatives, this run does not "
+                      "(compound_gene_negatives: disjoint): expect higher values here" if m else "")
+                 for n, m in zip(notes, matching)]
+    flags = np.where(matching, comparable and paper_code_negatives, comparable)
     return merged.assign(feature_set=REFERENCE, row_kind="paper", protocol="cpjump1 (paper code)",
-                         n_retrieved=merged.get("n_retrieved"), n_untestable=pd.NA, comparable=comparable,
-                         notes=notes)
+                         n_retrieved=merged.get("n_retrieved"), n_untestable=pd.NA, comparable=flags, notes=notes)
 
 
 def result_path(results_dir: str | Path, feature_set: str, task: str) -> Path:
@@ -212,13 +221,15 @@ def result_path(results_dir: str | Path, feature_set: str, task: str) -> Path:
 def build_summary(results_dir: str | Path, feature_sets: list[str], tasks: tuple[str, ...] = TASKS,
                   published: pd.DataFrame | None = None, synthetic: bool = False) -> pd.DataFrame:
     """summary.tsv of a finished run; a missing result file is an error naming it."""
-    parts = []
+    parts, negatives = [], set()
     for feature_set in feature_sets:
         for task in tasks:
             path = result_path(results_dir, feature_set, task)
             if not path.exists():
                 raise FileNotFoundError(f"{path}: no {task} results for feature set {feature_set!r}")
-            parts.append(task_summary(read_table(path), feature_set, task).assign(source=str(path)))
+            table = read_table(path)
+            negatives |= set(table.get("compound_gene_negatives", pd.Series(dtype=str)).dropna())
+            parts.append(task_summary(table, feature_set, task).assign(source=str(path)))
     parts = [p for p in parts if not p.empty]
     if not parts:
         raise ValueError(f"{results_dir}: every retrieval result is empty; nothing to summarize")
@@ -230,9 +241,13 @@ def build_summary(results_dir: str | Path, feature_sets: list[str], tasks: tuple
     untestable = summary["n_untestable"] > 0
     summary.loc[untestable, "notes"] = [f"{int(n)} of {int(t)} can never reach q < 0.05 (lists too short)" for n, t in
                                         zip(summary.loc[untestable, "n_untestable"], summary.loc[untestable, "n_perturbations"])]
-    reference = reference_rows(summary, read_published() if published is None else published, synthetic)
+    reference = reference_rows(summary, read_published() if published is None else published, synthetic,
+                               paper_code_negatives=negatives == {"paper_code"})
     full = pd.concat([summary, reference], ignore_index=True) if not reference.empty else summary
-    full.loc[full["row_kind"] != "paper", "comparable"] = bool(reference["comparable"].any()) if len(reference) else False
+    comparable = reference.set_index(["task", *CONDITION])["comparable"] if len(reference) else pd.Series(dtype=bool)
+    keys = pd.MultiIndex.from_frame(full[["task", *CONDITION]])
+    full["comparable"] = np.where(full["row_kind"] == "paper", full["comparable"],
+                                  comparable.reindex(keys).fillna(False).to_numpy())
     full = add_intervals(typed(full).assign(unit=lambda t: t["task"].map(UNITS)))
     full["best"] = mark_best(full)
     full["condition"] = [condition_label(row) for _, row in full.iterrows()]
