@@ -50,6 +50,7 @@ def test_sister_matching_compounds_per_target_gene(tables):
     assert ap.loc[("cC", "T2"), "average_precision"] == pytest.approx(1 / 4)  # cX, cD, cB above cA (0)
     # cD's sister cE did not pass replicate retrieval, cX has no sister: no query; failed cE is never a candidate.
     assert set(ap.index.get_level_values(PERT)) == {"cA", "cB", "cC"}
+    assert not ap["testable"].any()  # lists of 3 and 4: a perfect ranking happens by chance 1/3 and 1/4 of the time
     genes = scored[scored["Metadata_modality"] == "compound"].set_index("Metadata_gene")
     assert list(genes.index) == ["T1", "T2"]  # scored per target gene
     assert genes.loc["T1", "mean_average_precision"] == 1.0 and genes.loc["T1", "n_queries"] == 2

@@ -31,7 +31,8 @@ import pandas as pd
 from paintbench.metadata import EMPTY, NEGCON
 from paintbench.metrics import retrieval_ap
 from paintbench.profiles import feature_columns
-from paintbench.significance import PROTOCOLS, Protocol, query_p_values, score_groups
+from paintbench.significance import (PROTOCOLS, Protocol, expected_min_p, perfect_ranking_probability,
+                                     query_p_values, score_groups)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,9 @@ def _finish(ap: pd.DataFrame, group: list[str], condition: dict, protocol: Proto
     ap = ap[ap["n_pos_pairs"] > 0].reset_index(drop=True)
     if protocol == "cpjump1":
         ap = ap.assign(p_value=query_p_values(ap, null_size, seed))
+    # A query whose list is too short for a perfect ranking to reach p < 0.05 is flagged, never silently counted.
+    chance = perfect_ranking_probability(ap["n_pos_pairs"].to_numpy(), ap["n_total_pairs"].to_numpy())
+    ap = ap.assign(testable=expected_min_p(chance, null_size) < 0.05)
     ap = ap.assign(**condition)  # matching: a reagent query's own modality stays in Metadata_query_modality
     if ap.empty:
         return ap, pd.DataFrame()
