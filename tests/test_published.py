@@ -46,10 +46,11 @@ def test_published_profiles_become_a_feature_set(s3_gallery, tmp_path):
     # Annotation comes from the bundled metadata, not from the file's own Metadata_ columns.
     assert set(profiles["Metadata_pert_type"]) <= {"trt", "control"} and (profiles["Metadata_modality"] == "compound").all()
     assert (profiles.loc[profiles["Metadata_broad_sample"] == "DMSO", "Metadata_control_type"] == "negcon").all()
-    # A rerun reuses the downloaded files (resume), a missing plate names its key.
+    # A rerun reuses the downloaded files (resume), a missing plate names its key (BR00117001 is not a paper
+    # plate, so the session's other tests never upload it).
     assert paintbench(args) == 0
-    with pytest.raises(Exception, match="no published profiles at .*BR00117000_normalized_feature_select_negcon_batch.csv.gz"):
+    with pytest.raises(Exception, match="no published profiles at .*BR00117001_normalized_feature_select_negcon_batch.csv.gz"):
         from paintbench.published import fetch_published
 
-        fetch_published(["BR00117000"], [s3_gallery.batch], tmp_path, s3_gallery.bucket, s3_gallery.prefix,
+        fetch_published(["BR00117001"], [s3_gallery.batch], tmp_path, s3_gallery.bucket, s3_gallery.prefix,
                         s3_gallery.endpoint_url)
