@@ -93,13 +93,14 @@ def test_unknown_plate_names_the_empty_prefix(s3_gallery, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_missing_field_names_plate_well_site_channel_prefix(s3_gallery, tmp_path):
-    with pytest.raises(DownloadError) as error:
-        fetch(s3_gallery, tmp_path, wells=["B02"], sites=[1, 3], channel_numbers=[2])
-    message = str(error.value)
-    for part in ("BR00116991", "well B02, site 3, channel 2", s3_gallery.images_prefix):
-        assert part in message
-    assert list(tmp_path.iterdir()) == []  # checked before any transfer
+def test_missing_field_is_recorded_and_skipped(s3_gallery, tmp_path):
+    """The Gallery has holes: a requested image the bucket lacks is recorded (plate, well, site, channel, where)
+    and its whole field is left out; the rest of the plate is fetched."""
+    summary = fetch(s3_gallery, tmp_path, wells=["B02"], sites=[1, 3], channel_numbers=[1, 2])
+    assert [(r["Metadata_Plate"], r["Metadata_Well"], r["Metadata_Site"], r["channel"]) for r in summary.missing] == [
+        ("BR00116991", "B02", 3, "ch1"), ("BR00116991", "B02", 3, "ch2")]
+    assert all(r["stage"] == "download" and s3_gallery.images_prefix in r["reason"] for r in summary.missing)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [image_filename("B02", 1, 1), image_filename("B02", 1, 2)]
     with pytest.raises(DownloadError, match="bad well name"):
         fetch(s3_gallery, tmp_path, wells=["Z99"])
 
@@ -277,4 +278,4 @@ def test_s3_source_through_snakemake(s3_gallery, tmp_path):
         key = f"{s3_gallery.images_prefix}{name}"
         assert (tmp_path / "data" / "images" / "BR00116991" / name).read_bytes() == s3_gallery.objects[key]
     log = (tmp_path / "results" / "logs" / "download" / "BR00116991.log").read_text()
-    assert f"--endpoint-url {s3_gallery.endpoint_url}" in log and "n_downloaded=10" in log
+    assert f"--endpoint-url {s3_gallery.endpoint_url}" in log and "10 fetched" in log

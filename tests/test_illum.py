@@ -43,7 +43,8 @@ def synthetic_plate(tmp_path_factory):
 
 
 def test_recovers_the_planted_illumination_gradient(synthetic_plate, tmp_path):
-    written = compute_plate_illum(synthetic_plate, tmp_path, list(CHANNELS))
+    written, skipped = compute_plate_illum(synthetic_plate, tmp_path, list(CHANNELS))
+    assert skipped == []
     assert sorted(p.name for p in written.values()) == sorted(illum_filename(PLATE, c) for c in CHANNELS)
     planted = plate_nuisance(PLATE, 3, 192, list(CHANNELS))["gain"]
     functions = load_functions(tmp_path, PLATE, list(CHANNELS))
@@ -75,6 +76,11 @@ def test_truncated_tiff_is_named(synthetic_plate, tmp_path):
     message = str(error.value)
     assert f"plate {PLATE}, well {row['Metadata_Well']}, site 1" in message and str(victim) in message
     assert not (tmp_path / "out" / illum_filename(PLATE, "ER")).exists()
+    # qc.skip_bad_fields: the field is left out of the mean and recorded, the function is written.
+    written, skipped = compute_plate_illum(broken, tmp_path / "out", ["ER"], skip_bad_fields=True)
+    assert written["ER"].exists() and len(skipped) == 1
+    assert (skipped[0]["Metadata_Well"], skipped[0]["Metadata_Site"], skipped[0]["stage"]) == (row["Metadata_Well"], 1, "illum")
+    assert str(victim) in skipped[0]["reason"]
 
 
 def test_gallery_functions_are_fetched(s3_gallery, tmp_path):
@@ -135,8 +141,8 @@ def test_matches_cellprofiler_correct_illumination_calculate(tmp_path):
     run = subprocess.run(command, capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
-    written = compute_plate_illum(table, tmp_path / "ours", list(CHANNELS))
-    means = mean_image(table, list(CHANNELS))
+    written, _ = compute_plate_illum(table, tmp_path / "ours", list(CHANNELS))
+    means, _ = mean_image(table, list(CHANNELS))
     for channel, mean in zip(CHANNELS, means):
         theirs = np.load(tmp_path / "cellprofiler" / illum_filename(PLATE, channel))
         ours = np.load(written[channel])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -15,8 +16,9 @@ from paintbench.illum import correct, illum_filename, load_functions
 from paintbench.images import BadFieldError, read_field
 from paintbench.loaddata import load_data_table
 from paintbench.vit import build_encoder
-from paintbench.vit.crops import CLIP, CropDataset, build_crop_cache, cache_files, tile_centres
+from paintbench.vit.crops import CLIP, CropDataset, build_crop_cache, cache_files, fingerprint, tile_centres
 from paintbench.vit.embed import embed_plate
+from paintbench.vit.stream import CacheSource, ImageSource
 from tests.helpers import DATA, synthetic_crispr_plate
 
 PLATE = "BR00117000"
@@ -36,7 +38,7 @@ def plate(tmp_path_factory):
 def nuclei_cache(plate, tmp_path_factory):
     folder, _, load_data = plate
     prefix = tmp_path_factory.mktemp("nuclei") / PLATE
-    index = build_crop_cache(load_data, folder / "illum", prefix, "nuclei", 48, num_workers=2)
+    index = build_crop_cache(load_data, folder / "illum", prefix, "nuclei", 48, num_workers=2).index
     return prefix, index
 
 
@@ -51,7 +53,7 @@ def test_tile_grid_is_centred():
 
 def test_tiles_cache(plate, tmp_path):
     folder, _, load_data = plate
-    index = build_crop_cache(load_data, folder / "illum", tmp_path / PLATE, "tiles", 64, num_workers=2)
+    index = build_crop_cache(load_data, folder / "illum", tmp_path / PLATE, "tiles", 64, num_workers=2).index
     files = cache_files(tmp_path / PLATE)
     array = np.load(files["array"], mmap_mode="r")
     per_field = (FIELD // 64) ** 2
@@ -97,13 +99,13 @@ def test_nuclei_cache_counts_centring_and_determinism(plate, nuclei_cache, tmp_p
     corners = np.concatenate([dna[:, :6, :6], dna[:, :6, -6:], dna[:, -6:, :6], dna[:, -6:, -6:]], axis=1).mean(axis=(1, 2))
     assert (centre > corners + 0.2).mean() > 0.9, (centre, corners)
 
-    again = build_crop_cache(load_data, folder / "illum", tmp_path / PLATE, "nuclei", 48, num_workers=0)
+    again = build_crop_cache(load_data, folder / "illum", tmp_path / PLATE, "nuclei", 48, num_workers=0).index
     assert again.equals(index)
     assert cache_files(tmp_path / PLATE)["array"].read_bytes() == cache_files(prefix)["array"].read_bytes()
     assert cache_files(tmp_path / PLATE)["norm"].read_text() == cache_files(prefix)["norm"].read_text()
 
     capped = build_crop_cache(load_data, folder / "illum", tmp_path / "capped", "nuclei", 48, num_workers=1,
-                              max_crops_per_field=3)
+                              max_crops_per_field=3).index
     assert capped.groupby(["Metadata_Well", "Metadata_Site"]).size().max() == 3
     key = ["Metadata_Well", "Metadata_Site", "Metadata_Y", "Metadata_X"]
     assert len(capped[key].merge(index[key])) == len(capped)  # a subset of the same nuclei
@@ -118,7 +120,7 @@ def test_given_nuclei_centres(plate, nuclei_cache, tmp_path):
     centres["Nuclei_Location_Center_Y"] += 0.3
     outside = centres.iloc[[0]].assign(Nuclei_Location_Center_X=FIELD + 5.0)
     given = build_crop_cache(load_data, folder / "illum", tmp_path / PLATE, "nuclei", 48, num_workers=2,
-                             nuclei_centres=pd.concat([outside, centres]))
+                             nuclei_centres=pd.concat([outside, centres])).index
     assert given.equals(index)
     assert cache_files(tmp_path / PLATE)["array"].read_bytes() == cache_files(prefix)["array"].read_bytes()
 
@@ -150,7 +152,7 @@ def test_well_without_nuclei_is_left_out_and_logged(plate, tmp_path, caplog):
         tifffile.imwrite(tmp_path / name, np.full((FIELD, FIELD), 100, np.uint16))
         blank.loc[i, "PathName_OrigDNA"] = str(tmp_path)
     with caplog.at_level("WARNING", logger="paintbench.vit.crops"):
-        index = build_crop_cache(blank, folder / "illum", tmp_path / PLATE, "nuclei", 48, num_workers=1)
+        index = build_crop_cache(blank, folder / "illum", tmp_path / PLATE, "nuclei", 48, num_workers=1).index
     assert well not in set(index["Metadata_Well"]) and index["Metadata_Well"].nunique() == load_data["Metadata_Well"].nunique() - 1
     assert any(well in record.getMessage() and "without any crop" in record.getMessage() for record in caplog.records)
 
@@ -160,13 +162,105 @@ def test_real_field_crops_and_embedding(tmp_path):
     (tmp_path / "illum").mkdir()
     for channel in CHANNELS:
         np.save(tmp_path / "illum" / illum_filename("BR00143976", channel), np.ones((540, 540), np.float32))
-    index = build_crop_cache(load_data, tmp_path / "illum", tmp_path / "BR00143976", "nuclei", 64, num_workers=2)
+    index = build_crop_cache(load_data, tmp_path / "illum", tmp_path / "BR00143976", "nuclei", 64, num_workers=2).index
     assert 9 <= len(index) <= 13  # the consortium's CellProfiler run outlines 11 nuclei wholly inside the crop
     torch.manual_seed(0)
     config = dict(model="vit_tiny_patch16_224", img_size=32, patch_size=8, kwargs=dict(depth=2, embed_dim=64, num_heads=2))
-    wells = embed_plate(tmp_path / "BR00143976", build_encoder(**config), config, tmp_path / "wells.parquet",
+    source = ImageSource(load_data, tmp_path / "illum", tmp_path / "BR00143976")
+    wells = embed_plate(source, build_encoder(**config), config, tmp_path / "wells.parquet",
                         batch_size=4, device="cpu", num_workers=1)
     assert wells[["Metadata_Plate", "Metadata_Well"]].values.tolist() == [["BR00143976", "C03"]]
     assert wells.loc[0, "Metadata_Object_Count"] == len(index) and wells.loc[0, "Metadata_Field_Count"] == 1
     features = wells.filter(like="emb_")
     assert features.shape[1] == 64 and np.isfinite(features.to_numpy()).all()
+
+
+def test_sample_on_disk_and_every_crop_streamed_from_the_images(plate, nuclei_cache, tmp_path):
+    """The pretraining sample keeps at most N crops per field; embedding streams every crop from the images and
+    gets exactly what a cache of every crop gives."""
+    folder, _, load_data = plate
+    prefix, full_index = nuclei_cache
+    sampled = build_crop_cache(load_data, folder / "illum", tmp_path / PLATE, "nuclei", 48, num_workers=2,
+                               sample_per_field=2)
+    assert sampled.index.groupby(["Metadata_Well", "Metadata_Site"]).size().max() == 2
+    assert len(sampled.centres) == len(full_index)  # every nucleus is still planned for embedding
+    key = ["Metadata_Well", "Metadata_Site", "Metadata_Y", "Metadata_X"]
+    assert len(sampled.index[key].merge(full_index[key])) == len(sampled.index)
+    sample = np.load(cache_files(tmp_path / PLATE)["array"])
+    full = np.load(cache_files(prefix)["array"])
+    rows = full_index.reset_index().merge(sampled.index[key], on=key)["index"].to_numpy()
+    assert np.array_equal(sample, full[rows])  # the same crops, bit for bit
+    assert cache_files(tmp_path / PLATE)["array"].stat().st_size < 0.6 * cache_files(prefix)["array"].stat().st_size
+
+    torch.manual_seed(0)
+    config = dict(model="vit_tiny_patch16_224", img_size=32, patch_size=8, kwargs=dict(depth=2, embed_dim=64, num_heads=2))
+    encoder = build_encoder(**config).eval()
+    streamed = embed_plate(ImageSource(load_data, folder / "illum", tmp_path / PLATE), encoder, config,
+                           tmp_path / "streamed.parquet", batch_size=7, device="cpu", num_workers=2)
+    cached = embed_plate(CacheSource(prefix), encoder, config, tmp_path / "cached.parquet", batch_size=5,
+                         device="cpu", num_workers=0)
+    assert streamed[["Metadata_Well", "Metadata_Object_Count", "Metadata_Field_Count"]].equals(
+        cached[["Metadata_Well", "Metadata_Object_Count", "Metadata_Field_Count"]])
+    np.testing.assert_allclose(streamed.filter(like="emb_").to_numpy(), cached.filter(like="emb_").to_numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_unreadable_fields_are_skipped_and_recorded_by_both_passes(plate, tmp_path):
+    folder, _, load_data = plate
+    broken = load_data.copy()
+    victim = tmp_path / broken.loc[4, "FileName_OrigER"]
+    victim.write_bytes((folder / "images" / victim.name).read_bytes()[:700])
+    broken.loc[4, "PathName_OrigER"] = str(tmp_path)
+    well, site = broken.loc[4, "Metadata_Well"], int(broken.loc[4, "Metadata_Site"])
+    cache = build_crop_cache(broken, folder / "illum", tmp_path / PLATE, "nuclei", 48, num_workers=2, norm_fields=1,
+                             skip_bad_fields=True)
+    # norm_fields=1: the survey reads only DNA here, so the crop pass meets the damaged ER channel.
+    assert [(r["Metadata_Well"], r["Metadata_Site"], r["stage"]) for r in cache.skipped] == [(well, site, "vit_crops")]
+    assert str(victim) in cache.skipped[0]["reason"]
+    fields = set(zip(cache.centres["Metadata_Well"], cache.centres["Metadata_Site"]))
+    assert (well, site) not in fields and (well, site) not in set(zip(cache.index["Metadata_Well"], cache.index["Metadata_Site"]))
+    assert len(CropDataset([tmp_path / PLATE])) == len(cache.index)
+    # The stream meets a field that went bad after the plan: skipped and recorded too (as vit_embed).
+    other = broken.copy()
+    victim2 = tmp_path / other.loc[0, "FileName_OrigMito"]
+    victim2.write_bytes(b"II*\x00 not a tiff")
+    other.loc[0, "PathName_OrigMito"] = str(tmp_path)
+    source = ImageSource(other, folder / "illum", tmp_path / PLATE, skip_bad_fields=True)
+    config = dict(model="vit_tiny_patch16_224", img_size=32, patch_size=8, kwargs=dict(depth=1, embed_dim=32, num_heads=2))
+    wells = embed_plate(source, build_encoder(**config), config, tmp_path / "wells.parquet", batch_size=8,
+                        device="cpu", num_workers=0)
+    assert [(r["Metadata_Well"], r["stage"]) for r in source.skipped] == [(other.loc[0, "Metadata_Well"], "vit_embed")]
+    expected = cache.centres.groupby("Metadata_Well").size()
+    expected[other.loc[0, "Metadata_Well"]] -= int(((cache.centres["Metadata_Well"] == other.loc[0, "Metadata_Well"])
+                                                    & (cache.centres["Metadata_Site"] == other.loc[0, "Metadata_Site"])).sum())
+    assert wells.set_index("Metadata_Well")["Metadata_Object_Count"].to_dict() == expected[expected > 0].to_dict()
+    with pytest.raises(BadFieldError, match=str(victim2).replace(".", r"\.")):
+        embed_plate(ImageSource(other, folder / "illum", tmp_path / PLATE), build_encoder(**config), config,
+                    tmp_path / "fails.parquet", device="cpu", num_workers=0)
+
+
+def test_fingerprint_changes_with_illumination_normalization_and_content(plate, tmp_path):
+    folder, _, load_data = plate
+    illum = tmp_path / "illum"
+    shutil.copytree(folder / "illum", illum)
+    prefix = tmp_path / "crops" / PLATE
+    build_crop_cache(load_data, illum, prefix, "tiles", 64, num_workers=0, sample_per_field=2)
+    base = fingerprint([prefix])
+    assert base == fingerprint([prefix])  # deterministic
+    changed = {}
+    function = np.load(illum / illum_filename(PLATE, "ER"))
+    np.save(illum / illum_filename(PLATE, "ER"), function * 1.01)  # illumination functions recomputed
+    build_crop_cache(load_data, illum, prefix, "tiles", 64, num_workers=0, sample_per_field=2)
+    changed["illum"] = fingerprint([prefix])
+    build_crop_cache(load_data, illum, prefix, "tiles", 64, num_workers=0, sample_per_field=2,
+                     norm_percentiles=(2.0, 99.5))  # another normalization
+    changed["norm"] = fingerprint([prefix])
+    array = np.load(cache_files(prefix)["array"], mmap_mode="r+")
+    array[0, 0, 0, 0] += 1  # the crop cache content itself
+    array.flush()
+    del array
+    changed["content"] = fingerprint([prefix])
+    assert changed["illum"]["illumination functions"] != base["illumination functions"]
+    assert changed["norm"]["normalization"] != changed["illum"]["normalization"]
+    assert changed["content"]["crop content"] != changed["norm"]["crop content"]
+    assert changed["content"]["normalization"] == changed["norm"]["normalization"]

@@ -1,4 +1,5 @@
-"""ViT embeddings of a crop cache: pooling, field-then-well means, batch independence, throughput helpers."""
+"""ViT embeddings of a crop cache: pooling, field-then-well means, batch independence, throughput helpers
+(the stream from images is tested against a cache in test_vit_crops.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from paintbench.atomic import write_table
 from paintbench.vit import build_encoder
 from paintbench.vit.crops import cache_files
 from paintbench.vit.embed import bare_forward_throughput, embed_plate, end_to_end_throughput
+from paintbench.vit.stream import CacheSource
 
 CONFIG = dict(model="vit_tiny_patch16_224", img_size=32, patch_size=8, kwargs=dict(depth=2, embed_dim=64, num_heads=2))
 # (well, site, crops): unequal crop counts per field, so field-then-well means differ from crop means.
@@ -45,8 +47,9 @@ def cache(tmp_path_factory):
 
 def embed(cache_prefix, encoder, out_dir, **options) -> tuple[pd.DataFrame, pd.DataFrame]:
     options = {"device": "cpu", "num_workers": 0, **options}
-    wells = embed_plate(cache_prefix, encoder, CONFIG, out_dir / "wells.parquet", crop_output=out_dir / "crops.parquet",
-                        **options)
+    index = pd.read_parquet(cache_files(cache_prefix)["index"])
+    wells = embed_plate(CacheSource(cache_prefix), encoder, CONFIG, out_dir / "wells.parquet",
+                        crop_output=out_dir / "crops.parquet", crop_index=index, **options)
     assert wells.equals(pd.read_parquet(out_dir / "wells.parquet"))
     return wells, pd.read_parquet(out_dir / "crops.parquet")
 
@@ -95,5 +98,6 @@ def test_throughput_helpers(cache, encoder):
     prefix, index = cache
     bare = bare_forward_throughput(encoder, 32, 8, device="cpu", seconds=0.2)
     assert bare["crops_per_s"] > 0 and bare["crops"] >= 8
-    loop = end_to_end_throughput(prefix, encoder, CONFIG, batch_size=4, device="cpu", num_workers=1, warmup=1)
+    loop = end_to_end_throughput(CacheSource(prefix), encoder, CONFIG, batch_size=4, device="cpu", num_workers=1,
+                                 warmup=1)
     assert loop["crops"] == len(index) - 4 and loop["crops_per_s"] > 0

@@ -196,6 +196,31 @@ def test_changed_settings_start_over(tmp_path, caplog):
     assert all(torch.equal(final[k], expected[k]) for k in expected)
 
 
+def test_loss_history_survives_a_deleted_log(tmp_path):
+    """Snakemake deletes a failed job's declared outputs, train_log.tsv among them: the history travels in the
+    checkpoint, so the resumed run's log and plot cover every step."""
+    run_small(tmp_path, steps=20)
+    original = (tmp_path / "train_log.tsv").read_text()
+    (tmp_path / "train_log.tsv").unlink()
+    run_small(tmp_path, steps=20)  # resumes at its last step: outputs only
+    assert (tmp_path / "train_log.tsv").read_text() == original
+    assert len(torch.load(tmp_path / "checkpoint.pt", weights_only=True)["history"]) == 20
+
+
+def test_changed_data_starts_over_naming_what_changed(tmp_path, caplog):
+    caplog.set_level("INFO", logger="paintbench.vit.train")
+    data = {"illumination functions": "a1", "normalization": "b1", "crop settings": "c1", "crop content": "d1"}
+    run_small(tmp_path, steps=10, data_fingerprint=data)
+    run_small(tmp_path, steps=10, data_fingerprint=data)
+    assert "resuming at step 10 of 10" in caplog.text
+    for part in ("illumination functions", "normalization", "crop content"):
+        caplog.clear()
+        data = {**data, part: data[part] + "x"}
+        run_small(tmp_path, steps=10, data_fingerprint=data)
+        assert f"not resumed, settings differ (data: {part})" in caplog.text, caplog.text
+        assert [int(r[0]) for r in log_rows(tmp_path / "train_log.tsv")] == list(range(1, 11))
+
+
 def test_load_encoder_from_every_file_kind(tmp_path):
     run_small(tmp_path, steps=3)
     images = torch.from_numpy(blob_images(2, 32, seed=3))

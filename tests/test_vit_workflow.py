@@ -29,7 +29,7 @@ def test_vit_branch_pretrains_and_embeds_one_plate(tmp_path):
         assert "gpu=1" in block, f"{rule} must declare the gpu resource"
     snakemake([target, "--cores", "2", "--configfile", demo_config(tmp_path)], cwd=tmp_path)
     wells = pd.read_parquet(target)
-    crops = pd.read_parquet(tmp_path / "results" / "vit" / "crops" / f"{PLATE}.parquet")
+    crops = pd.read_parquet(tmp_path / "results" / "vit" / "crops" / f"{PLATE}.centres.parquet")
     assert wells["Metadata_Well"].tolist() == sorted(crops["Metadata_Well"].unique())
     assert wells["Metadata_Object_Count"].tolist() == crops.groupby("Metadata_Well").size().sort_index().tolist()
     embedding = [c for c in wells.columns if c.startswith("emb_")]

@@ -28,11 +28,11 @@ from paintbench.atomic import write_table
 from paintbench.illum import illum_filename
 from paintbench.images import BadFieldError, FieldId, read_field
 from paintbench.loaddata import select_channels
+from paintbench.qc import qc_table, record
 
 log = logging.getLogger(__name__)
 
 OBJECTS = ("Cells", "Cytoplasm", "Nuclei")  # the compartment prefixes of the single-cell table
-QC_COLUMNS = ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "stage", "reason"]
 
 
 class CellProfilerError(RuntimeError):
@@ -75,8 +75,8 @@ def preflight(load_data: pd.DataFrame, channels: list[str], skip_bad_fields: boo
                 raise
             log.warning("skipping %s", err)
             fid = FieldId.of(row)
-            skipped.append([fid.plate, fid.well, fid.site, "cellprofiler", str(err)])
-    return load_data.loc[keep], pd.DataFrame(skipped, columns=QC_COLUMNS)
+            skipped.append(record(fid.plate, fid.well, fid.site, "cellprofiler", str(err)))
+    return load_data.loc[keep], qc_table(skipped)
 
 
 def run_cellprofiler(executable: str, pipeline: Path, load_data_csv: Path, out_dir: Path, log_path: Path) -> float:

@@ -33,15 +33,19 @@ def _sites(text: str) -> list[int] | str:
 
 
 def cmd_download(args: argparse.Namespace) -> None:
+    """Images of one plate (fetched, found or generated), then the LoadData table of its complete fields and the
+    QC table of what is missing or damaged (a plate missing more than --max-missing-fraction fails)."""
     from paintbench.atomic import write_table
     from paintbench.layout import all_wells
-    from paintbench.loaddata import load_data_table
+    from paintbench.loaddata import field_problems, load_data_table
     from paintbench.metadata import plate_info
+    from paintbench.qc import check_missing_fraction, qc_table
 
     plate = plate_info(args.plate, args.metadata_dir)
     wells = all_wells() if args.wells == ["all"] else args.wells
     sites = list(range(1, plate.sites_per_well + 1)) if args.sites == "all" else args.sites
     image_dir = Path(args.image_dir)
+    records: list[dict] = []
     if args.source == "s3":
         from paintbench.download import download_plate
 
@@ -50,7 +54,10 @@ def cmd_download(args: argparse.Namespace) -> None:
             bucket=args.bucket, gallery_prefix=args.gallery_prefix, endpoint_url=args.endpoint_url,
             workers=args.workers, max_attempts=args.max_attempts, anonymous=not args.signed,
         )
-        log.info("plate %s: %s", plate.barcode, summary)
+        names = {f"ch{number}": name for name, number in args.channels.items()}
+        records = [{**r, "channel": names.get(r["channel"], r["channel"])} for r in summary.missing]
+        log.info("plate %s: %d listed, %d fetched, %d already complete, %.1f MB", plate.barcode, summary.n_listed,
+                 summary.n_downloaded, summary.n_skipped_complete, summary.bytes_downloaded / 1e6)
     elif args.source == "synthetic":
         from paintbench.atomic import read_table
         from paintbench.synthetic import generate_plate
@@ -64,9 +71,16 @@ def cmd_download(args: argparse.Namespace) -> None:
         )
         write_table(fields, image_dir / "synthetic_fields.parquet")
         log.info("plate %s: generated %d fields, %d cells", plate.barcode, len(fields), fields["n_cells"].sum())
-    table = load_data_table(plate.barcode, image_dir, wells, sites, args.channels)
+    known = {(r["Metadata_Well"], int(r["Metadata_Site"])) for r in records}
+    records += field_problems(plate.barcode, image_dir, wells, sites, args.channels, known)
+    incomplete = {(r["Metadata_Well"], int(r["Metadata_Site"])) for r in records}
+    check_missing_fraction(plate.barcode, len(wells) * len(sites), len(incomplete), args.max_missing_fraction)
+    table = load_data_table(plate.barcode, image_dir, wells, sites, args.channels, exclude=incomplete)
+    if args.qc_output:
+        write_table(qc_table(records), args.qc_output)
     write_table(table, args.output)
-    log.info("plate %s: LoadData table with %d fields -> %s", plate.barcode, len(table), args.output)
+    log.info("plate %s: LoadData table with %d fields -> %s (%d field(s) left out)", plate.barcode, len(table),
+             args.output, len(incomplete))
 
 
 def cmd_ground_truth(args: argparse.Namespace) -> None:
@@ -94,8 +108,15 @@ def cmd_illum(args: argparse.Namespace) -> None:
         batch = plate_info(plate, args.metadata_dir).batch
         fetch_gallery_illum(plate, batch, channels, Path(args.output_dir), args.bucket, args.gallery_prefix,
                             args.endpoint_url, not args.signed)
+        skipped: list[dict] = []
     else:
-        compute_plate_illum(load_data, Path(args.output_dir), channels, args.threads, args.smoothing_fraction)
+        _, skipped = compute_plate_illum(load_data, Path(args.output_dir), channels, args.threads,
+                                         args.smoothing_fraction, args.skip_bad_fields)
+    if args.qc_output:
+        from paintbench.atomic import write_table
+        from paintbench.qc import qc_table
+
+        write_table(qc_table(skipped), args.qc_output)
 
 
 def cmd_cellprofiler(args: argparse.Namespace) -> None:
@@ -125,6 +146,23 @@ def cmd_well_profiles(args: argparse.Namespace) -> None:
         log.info("%d skipped fields recorded in %s", len(skipped), args.qc_output)
 
 
+def cmd_plate_qc(args: argparse.Namespace) -> None:
+    """One plate's QC table from its stages' fragments (with --load-data and --wells: wells left without a field
+    are added), or the fragments of several plates concatenated (e.g. qc/missing_fields.tsv)."""
+    import pandas as pd
+
+    from paintbench.atomic import read_table, write_table
+    from paintbench.qc import plate_qc, qc_table, read_fragment
+
+    if args.load_data:
+        table = plate_qc(args.fragments, args.wells, read_table(args.load_data))
+    else:
+        parts = [read_fragment(p) for p in args.fragments if Path(p).stat().st_size]
+        table = pd.concat(parts, ignore_index=True) if parts else qc_table()
+    write_table(table, args.output)
+    log.info("%d QC record(s) -> %s", len(table), args.output)
+
+
 def cmd_check_config(args: argparse.Namespace) -> None:
     from paintbench.config import load_config
 
@@ -142,6 +180,9 @@ def _add_download(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-dir", required=True, help="folder of the plate's images (written for s3/synthetic)")
     p.add_argument("--metadata-dir", default=None)
     p.add_argument("--output", required=True, help="LoadData CSV to write")
+    p.add_argument("--qc-output", default=None, help="TSV of the missing or damaged images (plate, well, site, channel)")
+    p.add_argument("--max-missing-fraction", type=float, default=0.05,
+                   help="fail when more than this share of the requested fields is missing or damaged")
     s3 = p.add_argument_group("s3 source")
     s3.add_argument("--bucket", default="cellpainting-gallery")
     s3.add_argument("--gallery-prefix", default="cpg0000-jump-pilot/source_4")
@@ -177,6 +218,8 @@ def _add_illum(sub: argparse._SubParsersAction) -> None:
                    help="compute from the plate's images, or fetch the Gallery's precomputed functions")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--smoothing-fraction", type=float, default=500 / 1080, help="median filter size / field width")
+    p.add_argument("--skip-bad-fields", action="store_true", help="leave unreadable fields out and record them")
+    p.add_argument("--qc-output", default=None, help="TSV of the fields left out")
     p.add_argument("--metadata-dir", default=None)
     p.add_argument("--bucket", default="cellpainting-gallery")
     p.add_argument("--gallery-prefix", default="cpg0000-jump-pilot/source_4")
@@ -209,6 +252,15 @@ def _add_well_profiles(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_well_profiles)
 
 
+def _add_plate_qc(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plate-qc", help="join the QC records of a plate's stages (missing, damaged, skipped fields)")
+    p.add_argument("--fragments", nargs="+", required=True, help="QC tables written by the stages (TSV or Parquet)")
+    p.add_argument("--load-data", default=None, help="the plate's LoadData CSV (its complete fields)")
+    p.add_argument("--wells", type=_csv_list, default=[], help="the plate's requested wells (with --load-data)")
+    p.add_argument("--output", required=True)
+    p.set_defaults(func=cmd_plate_qc)
+
+
 def _add_check_config(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check-config", help="validate a configuration file without running anything")
     p.add_argument("configfile")
@@ -216,7 +268,8 @@ def _add_check_config(sub: argparse._SubParsersAction) -> None:
 
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_download, _add_ground_truth, _add_illum, _add_cellprofiler, _add_well_profiles, _add_check_config,
+    _add_download, _add_ground_truth, _add_illum, _add_cellprofiler, _add_well_profiles, _add_plate_qc,
+    _add_check_config,
 ]
 
 

@@ -7,6 +7,7 @@ config key and what is allowed, e.g. "config key 'channels': 'DNA' is a required
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from paintbench import CHANNELS
 from paintbench.metadata import MetadataError, known_plates, paper_plates, plate_info, unknown_name_message
 
 IMAGE_FEATURE_SETS = ("cellprofiler", "vitmae")
+log = logging.getLogger(__name__)
 
 WORKFLOW_DIR = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = WORKFLOW_DIR / "workflow" / "schemas" / "config.schema.yaml"
@@ -120,6 +122,9 @@ def check_semantics(config: dict[str, Any]) -> None:
             plate_info(plate, metadata_dir)
         except MetadataError as err:
             raise ConfigError(f"config key 'plates': plate {plate}: {err}") from err
+    if config["cellprofiler"]["skip_bad_fields"] is not None:
+        log.warning("config key 'cellprofiler.skip_bad_fields' is deprecated: use qc.skip_bad_fields")
+        config["qc"]["skip_bad_fields"] = config["cellprofiler"]["skip_bad_fields"]
     vit = config["vit"]
     if vit["decoder_dim"] % vit["decoder_heads"]:
         raise ConfigError(f"config key 'vit.decoder_dim': {vit['decoder_dim']} is not divisible by vit.decoder_heads ({vit['decoder_heads']})")

@@ -7,6 +7,10 @@ The timestamp differs per plate, so the plate folder is discovered by listing.
 Files land flat in `dest_dir` under their Phenix names. Each is written to `.tmp-<name>.<random>`
 beside its target and renamed only when its size equals the listing's, so a killed job never
 leaves a partial file under a final name, and a rerun skips every file already complete.
+
+The Gallery has holes (10 of CPJUMP1's 51 plates lack some images): a requested image the bucket does not
+have is recorded (`DownloadSummary.missing`, QC records naming plate, well, site, channel) and its field is
+left out, the field's other channels are not fetched, and the rest of the plate completes.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from tqdm import tqdm
 
 from paintbench.layout import image_filename, parse_image_filename, parse_well
+from paintbench.qc import record
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,7 @@ class DownloadSummary:
     n_skipped_complete: int  # already present with the listed size
     bytes_downloaded: int
     folder_key: str  # the plate folder, '.../{plate}__{timestamp}-Measurement1/'
+    missing: list[dict]  # QC records of requested images the bucket does not have
 
 
 @dataclass(frozen=True)
@@ -246,8 +252,9 @@ def download_plate(
 ) -> DownloadSummary:
     """Download the requested wells x sites x channels of one plate flat into `dest_dir`.
 
-    Files already present with the listed size are skipped. Raises DownloadError when the plate
-    folder is missing, a requested field has no file, a key is unsafe, or a transfer keeps failing.
+    Files already present with the listed size are skipped. A requested image that is not in the bucket is
+    recorded in the summary's `missing` and its whole field is skipped. Raises DownloadError when the plate
+    folder is missing, a key is unsafe, or a transfer keeps failing.
     """
     if not wells or not sites or not channel_numbers:
         raise DownloadError(f"plate {plate}: nothing selected (wells={wells!r}, sites={sites!r}, channels={channel_numbers!r})")
@@ -266,15 +273,16 @@ def download_plate(
     listed = list_objects(client, bucket, images_prefix)
     selected = select_objects(listed, images_prefix, wells, sites, channel_numbers, dest)
 
-    missing = [
-        (w, s, c) for w in wells for s in sites for c in channel_numbers if image_filename(w, s, c) not in selected
-    ]
+    missing = [(w, s, c) for w in wells for s in sites for c in channel_numbers
+               if image_filename(w, s, c) not in selected]
+    incomplete = {(w, s) for w, s, _ in missing}
     if missing:
-        shown = "; ".join(f"well {w}, site {s}, channel {c}" for w, s, c in missing[:5])
-        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise DownloadError(
-            f"plate {plate}: {len(missing)} requested image(s) not in s3://{bucket}/{images_prefix}: {shown}{more}"
-        )
+        log.warning("plate %s: %d requested image(s) of %d field(s) not in s3://%s/%s: those fields are left out",
+                    plate, len(missing), len(incomplete), bucket, images_prefix)
+    reason = f"not in s3://{bucket}/{images_prefix}"
+    records = [record(plate, w, s, "download", reason, channel=f"ch{c}") for w, s, c in missing]
+    selected = {name: obj for name, obj in selected.items()
+                if (parse_image_filename(name).well, parse_image_filename(name).site) not in incomplete}
 
     _clean_temp_files(dest, set(selected))
     todo = []
@@ -320,4 +328,5 @@ def download_plate(
         n_skipped_complete=n_skipped,
         bytes_downloaded=fetched,
         folder_key=folder,
+        missing=records,
     )

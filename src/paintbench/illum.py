@@ -35,8 +35,9 @@ from skimage.filters.rank import median as rank_median
 from tqdm import tqdm
 
 from paintbench.atomic import atomic_path
-from paintbench.images import BadFieldError, read_field
+from paintbench.images import BadFieldError, FieldId, read_field
 from paintbench.loaddata import channel_names
+from paintbench.qc import record
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +50,38 @@ def illum_filename(plate: str, channel: str) -> str:
     return f"{plate}_Illum{channel}.npy"
 
 
-def mean_image(table: pd.DataFrame, channels: list[str], threads: int = 2, skip: set[int] | None = None) -> np.ndarray:
-    """Per-channel mean over every field of the table, as (C, H, W) float64, decoding in threads."""
-    rows = [row for i, row in table.iterrows() if not skip or i not in skip]
+def _field_or_error(row: pd.Series, channels: list[str]) -> np.ndarray | BadFieldError:
+    try:
+        return read_field(row, channels)
+    except BadFieldError as err:
+        return err
+
+
+def mean_image(table: pd.DataFrame, channels: list[str], threads: int = 2,
+               skip_bad_fields: bool = False) -> tuple[np.ndarray, list[dict]]:
+    """Per-channel mean over every readable field of the table, as (C, H, W) float64, decoding in threads, and the
+    QC records of the fields left out (unreadable or of another size; only with skip_bad_fields, else raised)."""
+    rows = [row for _, row in table.iterrows()]
     total: np.ndarray | None = None
+    used, skipped = 0, []
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        fields = pool.map(lambda row: read_field(row, channels), rows)
-        for field in tqdm(fields, total=len(rows), desc="illum: reading fields", unit="field", mininterval=2):
+        fields = pool.map(lambda row: _field_or_error(row, channels), rows)
+        for row, field in tqdm(zip(rows, fields), total=len(rows), desc="illum: reading fields", unit="field",
+                               mininterval=2):
+            if not isinstance(field, BadFieldError) and total is not None and total.shape != field.shape:
+                field = BadFieldError(f"{FieldId.of(row)}: field is {field.shape}, the plate's are {total.shape}")
+            if isinstance(field, BadFieldError):
+                if not skip_bad_fields:
+                    raise field
+                log.warning("skipping %s", field)
+                fid = FieldId.of(row)
+                skipped.append(record(fid.plate, fid.well, fid.site, "illum", str(field)))
+                continue
             total = field.astype(np.float64) if total is None else total + field
-            if total.shape != field.shape:
-                raise BadFieldError(f"field shapes differ within the plate: {total.shape} vs {field.shape}")
+            used += 1
     if total is None:
-        raise ValueError("no fields to compute an illumination function from")
-    return total / len(rows)
+        raise ValueError("no readable field to compute an illumination function from")
+    return total / used, skipped
 
 
 def filter_size(width: int, smoothing_fraction: float = SMOOTHING_FRACTION) -> int:
@@ -115,20 +135,23 @@ def illumination_function(mean: np.ndarray, smoothing_fraction: float = SMOOTHIN
 
 
 def compute_plate_illum(load_data: pd.DataFrame, out_dir: Path, channels: list[str] | None = None, threads: int = 2,
-                        smoothing_fraction: float = SMOOTHING_FRACTION) -> dict[str, Path]:
-    """Compute and write the illumination function of each channel (default: all) of one plate's LoadData table."""
+                        smoothing_fraction: float = SMOOTHING_FRACTION,
+                        skip_bad_fields: bool = False) -> tuple[dict[str, Path], list[dict]]:
+    """Compute and write the illumination function of each channel (default: all) of one plate's LoadData table;
+    returns the written paths and the QC records of the fields left out."""
     plates = load_data["Metadata_Plate"].unique()
     if len(plates) != 1:
         raise ValueError(f"one plate per LoadData table expected, found {list(plates)}")
     plate = str(plates[0])
     channels = channels or channel_names(load_data)
-    mean = mean_image(load_data, channels, threads)
+    mean, skipped = mean_image(load_data, channels, threads, skip_bad_fields)
     written = {}
     for channel, channel_mean in zip(channels, mean):
         function = illumination_function(channel_mean, smoothing_fraction)
         written[channel] = save_function(function, out_dir / illum_filename(plate, channel))
-        log.info("%s %s: range %.3f-%.3f over %d fields", plate, channel, function.min(), function.max(), len(load_data))
-    return written
+        log.info("%s %s: range %.3f-%.3f over %d fields", plate, channel, function.min(), function.max(),
+                 len(load_data) - len(skipped))
+    return written, skipped
 
 
 def save_function(function: np.ndarray, path: Path) -> Path:

@@ -11,10 +11,31 @@ from pathlib import Path
 import pandas as pd
 
 from paintbench.layout import image_filename
+from paintbench.qc import record
 
 
 class MissingImageError(FileNotFoundError):
     """A field lacks a channel file; the message names plate, well, site and file."""
+
+
+def field_problems(plate: str, image_dir: str | Path, wells: list[str], sites: list[int], channels: dict[str, int],
+                   known: set[tuple[str, int]] = frozenset()) -> list[dict]:
+    """QC records of every channel file of the selected fields that is missing or damaged (TIFF structure only);
+    fields in `known` (already recorded, e.g. not in the bucket) are not looked at again."""
+    from paintbench.images import tiff_problem  # images reads LoadData rows: imported here, not at the top
+
+    folder = Path(image_dir)
+    problems = []
+    for well in wells:
+        for site in sites:
+            if (well, site) in known:
+                continue
+            for name, number in channels.items():
+                path = folder / image_filename(well, site, number)
+                problem = "missing file" if not path.is_file() else tiff_problem(path)
+                if problem:
+                    problems.append(record(plate, well, site, "download", f"{problem}: {path}", channel=name))
+    return problems
 
 
 def load_data_table(
@@ -24,8 +45,9 @@ def load_data_table(
     sites: list[int],
     channels: dict[str, int],
     check_files: bool = True,
+    exclude: set[tuple[str, int]] = frozenset(),
 ) -> pd.DataFrame:
-    """The LoadData table of the selected fields of one plate.
+    """The LoadData table of the selected fields of one plate, less the (well, site) fields in `exclude`.
 
     `channels` maps Cell Painting names (DNA, ER, ...) to file channel numbers. Paths are absolute
     so the table works from any working directory (CellProfiler resolves PathName_ as given).
@@ -34,6 +56,8 @@ def load_data_table(
     rows = []
     for well in wells:
         for site in sites:
+            if (well, site) in exclude:
+                continue
             row: dict[str, object] = {"Metadata_Plate": plate, "Metadata_Well": well, "Metadata_Site": site}
             for name, number in channels.items():
                 filename = image_filename(well, site, number)

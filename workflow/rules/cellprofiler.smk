@@ -17,7 +17,7 @@ rule cellprofiler_shard:
         wells=lambda wildcards: ",".join(shard_wells_of(wildcards.plate, wildcards.shard)),
         illum_dir=lambda wildcards: f"{RESULTS}/illum/{wildcards.plate}",
         executable=CELLPROFILER["executable"],
-        skip=lambda wildcards: "--skip-bad-fields" if CELLPROFILER["skip_bad_fields"] else "",
+        skip=SKIP_BAD_FIELDS,
     threads: 1
     resources:
         mem_mb=4000,

@@ -27,6 +27,8 @@ FEATURE_SETS = config["feature_sets"]
 IMAGE_SETS = [fs for fs in FEATURE_SETS if fs in ("cellprofiler", "vitmae")]
 TASKS = ["replicate_retrieval", "sister_matching", "compound_gene_matching"]
 VIT = config["vit"]
+QC = config["qc"]
+SKIP_BAD_FIELDS = "--skip-bad-fields" if QC["skip_bad_fields"] else ""
 VIT_PRETRAIN_PLATES = VIT["pretrain_plates"] or PLATES
 # A user-supplied encoder skips pretraining; otherwise the run pretrains its own.
 VIT_ENCODER = (
@@ -124,6 +126,17 @@ def vit_encoder_args() -> str:
     return encoder_config_args() if VIT["checkpoint"] else ""
 
 
+def plate_qc_fragments(wildcards) -> list[str]:
+    """What each image-reading stage of the run's feature sets recorded about the plate."""
+    plate = wildcards.plate
+    fragments = [f"{RESULTS}/qc/{plate}/download.tsv", f"{RESULTS}/qc/{plate}/illum.tsv"]
+    if "cellprofiler" in IMAGE_SETS:
+        fragments.append(f"{RESULTS}/cellprofiler/{plate}/skipped_fields.tsv")
+    if "vitmae" in IMAGE_SETS:
+        fragments += [f"{RESULTS}/qc/{plate}/vit_crops.tsv", f"{RESULTS}/qc/{plate}/vit_embed.tsv"]
+    return fragments
+
+
 def report_inputs(wildcards) -> dict[str, list[str]]:
     """Everything the figures read: retrieval results, well profiles, illumination, crop caches, the MAE's log
     (only what the run's feature sets produce)."""
@@ -135,6 +148,8 @@ def report_inputs(wildcards) -> dict[str, list[str]]:
         inputs["illum"] = expand(rules.illum.output.functions, plate=PLATES)
     if "cellprofiler" in IMAGE_SETS:
         inputs["cell_counts"] = expand(f"{RESULTS}/profiles/cellprofiler/{{plate}}.parquet", plate=PLATES)
+    if IMAGE_SETS:
+        inputs["qc"] = expand(f"{RESULTS}/qc/{{plate}}.tsv", plate=PLATES) + [f"{RESULTS}/qc/missing_fields.tsv"]
     if "vitmae" in IMAGE_SETS:
         inputs["crops"] = expand(f"{RESULTS}/vit/crops/{{plate}}.parquet", plate=PLATES)
         if not VIT["checkpoint"]:

@@ -32,7 +32,8 @@ rule download:
     input:
         branch(config["source"] == "synthetic", then=rules.synthetic_ground_truth.output),
     output:
-        f"{RESULTS}/load_data/{{plate}}.csv",
+        load_data=f"{RESULTS}/load_data/{{plate}}.csv",
+        qc=f"{RESULTS}/qc/{{plate}}/download.tsv",
     log:
         f"{RESULTS}/logs/download/{{plate}}.log",
     benchmark:
@@ -45,6 +46,7 @@ rule download:
         channels=channel_arg(),
         metadata_dir=METADATA_DIR,
         source_args=source_args,
+        max_missing=QC["max_missing_fraction"],
     threads: 1
     localrule: True
     resources:
@@ -56,4 +58,46 @@ rule download:
         "python -m paintbench download --source {params.source} --plate {wildcards.plate}"
         " --wells {params.wells} --sites {params.sites} --channels {params.channels}"
         " --image-dir {params.image_dir} --metadata-dir {params.metadata_dir} {params.source_args}"
-        " --output {output} > {log} 2>&1"
+        " --max-missing-fraction {params.max_missing} --qc-output {output.qc} --output {output.load_data} > {log} 2>&1"
+
+
+rule plate_qc:
+    input:
+        load_data=rules.download.output.load_data,
+        fragments=plate_qc_fragments,
+    output:
+        qc=f"{RESULTS}/qc/{{plate}}.tsv",
+    log:
+        f"{RESULTS}/logs/plate_qc/{{plate}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/plate_qc/{{plate}}.tsv"
+    params:
+        wells=lambda wildcards: ",".join(plate_wells(wildcards.plate)),
+    threads: 1
+    localrule: True
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/paintbench.yaml"
+    shell:
+        "python -m paintbench plate-qc --load-data {input.load_data} --fragments {input.fragments}"
+        " --wells {params.wells} --output {output.qc} > {log} 2>&1"
+
+
+rule missing_fields:
+    input:
+        expand(f"{RESULTS}/qc/{{plate}}/download.tsv", plate=PLATES),
+    output:
+        f"{RESULTS}/qc/missing_fields.tsv",
+    log:
+        f"{RESULTS}/logs/missing_fields.log",
+    threads: 1
+    localrule: True
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/paintbench.yaml"
+    shell:
+        "python -m paintbench plate-qc --fragments {input} --output {output} > {log} 2>&1"

@@ -6,6 +6,7 @@ rule illum:
         load_data=f"{RESULTS}/load_data/{{plate}}.csv",
     output:
         functions=expand(f"{RESULTS}/illum/{{{{plate}}}}/{{{{plate}}}}_Illum{{channel}}.npy", channel=FLUORESCENT),
+        qc=f"{RESULTS}/qc/{{plate}}/illum.tsv",
     log:
         f"{RESULTS}/logs/illum/{{plate}}.log",
     benchmark:
@@ -16,6 +17,7 @@ rule illum:
         smoothing=config["illum"]["smoothing_fraction"],
         gallery_args=gallery_args,
         metadata_dir=METADATA_DIR,
+        skip=SKIP_BAD_FIELDS,
     threads: 2
     resources:
         mem_mb=2000,
@@ -25,4 +27,4 @@ rule illum:
     shell:
         "python -m paintbench illum --load-data {input.load_data} --output-dir {params.output_dir}"
         " --source {params.source} --threads {threads} --smoothing-fraction {params.smoothing}"
-        " --metadata-dir {params.metadata_dir} {params.gallery_args} > {log} 2>&1"
+        " --metadata-dir {params.metadata_dir} {params.gallery_args} {params.skip} --qc-output {output.qc} > {log} 2>&1"

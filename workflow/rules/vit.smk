@@ -1,4 +1,5 @@
-# Stage 3b: ViT-MAE. Crop cache per plate (decode once) -> MAE pretraining (GPU) -> embeddings -> well means.
+# Stage 3b: ViT-MAE. Per plate: crop centres + a bounded pretraining sample -> MAE pretraining (GPU) ->
+# embeddings of every crop streamed from the images (GPU) -> well means.
 
 
 rule vit_crops:
@@ -9,6 +10,8 @@ rule vit_crops:
         crops=f"{RESULTS}/vit/crops/{{plate}}.npy",
         index=f"{RESULTS}/vit/crops/{{plate}}.parquet",
         norm=f"{RESULTS}/vit/crops/{{plate}}.norm.json",
+        centres=f"{RESULTS}/vit/crops/{{plate}}.centres.parquet",
+        qc=f"{RESULTS}/qc/{{plate}}/vit_crops.tsv",
     log:
         f"{RESULTS}/logs/vit_crops/{{plate}}.log",
     benchmark:
@@ -19,7 +22,9 @@ rule vit_crops:
         mode=VIT["crop"],
         crop_size=VIT["crop_size"],
         cap=f"--max-crops-per-field {VIT['max_crops_per_field']}" if VIT["max_crops_per_field"] else "",
+        sample=f"--sample-per-field {VIT['pretrain_crops_per_field']}" if VIT["pretrain_crops_per_field"] else "",
         seed=VIT["seed"],
+        skip=SKIP_BAD_FIELDS,
     threads: max(1, VIT["num_workers"])
     resources:
         mem_mb=4000,
@@ -28,8 +33,8 @@ rule vit_crops:
         "../../envs/paintbench.yaml"
     shell:
         "python -m paintbench vit-crops --load-data {input.load_data} --illum-dir {params.illum_dir}"
-        " --mode {params.mode} --crop-size {params.crop_size} {params.cap} --num-workers {threads}"
-        " --seed {params.seed} --output-prefix {params.prefix} > {log} 2>&1"
+        " --mode {params.mode} --crop-size {params.crop_size} {params.cap} {params.sample} --num-workers {threads}"
+        " --seed {params.seed} {params.skip} --qc-output {output.qc} --output-prefix {params.prefix} > {log} 2>&1"
 
 
 rule vit_pretrain:
@@ -62,18 +67,23 @@ rule vit_pretrain:
 
 rule vit_embed:
     input:
-        crops=f"{RESULTS}/vit/crops/{{plate}}.npy",
-        index=f"{RESULTS}/vit/crops/{{plate}}.parquet",
+        load_data=f"{RESULTS}/load_data/{{plate}}.csv",
+        illum=rules.illum.output.functions,
+        norm=f"{RESULTS}/vit/crops/{{plate}}.norm.json",
+        centres=f"{RESULTS}/vit/crops/{{plate}}.centres.parquet",
         encoder=VIT_ENCODER,
     output:
         profiles=f"{RESULTS}/profiles/vitmae/{{plate}}.parquet",
+        qc=f"{RESULTS}/qc/{{plate}}/vit_embed.tsv",
     log:
         f"{RESULTS}/logs/vit_embed/{{plate}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/vit_embed/{{plate}}.tsv"
     params:
         prefix=lambda wildcards: f"{RESULTS}/vit/crops/{wildcards.plate}",
+        illum_dir=lambda wildcards: f"{RESULTS}/illum/{wildcards.plate}",
         encoder_args=vit_encoder_args(),
+        skip=SKIP_BAD_FIELDS,
         pooling=VIT["pooling"],
         batch_size=VIT["embed_batch_size"],
         device=VIT["device"],
@@ -85,6 +95,7 @@ rule vit_embed:
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench vit-embed --crops {params.prefix} --encoder {input.encoder} {params.encoder_args}"
-        " --pooling {params.pooling} --batch-size {params.batch_size} --device {params.device}"
-        " --num-workers {threads} --output {output.profiles} > {log} 2>&1"
+        "python -m paintbench vit-embed --crops {params.prefix} --load-data {input.load_data}"
+        " --illum-dir {params.illum_dir} --encoder {input.encoder} {params.encoder_args}"
+        " --pooling {params.pooling} --batch-size {params.batch_size} --device {params.device} {params.skip}"
+        " --num-workers {threads} --qc-output {output.qc} --output {output.profiles} > {log} 2>&1"

@@ -155,9 +155,10 @@ def _image_figures(results_dir: Path, plates: list[str], mae_dir: Path | None, o
                               "with the learning-rate schedule."))
         crop_dir = results_dir / "vit" / "crops"
         caches = sorted(crop_dir.glob("*.npy"))
-        if (mae_dir / "checkpoint.pt").exists() and caches:
+        rows = read_table(caches[0].with_suffix(".parquet"))["Metadata_Crop"].to_numpy() if caches else []
+        if (mae_dir / "checkpoint.pt").exists() and len(rows):
             array = np.load(caches[0], mmap_mode="r")
-            take = np.linspace(0, len(array) - 1, num=min(6, len(array))).astype(int)
+            take = rows[np.linspace(0, len(rows) - 1, num=min(6, len(rows))).astype(int)]
             reconstruction_figure(mae_dir / "checkpoint.pt", np.asarray(array[take], np.float32), out / "mae_reconstructions")
             figures.append(Figure("mae_reconstructions", "ViT-MAE", "Masked inputs and reconstructions",
                                   "Crops as the MAE sees them in pretraining: original, with 75% of patches hidden, "

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from paintbench.atomic import atomic_path, read_table
+from paintbench.qc import read_fragment, summarize
 from paintbench.report.build import Figure, TASK_TITLES
 from paintbench.report.reference import planted_table
 from paintbench.report.summary import REFERENCE, read_summary
@@ -39,6 +40,7 @@ COMPOUND_GENE_TEXT = ("Compound-gene matching: the paper's code (copairs of May 
                       "<code>retrieval.compound_gene_negatives: paper_code</code>, so its compound-gene values are "
                       "expected above the paper's.")
 
+MAX_QC_ROWS = 200
 PACKAGES = ["paintbench", "snakemake", "torch", "timm", "numpy", "pandas", "pyarrow", "pycytominer", "statsmodels",
             "matplotlib", "scikit-image", "tifffile"]
 STYLE = """
@@ -161,28 +163,34 @@ def figure_html(figures_dir: Path, figure: Figure) -> str:
 
 
 def qc_html(results_dir: Path, plates: list[str]) -> str:
-    """Skipped fields (CellProfiler QC), cells and crops per plate."""
-    skipped, counts = [], []
+    """Per plate: wells, cells and crops, then what each stage left out (results_dir/qc/<plate>.tsv)."""
+    counts, tables = [], {}
     for plate in plates:
-        qc = results_dir / "cellprofiler" / plate / "skipped_fields.tsv"
-        if qc.exists() and qc.stat().st_size:
-            table = read_table(qc)
-            skipped.append(table)
         cells = results_dir / "profiles" / "cellprofiler" / f"{plate}.parquet"
-        crops = results_dir / "vit" / "crops" / f"{plate}.parquet"
+        crops = results_dir / "vit" / "crops" / f"{plate}.centres.parquet"
+        qc = results_dir / "qc" / f"{plate}.tsv"
+        if qc.exists():
+            tables[plate] = read_fragment(qc)
         # One column each: a plate's well profiles hold thousands of features the count does not need.
         objects = pd.read_parquet(cells, columns=["Metadata_Object_Count"]) if cells.exists() else None
         counts.append({"plate": plate,
                        "wells": len(objects) if objects is not None else "-",
                        "cells (CellProfiler)": int(objects["Metadata_Object_Count"].sum()) if objects is not None else "-",
                        "crops (ViT)": len(pd.read_parquet(crops, columns=["Metadata_Well"])) if crops.exists() else "-"})
-    skipped_table = pd.concat(skipped, ignore_index=True) if skipped else pd.DataFrame()
     text = pd.DataFrame(counts).to_html(index=False, border=0)
-    if skipped_table.empty:
-        text += "<p>No field was skipped. The report is built only after every CellProfiler shard succeeded.</p>"
+    if not tables:
+        return text
+    holes = summarize(tables)
+    text += ("<p>What the data lacked or could not be read, per plate (<code>results_dir/qc/&lt;plate&gt;.tsv</code>; "
+             "missing images: <code>qc/missing_fields.tsv</code>): left out and recorded, never fatal up to "
+             "<code>qc.max_missing_fraction</code>.</p>" + holes.to_html(index=False, border=0))
+    records = pd.concat(tables.values(), ignore_index=True)
+    if len(records):
+        shown = records.head(MAX_QC_ROWS)
+        text += (f"<p>{len(records)} record(s)" + (f", the first {MAX_QC_ROWS}" if len(records) > MAX_QC_ROWS else "")
+                 + ":</p>" + shown.to_html(index=False, border=0, na_rep=""))
     else:
-        text += f"<p>{len(skipped_table)} field(s) skipped (<code>cellprofiler.skip_bad_fields</code>):</p>"
-        text += skipped_table.to_html(index=False, border=0)
+        text += "<p>No image was missing, damaged or skipped.</p>"
     return text
 
 

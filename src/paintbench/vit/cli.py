@@ -23,19 +23,29 @@ def _set_cpu_threads(threads: int, num_workers: int) -> None:
         torch.set_num_threads(max(1, threads - num_workers))
 
 
+def _write_qc(records: list[dict], path: str | None) -> None:
+    if path:
+        from paintbench.atomic import write_table
+        from paintbench.qc import qc_table
+
+        write_table(qc_table(records), path)
+
+
 def cmd_vit_crops(args: argparse.Namespace) -> None:
     from paintbench.atomic import read_table
     from paintbench.vit.crops import build_crop_cache
 
-    index = build_crop_cache(read_table(args.load_data), Path(args.illum_dir), Path(args.output_prefix), mode=args.mode,
-                             crop_size=args.crop_size, num_workers=args.num_workers, seed=args.seed,
-                             max_crops_per_field=args.max_crops_per_field)
-    log.info("%d crops of %d fields -> %s.npy", len(index), index.groupby(["Metadata_Well", "Metadata_Site"]).ngroups,
+    cache = build_crop_cache(read_table(args.load_data), Path(args.illum_dir), Path(args.output_prefix),
+                             mode=args.mode, crop_size=args.crop_size, num_workers=args.num_workers, seed=args.seed,
+                             max_crops_per_field=args.max_crops_per_field, sample_per_field=args.sample_per_field,
+                             skip_bad_fields=args.skip_bad_fields)
+    _write_qc(cache.skipped, args.qc_output)
+    log.info("%d crop centres, pretraining sample of %d crops -> %s.npy", len(cache.centres), len(cache.index),
              args.output_prefix)
 
 
 def cmd_vit_pretrain(args: argparse.Namespace) -> None:
-    from paintbench.vit.crops import CropDataset
+    from paintbench.vit.crops import CropDataset, fingerprint
     from paintbench.vit.train import pretrain
 
     workers = 0 if args.device == "cpu" or args.num_workers <= 1 else args.num_workers
@@ -46,7 +56,7 @@ def cmd_vit_pretrain(args: argparse.Namespace) -> None:
              warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every, seed=args.seed,
              weight_decay=args.weight_decay, mask_ratio=args.mask_ratio, device=args.device, num_workers=workers,
              decoder={"dim": args.decoder_dim, "depth": args.decoder_depth, "heads": args.decoder_heads,
-                      "norm_pix_loss": args.norm_pix_loss})
+                      "norm_pix_loss": args.norm_pix_loss}, data_fingerprint=fingerprint(args.crops))
 
 
 def cmd_vit_embed(args: argparse.Namespace) -> None:
@@ -54,11 +64,19 @@ def cmd_vit_embed(args: argparse.Namespace) -> None:
     from paintbench.vit.embed import embed_plate
     from paintbench.vit.model import load_encoder
 
+    from paintbench.atomic import read_table
+    from paintbench.vit.stream import CacheSource, ImageSource
+
     _set_cpu_threads(args.num_workers, args.num_workers)
     given = _encoder_config(args) if args.model else None
     encoder, encoder_config = load_encoder(args.encoder, pick_device(args.device), given)
-    embed_plate(Path(args.crops), encoder, encoder_config, Path(args.output), pooling=args.pooling,
+    if args.load_data:
+        source = ImageSource(read_table(args.load_data), Path(args.illum_dir), Path(args.crops), args.skip_bad_fields)
+    else:
+        source = CacheSource(Path(args.crops))
+    embed_plate(source, encoder, encoder_config, Path(args.output), pooling=args.pooling,
                 batch_size=args.batch_size, device=args.device, num_workers=args.num_workers)
+    _write_qc(source.skipped, args.qc_output)
 
 
 def _model_options(p: argparse.ArgumentParser, required: bool) -> None:
@@ -69,15 +87,20 @@ def _model_options(p: argparse.ArgumentParser, required: bool) -> None:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("vit-crops", help="crop cache of one plate: corrected, normalized tiles or nuclei crops")
+    p = sub.add_parser("vit-crops", help="one plate's crop centres, normalization and pretraining sample of crops")
     p.add_argument("--load-data", required=True)
     p.add_argument("--illum-dir", required=True)
     p.add_argument("--mode", choices=["tiles", "nuclei"], default="nuclei")
     p.add_argument("--crop-size", type=int, default=160)
-    p.add_argument("--max-crops-per-field", type=int, default=None)
+    p.add_argument("--max-crops-per-field", type=int, default=None, help="cap on every field's crops (embedding too)")
+    p.add_argument("--sample-per-field", type=int, default=None,
+                   help="crops per field kept on disk for pretraining (default: all)")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output-prefix", required=True, help="writes PREFIX.npy, PREFIX.parquet, PREFIX.norm.json")
+    p.add_argument("--skip-bad-fields", action="store_true", help="leave unreadable fields out and record them")
+    p.add_argument("--qc-output", default=None, help="TSV of the fields left out")
+    p.add_argument("--output-prefix", required=True,
+                   help="writes PREFIX.npy/.parquet (sample), PREFIX.centres.parquet, PREFIX.norm.json")
     p.set_defaults(func=cmd_vit_crops)
 
     p = sub.add_parser("vit-pretrain", help="self-supervised MAE pretraining on crop caches (GPU when present)")
@@ -101,8 +124,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-workers", type=int, default=4)
     p.set_defaults(func=cmd_vit_pretrain)
 
-    p = sub.add_parser("vit-embed", help="well-level embeddings of one plate's crop cache")
-    p.add_argument("--crops", required=True, help="crop cache prefix")
+    p = sub.add_parser("vit-embed", help="well-level embeddings of every crop of one plate")
+    p.add_argument("--crops", required=True, help="crop prefix (its .centres.parquet and .norm.json, or a full cache)")
+    p.add_argument("--load-data", default=None,
+                   help="the plate's LoadData CSV: crops are cut from the images (else read from the cache)")
+    p.add_argument("--illum-dir", default=None, help="with --load-data: the plate's illumination functions")
+    p.add_argument("--skip-bad-fields", action="store_true", help="leave unreadable fields out and record them")
+    p.add_argument("--qc-output", default=None, help="TSV of the fields left out")
     p.add_argument("--encoder", required=True, help="encoder.pt / checkpoint.pt, or a timm state_dict (give --model)")
     _model_options(p, required=False)
     p.add_argument("--pooling", choices=["cls", "mean"], default="mean")

@@ -1,9 +1,10 @@
-"""Encoder embeddings of a plate's crop cache, averaged per field and then per well.
+"""Encoder embeddings of one plate's crops, averaged per field and then per well.
 
-- Batches are contiguous row ranges of the cache (one memmap slice each, read in DataLoader workers,
-  sent as float16: half the bytes of float32 through worker IPC and PCIe), converted to float32 on
-  the device, resized to the encoder's img_size when the crop size differs (the same bilinear,
-  antialiased-when-shrinking resize as pretraining: paintbench.vit.model.resize_to).
+- Crops come from a CropSource (paintbench.vit.stream): in the pipeline, `ImageSource` decodes the images in
+  DataLoader workers (every cell, nothing cached); `CacheSource` reads a crop cache. Batches arrive as float16
+  (half the bytes of float32 through worker IPC and PCIe), are converted to float32 on the device and resized to
+  the encoder's img_size when the crop size differs (the same bilinear, antialiased-when-shrinking resize as
+  pretraining: paintbench.vit.model.resize_to).
 - Inference under torch.inference_mode() and paintbench.vit.autocast (bf16 on CUDA, fp32 on CPU);
   pinned host memory and non_blocking copies on CUDA.
 - Pooling: "cls" = the class token of forward_features (after the final norm); "mean" = the mean of the
@@ -12,8 +13,7 @@
   equally whatever their cell count (a crowded field would otherwise dominate its well). Sums are
   accumulated per field on the device in float64 with index_add_, so per-crop embeddings never
   have to come back to the host unless `crop_output` asks for them. Metadata_Object_Count = crops in
-  the well, Metadata_Field_Count = fields with at least one crop (fields without crops are not in
-  the cache).
+  the well, Metadata_Field_Count = fields with at least one crop.
 """
 
 from __future__ import annotations
@@ -30,13 +30,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from paintbench.atomic import PARQUET_ROW_GROUP, atomic_path, write_table
+from paintbench.atomic import atomic_path, write_table
 from paintbench.vit import autocast, pick_device
-from paintbench.vit.crops import FIELD_KEY, INDEX_COLUMNS, cache_files
 from paintbench.vit.model import resize_to
+from paintbench.vit.stream import CacheSource, ImageSource
+
+CropSource = ImageSource | CacheSource
 
 log = logging.getLogger(__name__)
 
@@ -46,26 +47,6 @@ WELL_KEY = ["Metadata_Plate", "Metadata_Well"]
 
 def feature_names(dim: int) -> list[str]:
     return [f"emb_{j:04d}" for j in range(dim)]
-
-
-class CacheBatches(Dataset):
-    """Item k = crops [k * batch_size, (k + 1) * batch_size) of one cache as a float16 tensor (one memmap slice)."""
-
-    def __init__(self, prefix: str | Path, batch_size: int):
-        self.path, self.batch_size = cache_files(prefix)["array"], batch_size
-        self.n = int(np.load(self.path, mmap_mode="r").shape[0])
-        self._array: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return -(-self.n // self.batch_size)
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_array": None}
-
-    def __getitem__(self, k: int) -> torch.Tensor:
-        if self._array is None:
-            self._array = np.load(self.path, mmap_mode="r")
-        return torch.from_numpy(np.array(self._array[k * self.batch_size : (k + 1) * self.batch_size]))  # a copy
 
 
 def pool_tokens(encoder: nn.Module, x: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -88,99 +69,82 @@ def _check(encoder_config: dict, shape: tuple[int, ...], pooling: str) -> None:
         raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
     chans = int(encoder_config.get("in_chans", shape[0]))
     if chans != shape[0]:
-        raise ValueError(f"the encoder takes {chans} channels, the crop cache holds {shape[0]}")
+        raise ValueError(f"the encoder takes {chans} channels, the crops have {shape[0]}")
 
 
-def embed_batches(cache_prefix: str | Path, encoder: nn.Module, encoder_config: dict, pooling: str = "cls",
+def embed_batches(source: CropSource, encoder: nn.Module, encoder_config: dict, pooling: str = "cls",
                   batch_size: int = 256, device: str | torch.device = "auto", num_workers: int = 2,
-                  progress: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield (first crop row, (B, D) float32 embeddings on the device) for consecutive batches of the cache.
+                  progress: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (field number of each crop, (B, D) float32 embeddings on the device) for the source's batches.
 
     inference_mode and autocast are entered per batch, never across a yield, so they do not leak into
     the caller; the embeddings are inference tensors (read them, or update tensors in inference_mode).
     """
     device = device if isinstance(device, torch.device) else pick_device(device)
-    batches = CacheBatches(cache_prefix, batch_size)
-    shape = np.load(batches.path, mmap_mode="r").shape[1:]
-    _check(encoder_config, shape, pooling)
+    _check(encoder_config, source.shape, pooling)
     img_size = int(encoder_config["img_size"])
     encoder = encoder.to(device).eval()
     cuda = device.type == "cuda"
-    loader = DataLoader(batches, batch_size=None, shuffle=False, num_workers=num_workers, pin_memory=cuda,
-                        prefetch_factor=4 if num_workers > 0 else None)
-    start = 0
-    for crops in tqdm(loader, total=len(batches), desc=f"embed {Path(cache_prefix).name}", unit="batch",
-                      mininterval=5, disable=not progress):
-        with torch.inference_mode(), autocast(device):
-            emb = pool_tokens(encoder, resize_to(crops.to(device, non_blocking=cuda).float(), img_size), pooling)
-        yield start, emb
-        start += len(crops)
+    with tqdm(total=int(source.fields["crops"].sum()), desc="embed", unit="crop", mininterval=5,
+              disable=not progress) as bar:
+        for crops, codes in source.batches(batch_size, num_workers, pin_memory=cuda):
+            with torch.inference_mode(), autocast(device):
+                emb = pool_tokens(encoder, resize_to(crops.to(device, non_blocking=cuda).float(), img_size), pooling)
+            bar.update(len(crops))
+            yield codes, emb
 
 
-def _crop_schema(dim: int) -> pa.Schema:
+def _crop_schema(columns: list[str], dim: int) -> pa.Schema:
     text = {"Metadata_Plate", "Metadata_Well"}
-    return pa.schema([(c, pa.string() if c in text else pa.int64()) for c in INDEX_COLUMNS]
+    return pa.schema([(c, pa.string() if c in text else pa.int64()) for c in columns]
                      + [(name, pa.float32()) for name in feature_names(dim)])
 
 
 def _crop_table(index: pd.DataFrame, embeddings: np.ndarray, schema: pa.Schema) -> pa.Table:
-    values = [index[c].to_numpy() for c in INDEX_COLUMNS] + list(embeddings.T)
+    values = [index[c].to_numpy() for c in index.columns] + list(embeddings.T)
     return pa.table([pa.array(v, type=f.type) for v, f in zip(values, schema)], schema=schema)
 
 
-def embed_plate(cache_prefix: str | Path, encoder: nn.Module, encoder_config: dict, output: str | Path,
+def embed_plate(source: CropSource, encoder: nn.Module, encoder_config: dict, output: str | Path,
                 pooling: str = "cls", batch_size: int = 256, device: str = "auto", num_workers: int = 2,
-                crop_output: str | Path | None = None) -> pd.DataFrame:
-    """Write the well-level embeddings of one plate's crop cache (see the module docstring); returns the table.
+                crop_output: str | Path | None = None, crop_index: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Write the well-level embeddings of one plate's crops (see the module docstring); returns the table.
 
-    `crop_output` (optional): the per-crop embeddings with the cache's index columns, written atomically.
+    `crop_output` (optional): the per-crop embeddings with `crop_index`'s columns (one row per crop of the
+    source, fields contiguous and in order), written atomically.
     """
     device_ = pick_device(device)
-    files = cache_files(cache_prefix)
-    index = pd.read_parquet(files["index"])
-    crops_in_array = int(np.load(files["array"], mmap_mode="r").shape[0])
-    if crops_in_array != len(index):
-        raise ValueError(f"{files['index']}: {len(index)} rows, but {files['array']} holds {crops_in_array} crops")
-    fields, field_of_crop = _fields(index)
-    dim = int(getattr(encoder, "num_features", 0) or encoder.embed_dim)
+    fields, dim = source.fields, int(getattr(encoder, "num_features", 0) or encoder.embed_dim)
     with torch.inference_mode():
-        codes = torch.from_numpy(field_of_crop).to(device_)
         sums = torch.zeros(len(fields), dim, dtype=torch.float64, device=device_)
+    counts = np.zeros(len(fields), np.int64)
     with contextlib.ExitStack() as stack:
         writer = None
         if crop_output is not None:
             tmp = stack.enter_context(atomic_path(crop_output))  # renamed after the writer below has closed
-            schema = _crop_schema(dim)
+            schema = _crop_schema(list(crop_index.columns), dim)
             writer = stack.enter_context(pq.ParquetWriter(tmp, schema))
-        pending: list[np.ndarray] = []
-        for start, emb in embed_batches(cache_prefix, encoder, encoder_config, pooling, batch_size, device_, num_workers):
+            row_fields, position = np.repeat(np.arange(len(fields)), fields["crops"].to_numpy()), 0
+        for codes, emb in embed_batches(source, encoder, encoder_config, pooling, batch_size, device_, num_workers):
             if emb.shape[1] != dim:
                 raise ValueError(f"the encoder's embeddings have {emb.shape[1]} dimensions, num_features says {dim}")
-            stop = start + len(emb)
             with torch.inference_mode():
-                sums.index_add_(0, codes[start:stop], emb.double())
+                sums.index_add_(0, codes.to(device_), emb.double())
+            counts += np.bincount(codes.numpy(), minlength=len(fields))
             if writer is not None:
-                pending.append(emb.cpu().numpy())
-                rows = sum(len(p) for p in pending)
-                if rows >= PARQUET_ROW_GROUP // 4 or stop == len(index):
-                    writer.write_table(_crop_table(index.iloc[stop - rows : stop], np.concatenate(pending), schema))
-                    pending = []
+                while row_fields[position] != int(codes[0]):  # rows of a field the source skipped
+                    position += 1
+                rows = crop_index.iloc[position : position + len(emb)]
+                writer.write_table(_crop_table(rows, emb.cpu().numpy(), schema))
+                position += len(emb)
 
-    field_means = sums.cpu().numpy() / np.maximum(fields["crops"].to_numpy(), 1)[:, None]
-    wells = well_means(fields, field_means)
+    kept = counts > 0  # a field the source skipped has no crops
+    field_means = sums.cpu().numpy()[kept] / counts[kept, None]
+    wells = well_means(fields[kept].assign(crops=counts[kept]).reset_index(drop=True), field_means)
     write_table(wells, output)
-    log.info("%s: %d wells, %d fields, %d crops, %d dimensions (%s pooling)", output, len(wells), len(fields),
-             len(index), dim, pooling)
+    log.info("%s: %d wells, %d fields, %d crops, %d dimensions (%s pooling)", output, len(wells), int(kept.sum()),
+             int(counts.sum()), dim, pooling)
     return wells
-
-
-def _fields(index: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-    """Fields in first-appearance order with their crop counts, and each crop's field number."""
-    keys = index[FIELD_KEY]
-    codes = keys.groupby(FIELD_KEY, sort=False).ngroup().to_numpy()  # numbered in order of first appearance
-    fields = keys.iloc[np.unique(codes, return_index=True)[1]].reset_index(drop=True)
-    fields["crops"] = np.bincount(codes, minlength=len(fields)).astype(np.int64)
-    return fields, codes.astype(np.int64)
 
 
 def well_means(fields: pd.DataFrame, field_means: np.ndarray) -> pd.DataFrame:
@@ -222,18 +186,17 @@ def bare_forward_throughput(encoder: nn.Module, img_size: int, batch_size: int, 
             "batch_size": batch_size, "img_size": img_size, "device": str(device_)}
 
 
-def end_to_end_throughput(cache_prefix: str | Path, encoder: nn.Module, encoder_config: dict, batch_size: int = 256,
+def end_to_end_throughput(source: CropSource, encoder: nn.Module, encoder_config: dict, batch_size: int = 256,
                           device: str = "auto", num_workers: int = 2, pooling: str = "cls",
                           seconds: float | None = None, warmup: int = 2) -> dict:
-    """Crops/s of the whole embedding loop reading the cache (workers, transfer, resize, forward).
+    """Crops/s of the whole embedding loop (decoding or reading, workers, transfer, resize, forward).
 
     The first `warmup` batches (worker start-up, kernel selection) are not timed; stops after `seconds`
-    of timed work when given, else at the end of the cache.
+    of timed work when given, else at the end of the source.
     """
     device_ = pick_device(device)
     crops, began = 0, (time.perf_counter() if warmup <= 0 else None)
-    batches = embed_batches(cache_prefix, encoder, encoder_config, pooling, batch_size, device_, num_workers,
-                            progress=False)
+    batches = embed_batches(source, encoder, encoder_config, pooling, batch_size, device_, num_workers, progress=False)
     try:
         for k, (_, emb) in enumerate(batches):
             if k < warmup:

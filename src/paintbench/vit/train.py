@@ -7,8 +7,13 @@ uses the global torch RNG. The last two generators' states travel in the checkpo
 
 Outputs in out_dir: checkpoint.pt (every `checkpoint_every` steps and at the end), encoder.pt
 (encoder state_dict + encoder_config, at the end), train_log.tsv (step, loss, lr, seconds; one
-row per step) and train_loss.png. All but the log are written atomically; the log is appended to
-and cut back to the checkpoint's step on resume.
+row per step) and train_loss.png. All but the log are written atomically; the log is appended to.
+
+A checkpoint resumes only when it was made with the same settings and the same data: `data_fingerprint`
+(paintbench.vit.crops.fingerprint: the illumination functions, normalization, crop settings and crop content)
+is stored in it and compared, and a mismatch starts over with a warning naming what changed. The loss history
+up to a checkpoint's step travels in the checkpoint, so a resume rewrites train_log.tsv whole even when a failed
+job's log was deleted (Snakemake removes a failed job's declared outputs) and the loss plot shows the whole run.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ CHECKPOINT, ENCODER, LOG, PLOT = "checkpoint.pt", "encoder.pt", "train_log.tsv",
 LOG_HEADER = "step\tloss\tlr\tseconds\n"
 # train_config entries that shape the trajectory: a checkpoint made with other values is not resumed.
 TRAJECTORY_KEYS = ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "mask_ratio", "seed", "decoder",
-                   "n_crops", "crop_shape")
+                   "n_crops", "crop_shape", "data")
 STREAM_INIT, STREAM_MASK, STREAM_EPOCH, STREAM_LOADER = range(4)
 
 
@@ -112,16 +117,17 @@ class TrainState:
     encoder_config: dict[str, Any]
     train_config: dict[str, Any]
 
-    def checkpoint(self, step: int, seconds: float) -> dict[str, Any]:
+    def checkpoint(self, step: int, seconds: float, history: list[str]) -> dict[str, Any]:
         cuda = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
         return {"encoder": self.model.encoder.state_dict(), "decoder": self.model.decoder.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "step": step,
                 "encoder_config": self.encoder_config, "train_config": self.train_config, "seconds": seconds,
+                "history": history,
                 "rng": {"torch": torch.get_rng_state(), "mask": self.mask_gen.get_state(), "cuda": cuda}}
 
-    def save(self, path: Path, step: int, seconds: float) -> None:
+    def save(self, path: Path, step: int, seconds: float, history: list[str]) -> None:
         with atomic_path(path) as tmp:
-            torch.save(self.checkpoint(step, seconds), tmp)
+            torch.save(self.checkpoint(step, seconds, history), tmp)
 
     def restore(self, state: dict[str, Any]) -> None:
         self.model.encoder.load_state_dict(state["encoder"])
@@ -135,27 +141,33 @@ class TrainState:
 
 
 def resumable(checkpoint: dict[str, Any], encoder_config: dict, train_config: dict) -> list[str]:
-    """Names of settings that differ between a checkpoint and this run (empty: safe to resume)."""
-    differ = [key for key in TRAJECTORY_KEYS if checkpoint["train_config"].get(key) != train_config[key]]
+    """What differs between a checkpoint and this run: setting names, and for the data the parts that changed
+    ('illumination functions', 'crop content', ...). Empty: safe to resume."""
+    saved = checkpoint["train_config"]
+    differ = [key for key in TRAJECTORY_KEYS if key != "data" and saved.get(key) != train_config[key]]
+    data, old = train_config.get("data") or {}, saved.get("data") or {}
+    differ += [f"data: {part}" for part in sorted(set(data) | set(old)) if data.get(part) != old.get(part)]
     return differ + (["encoder_config"] if checkpoint["encoder_config"] != encoder_config else [])
 
 
 class LossLog:
     """train_log.tsv, one row per step. Losses stay on the device until `flush` (one sync per flush).
 
-    A fresh run starts the file anew; a resumed one keeps the well-formed rows up to its checkpoint's
-    step (a killed run may leave rows past it, or a torn last row), so every step appears once.
+    A fresh run starts the file anew; a resumed one starts from the checkpoint's history (older checkpoints:
+    the file's well-formed rows up to the checkpoint's step), so every step appears once whatever happened to
+    the file. `rows` holds every row written, for the next checkpoint.
     """
 
-    def __init__(self, path: Path, start: int) -> None:
-        rows = path.read_text().splitlines(keepends=True)[1:] if start and path.exists() else []
+    def __init__(self, path: Path, start: int, history: list[str] | None = None) -> None:
+        rows = history if history is not None else (
+            path.read_text().splitlines(keepends=True)[1:] if start and path.exists() else [])
         kept = [r for r in rows if r.endswith("\n") and len(r.split("\t")) == 4 and r.split("\t")[0].isdigit()
                 and int(r.split("\t")[0]) <= start]
         if len(kept) < start:
             log.warning("%s: %d of %d rows before the checkpoint are missing", path, start - len(kept), start)
         with atomic_path(path) as tmp:
             tmp.write_text(LOG_HEADER + "".join(kept))
-        self.path, self.pending = path, []
+        self.path, self.pending, self.rows = path, [], kept
         self.file = path.open("a")
 
     def add(self, step: int, loss: torch.Tensor, lr: float, seconds: float) -> None:
@@ -169,7 +181,8 @@ class LossLog:
         for (step, _, lr, seconds), loss in zip(self.pending, losses):
             if not math.isfinite(loss):
                 raise FloatingPointError(f"{self.path}: loss is {loss} at step {step}")
-            self.file.write(f"{step}\t{loss!r}\t{lr!r}\t{seconds:.3f}\n")
+            self.rows.append(f"{step}\t{loss!r}\t{lr!r}\t{seconds:.3f}\n")
+            self.file.write(self.rows[-1])
         self.file.flush()
         self.pending.clear()
         return losses
@@ -240,7 +253,7 @@ def pretrain(crops: Dataset, encoder_config: dict[str, Any], out_dir: Path, *, s
              lr: float, warmup_steps: int, checkpoint_every: int, seed: int, weight_decay: float = 0.05,
              mask_ratio: float = 0.75, device: str = "auto", num_workers: int = 0,
              decoder: dict[str, Any] | None = None, resume: bool = True, compile_model: bool | None = None,
-             log_every: int = 10, progress: bool = True) -> Path:
+             log_every: int = 10, progress: bool = True, data_fingerprint: dict[str, str] | None = None) -> Path:
     """Pretrain an MAE for `steps` optimizer steps on `crops` (items: (C, S, S) float tensors); returns encoder.pt.
 
     `lr` is the absolute peak learning rate (no batch-size scaling). `compile_model` None = on for CUDA only.
@@ -258,9 +271,9 @@ def pretrain(crops: Dataset, encoder_config: dict[str, Any], out_dir: Path, *, s
                         decoder={**DECODER_DEFAULTS, **(decoder or {})},
                         n_crops=len(crops), crop_shape=list(torch.as_tensor(crops[0]).shape),
                         checkpoint_every=checkpoint_every, num_workers=num_workers, device=str(dev),
-                        log_every=log_every)
+                        log_every=log_every, data=data_fingerprint or {})
     state = build_state(encoder_config, dev, train_config, compile_model)
-    start, elapsed = 0, 0.0
+    start, elapsed, history = 0, 0.0, None
     if resume and ckpt_path.exists():
         saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         differ = resumable(saved, encoder_config, train_config)
@@ -268,10 +281,10 @@ def pretrain(crops: Dataset, encoder_config: dict[str, Any], out_dir: Path, *, s
             log.warning("%s: not resumed, settings differ (%s); starting over", ckpt_path, ", ".join(differ))
         else:
             state.restore(saved)
-            start, elapsed = int(saved["step"]), float(saved["seconds"])
+            start, elapsed, history = int(saved["step"]), float(saved["seconds"]), saved.get("history")
             log.info("%s: resuming at step %d of %d", ckpt_path, start, steps)
     out_dir.mkdir(parents=True, exist_ok=True)
-    loss_log = LossLog(out_dir / LOG, start)
+    loss_log = LossLog(out_dir / LOG, start, history)
     # Batches depend on (seed, step) only; the loader's own generator merely seeds worker processes.
     loader = DataLoader(crops, batch_sampler=StepBatchSampler(len(crops), batch_size, seed, start, steps),
                         num_workers=num_workers, pin_memory=dev.type == "cuda", worker_init_fn=seed_worker,
@@ -289,13 +302,13 @@ def pretrain(crops: Dataset, encoder_config: dict[str, Any], out_dir: Path, *, s
                     bar.update(len(losses))
                     bar.set_postfix(loss=f"{losses[-1]:.4f}")
                 if step % checkpoint_every == 0 or step == steps:
-                    state.save(ckpt_path, step, elapsed + time.perf_counter() - t0)
+                    state.save(ckpt_path, step, elapsed + time.perf_counter() - t0, loss_log.rows)
     finally:
         loss_log.close()
     if start == steps:  # nothing trained in this call: resumed at the end, or steps == 0
         log.info("%s: at step %d of %d, writing outputs only", ckpt_path, start, steps)
         if steps == 0:
-            state.save(ckpt_path, 0, elapsed)
+            state.save(ckpt_path, 0, elapsed, loss_log.rows)
     encoder_path = out_dir / ENCODER
     with atomic_path(encoder_path) as tmp:
         torch.save({"encoder": state.model.encoder.state_dict(), "encoder_config": encoder_config}, tmp)
