@@ -13,7 +13,12 @@ Measures, each run pinned to one core with taskset (min over --repeats):
      core 0 vs at the same time on cores 0 and 1;
   4. peak memory (ru_maxrss via os.wait4) of the bare CellProfiler process and of a stage process.
 
+With --densities 100,200,300 it measures instead seconds per field per core and peak memory of the bare
+CellProfiler call against cell density: synthetic 1080x1080 fields (paintbench.synthetic, --fields per density)
+and the real crop itself (540x540, as in tests/data), the table the README and `paintbench plan` use.
+
     .venvs/paintbench/bin/python scripts/bench_cellprofiler.py --fields 4 --repeats 1 --output bench.tsv
+    .venvs/paintbench/bin/python scripts/bench_cellprofiler.py --densities 100,200,300 --fields 2
 """
 
 from __future__ import annotations
@@ -91,8 +96,9 @@ def run_measured(command: list[str], log_path: Path, env: dict[str, str] | None 
     return wall, usage.ru_maxrss / 1024  # Linux: KiB
 
 
-def run_bare(args, work: Path, csv: Path, tag: str) -> tuple[float, float, float]:
-    """(wall s, peak MiB, s inside pipeline modules: the sum of the Wall_time CellProfiler logs per module)."""
+def run_bare(args, work: Path, csv: Path, tag: str, counts: dict | None = None) -> tuple[float, float, float]:
+    """(wall s, peak MiB, s inside pipeline modules: the sum of the Wall_time CellProfiler logs per module);
+    `counts` receives the number of cells found."""
     out, scratch = work / f"bare-{tag}", work / f"bare-{tag}.tmp"
     scratch.mkdir(parents=True, exist_ok=True)
     command = ["taskset", "-c", "0", str(args.executable), "-c", "-r", "-p", str(args.pipeline),
@@ -104,6 +110,8 @@ def run_bare(args, work: Path, csv: Path, tag: str) -> tuple[float, float, float
         shutil.rmtree(scratch, ignore_errors=True)
     if not (out / "Image.csv").is_file():
         raise SystemExit(f"bare CellProfiler wrote no Image.csv; see {work / f'bare-{tag}.log'}")
+    if counts is not None:
+        counts["cells"] = sum(1 for _ in open(out / "Cells.csv")) - 1
     shutil.rmtree(out, ignore_errors=True)
     modules = sum(map(float, re.findall(r"Wall_time = ([0-9.]+) secs", (work / f"bare-{tag}.log").read_text())))
     return wall, peak, modules
@@ -154,6 +162,116 @@ def run_stages(args, work: Path, csv: Path, illum: Path, shards: list[tuple[int,
     return time.perf_counter() - start, results, peaks
 
 
+def density_rows(args, work: Path) -> list[tuple[str, object, str]]:
+    """Seconds per field per core and peak memory of bare CellProfiler against cells per field."""
+    from paintbench import CHANNELS
+    from paintbench.cellprofiler import with_illum_columns
+    from paintbench.illum import illum_filename
+    from paintbench.loaddata import load_data_table, select_channels
+    from paintbench.synthetic import generate_plate, ground_truth
+
+    cpjump1 = {"DNA": 5, "ER": 4, "RNA": 3, "AGP": 2, "Mito": 1}
+    truth = ground_truth(["JUMP-Target-1_compound_platemap"], seed=0, strong_fraction=0.4, null_fraction=0.3)
+    rows = []
+    cases = [(f"synthetic 1080 px, {d} cells", int(d)) for d in args.densities.split(",")] + [("real crop 540 px", 0)]
+    for name, density in cases:
+        folder = work / f"density-{density}"
+        if density:
+            wells = [well_name(i) for i in range(args.fields)]
+            generate_plate(PLATE, wells, [1], cpjump1, truth, folder / "images", field_size=1080,
+                           cells_per_field=density, seed=density)
+            table, size, channels = load_data_table(PLATE, folder / "images", wells, [1], cpjump1), 1080, cpjump1
+        else:
+            wells, size = [REAL_WELL], 540
+            table = load_data_table(PLATE, REAL_SITE, wells, [REAL_SITE_NUMBER], CHANNEL_MAP)
+        (folder / "illum").mkdir(parents=True, exist_ok=True)
+        for channel in CHANNELS:
+            np.save(folder / "illum" / illum_filename(PLATE, channel), np.ones((size, size), np.float32))
+        csv = folder / "load_data.csv"
+        with_illum_columns(select_channels(table, list(CHANNELS)), folder / "illum", list(CHANNELS)).to_csv(csv, index=False)
+        counts: dict = {}
+        wall, peak, modules = run_bare(args, folder, csv, "density", counts)
+        n = len(table)
+        print(f"{name}: {n} field(s), {counts['cells'] / n:.0f} cells/field found, {wall / n:.1f} s/field "
+              f"({modules / n:.1f} s in modules), {peak:.0f} MiB", flush=True)
+        rows.append((name, f"{counts['cells'] / n:.0f} cells found; {wall / n:.1f} s/field "
+                           f"({modules / n:.1f} s in modules)", f"{peak:.0f} MiB peak"))
+    return rows
+
+
+def stage_rows(args, work: Path) -> list[tuple[str, object, str]]:
+    """The stage against a bare CellProfiler call, its memory, and 1 vs 2 parallel shards (see the docstring)."""
+    from paintbench import CHANNELS
+    from paintbench.cellprofiler import with_illum_columns
+    from paintbench.loaddata import load_data_table, select_channels
+
+    n = args.fields
+    total = n if args.skip_parallel else 2 * n
+    rows: list[tuple[str, object, str]] = []
+    started = time.perf_counter()
+    images, illum, shape = build_plate(work, total)
+    wells = [well_name(i) for i in range(total)]
+    print(f"built {total} fields of {shape[0]}x{shape[1]} in {time.perf_counter() - started:.1f} s under {work}", flush=True)
+    table = load_data_table(PLATE, images, wells, [1], CHANNEL_MAP, check_files=True)
+    plate_csv = work / "load_data.csv"
+    table.to_csv(plate_csv, index=False)
+    first = wells[:n]
+    bare_csv = work / "load_data_bare.csv"
+    subset = select_channels(table[table["Metadata_Well"].isin(first)], list(CHANNELS))
+    with_illum_columns(subset, illum, list(CHANNELS)).to_csv(bare_csv, index=False)
+
+    bare, modules, bare_peak, stage, stage_wall, stage_peak, info = [], [], 0.0, [], [], 0.0, {}
+    for repeat in range(args.repeats):
+        wall, peak, in_modules = run_bare(args, work, bare_csv, str(repeat))
+        bare.append(wall)
+        modules.append(in_modules)
+        bare_peak = max(bare_peak, peak)
+        print(f"[{repeat + 1}/{args.repeats}] bare cellprofiler, {n} fields, core 0: {wall:.1f} s ({in_modules:.1f} s in modules), {peak:.0f} MiB",
+              flush=True)
+        wall, results, peaks = run_stages(args, work, plate_csv, illum, [(0, first)], f"single{repeat}")
+        stage.append(results[0]["run_shard_s"])
+        stage_wall.append(wall)
+        stage_peak, info = max(stage_peak, peaks[0]), results[0]
+        print(f"[{repeat + 1}/{args.repeats}] stage, {n} fields, core 0: run_shard {stage[-1]:.1f} s, process {wall:.1f} s, "
+              f"{peaks[0]:.0f} MiB, {info['cells']} cells", flush=True)
+    a, b, b_process = min(bare), min(stage), min(stage_wall)
+    rows += [
+        ("field_size", f"{shape[0]}x{shape[1]}", "px"),
+        ("fields_per_shard", n, "fields"),
+        ("cells_per_shard", info["cells"], "cells"),
+        ("single_cell_columns", info["columns"], "columns"),
+        ("bare_cellprofiler_wall", round(a, 2), "s"),
+        ("bare_seconds_per_field_per_core", round(a / n, 2), "s"),
+        ("bare_module_seconds_per_field", round(min(modules) / n, 2), "s (CellProfiler's per-module Wall_time)"),
+        ("bare_startup_and_shutdown", round(min(w - m for w, m in zip(bare, modules)), 2), "s (wall - module time)"),
+        ("stage_run_shard_wall", round(b, 2), "s"),
+        ("stage_process_wall", round(b_process, 2), "s"),
+        ("stage_seconds_per_field_per_core", round(b / n, 2), "s"),
+        ("overhead_run_shard_vs_bare", round(100 * (b - a) / a, 1), "%"),
+        ("overhead_stage_process_vs_bare", round(100 * (b_process - a) / a, 1), "%"),
+        ("peak_rss_bare_cellprofiler", round(bare_peak), "MiB"),
+        ("peak_rss_stage_process", round(stage_peak), "MiB"),
+    ]
+    if not args.skip_parallel:
+        shards = [(0, wells[:n]), (1, wells[n:])]
+        sequential, concurrent = [], []
+        for repeat in range(args.repeats):
+            wall = sum(run_stages(args, work, plate_csv, illum, [(0, w)], f"seq{repeat}-{i}")[0] for i, (_, w) in enumerate(shards))
+            sequential.append(wall)
+            print(f"[{repeat + 1}/{args.repeats}] 2 shards x {n} fields one after the other on core 0: {wall:.1f} s", flush=True)
+            wall = run_stages(args, work, plate_csv, illum, shards, f"par{repeat}")[0]
+            concurrent.append(wall)
+            print(f"[{repeat + 1}/{args.repeats}] 2 shards x {n} fields at once on cores 0 and 1: {wall:.1f} s", flush=True)
+        rows += [
+            ("two_shards_sequential_1core_wall", round(min(sequential), 2), "s"),
+            ("two_shards_concurrent_2cores_wall", round(min(concurrent), 2), "s"),
+            ("speedup_1_to_2_shards", round(min(sequential) / min(concurrent), 2), "x"),
+        ]
+    rows += [("repeats", args.repeats, "runs (min taken)"), ("cpus_available", os.cpu_count(), "cores"),
+             ("load_average_at_end", round(os.getloadavg()[0], 2), "1-min")]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fields", type=int, default=4, help="fields per shard (N); the parallel test uses 2N")
@@ -163,6 +281,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="where fields and outputs go (default: a temporary folder, removed)")
     parser.add_argument("--output", type=Path, help="also write the results table here (TSV)")
     parser.add_argument("--skip-parallel", action="store_true", help="skip the 1 vs 2 parallel shards test")
+    parser.add_argument("--densities", default=None, help="e.g. 100,200,300: seconds per field against cell density")
     for hidden in ("--child-stage", "--child-load-data", "--child-illum", "--child-wells"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -170,81 +289,14 @@ def main() -> None:
     if args.child_stage:
         child_stage(args)
         return
-    needed = {0} if args.skip_parallel else {0, 1}
+    needed = {0} if args.skip_parallel or args.densities else {0, 1}
     if not needed <= os.sched_getaffinity(0):
         raise SystemExit(f"needs CPU cores {sorted(needed)} (taskset); this process may use {sorted(os.sched_getaffinity(0))}")
 
-    from paintbench import CHANNELS
-    from paintbench.cellprofiler import with_illum_columns
-    from paintbench.loaddata import load_data_table, select_channels
-
     work = Path(tempfile.mkdtemp(prefix="bench_cellprofiler.")) if args.workdir is None else args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    n = args.fields
-    total = n if args.skip_parallel else 2 * n
-    rows: list[tuple[str, object, str]] = []
     try:
-        started = time.perf_counter()
-        images, illum, shape = build_plate(work, total)
-        wells = [well_name(i) for i in range(total)]
-        print(f"built {total} fields of {shape[0]}x{shape[1]} in {time.perf_counter() - started:.1f} s under {work}", flush=True)
-        table = load_data_table(PLATE, images, wells, [1], CHANNEL_MAP, check_files=True)
-        plate_csv = work / "load_data.csv"
-        table.to_csv(plate_csv, index=False)
-        first = wells[:n]
-        bare_csv = work / "load_data_bare.csv"
-        subset = select_channels(table[table["Metadata_Well"].isin(first)], list(CHANNELS))
-        with_illum_columns(subset, illum, list(CHANNELS)).to_csv(bare_csv, index=False)
-
-        bare, modules, bare_peak, stage, stage_wall, stage_peak, info = [], [], 0.0, [], [], 0.0, {}
-        for repeat in range(args.repeats):
-            wall, peak, in_modules = run_bare(args, work, bare_csv, str(repeat))
-            bare.append(wall)
-            modules.append(in_modules)
-            bare_peak = max(bare_peak, peak)
-            print(f"[{repeat + 1}/{args.repeats}] bare cellprofiler, {n} fields, core 0: {wall:.1f} s ({in_modules:.1f} s in modules), {peak:.0f} MiB",
-                  flush=True)
-            wall, results, peaks = run_stages(args, work, plate_csv, illum, [(0, first)], f"single{repeat}")
-            stage.append(results[0]["run_shard_s"])
-            stage_wall.append(wall)
-            stage_peak, info = max(stage_peak, peaks[0]), results[0]
-            print(f"[{repeat + 1}/{args.repeats}] stage, {n} fields, core 0: run_shard {stage[-1]:.1f} s, process {wall:.1f} s, "
-                  f"{peaks[0]:.0f} MiB, {info['cells']} cells", flush=True)
-        a, b, b_process = min(bare), min(stage), min(stage_wall)
-        rows += [
-            ("field_size", f"{shape[0]}x{shape[1]}", "px"),
-            ("fields_per_shard", n, "fields"),
-            ("cells_per_shard", info["cells"], "cells"),
-            ("single_cell_columns", info["columns"], "columns"),
-            ("bare_cellprofiler_wall", round(a, 2), "s"),
-            ("bare_seconds_per_field_per_core", round(a / n, 2), "s"),
-            ("bare_module_seconds_per_field", round(min(modules) / n, 2), "s (CellProfiler's per-module Wall_time)"),
-            ("bare_startup_and_shutdown", round(min(w - m for w, m in zip(bare, modules)), 2), "s (wall - module time)"),
-            ("stage_run_shard_wall", round(b, 2), "s"),
-            ("stage_process_wall", round(b_process, 2), "s"),
-            ("stage_seconds_per_field_per_core", round(b / n, 2), "s"),
-            ("overhead_run_shard_vs_bare", round(100 * (b - a) / a, 1), "%"),
-            ("overhead_stage_process_vs_bare", round(100 * (b_process - a) / a, 1), "%"),
-            ("peak_rss_bare_cellprofiler", round(bare_peak), "MiB"),
-            ("peak_rss_stage_process", round(stage_peak), "MiB"),
-        ]
-        if not args.skip_parallel:
-            shards = [(0, wells[:n]), (1, wells[n:])]
-            sequential, concurrent = [], []
-            for repeat in range(args.repeats):
-                wall = sum(run_stages(args, work, plate_csv, illum, [(0, w)], f"seq{repeat}-{i}")[0] for i, (_, w) in enumerate(shards))
-                sequential.append(wall)
-                print(f"[{repeat + 1}/{args.repeats}] 2 shards x {n} fields one after the other on core 0: {wall:.1f} s", flush=True)
-                wall = run_stages(args, work, plate_csv, illum, shards, f"par{repeat}")[0]
-                concurrent.append(wall)
-                print(f"[{repeat + 1}/{args.repeats}] 2 shards x {n} fields at once on cores 0 and 1: {wall:.1f} s", flush=True)
-            rows += [
-                ("two_shards_sequential_1core_wall", round(min(sequential), 2), "s"),
-                ("two_shards_concurrent_2cores_wall", round(min(concurrent), 2), "s"),
-                ("speedup_1_to_2_shards", round(min(sequential) / min(concurrent), 2), "x"),
-            ]
-        rows += [("repeats", args.repeats, "runs (min taken)"), ("cpus_available", os.cpu_count(), "cores"),
-                 ("load_average_at_end", round(os.getloadavg()[0], 2), "1-min")]
+        rows = density_rows(args, work) if args.densities else stage_rows(args, work)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -163,6 +163,29 @@ def cmd_plate_qc(args: argparse.Namespace) -> None:
     log.info("%d QC record(s) -> %s", len(table), args.output)
 
 
+def cmd_plan(args: argparse.Namespace) -> None:
+    """Counts, hours and disk of a configured run, from measured or published rates (with their sources)."""
+    import pandas as pd
+    import yaml
+
+    from paintbench.atomic import write_table
+    from paintbench.config import load_config, resolve_path
+    from paintbench.plan import estimate
+
+    overrides = {}
+    for item in args.config or []:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    config = load_config(args.configfile, overrides)
+    table = pd.DataFrame(estimate(config, str(resolve_path(config["metadata_dir"])), args.cells_per_field))
+    shown = table.assign(value=table["value"].map(lambda v: f"{v:,}"))
+    with pd.option_context("display.max_colwidth", 90, "display.width", 200):
+        print(f"{args.configfile}: {len(config['plates'])} plate(s), feature sets {', '.join(config['feature_sets'])}")
+        print(shown.to_string(index=False))
+    if args.output:
+        write_table(table, args.output)
+
+
 def cmd_check_config(args: argparse.Namespace) -> None:
     from paintbench.config import load_config
 
@@ -261,6 +284,15 @@ def _add_plate_qc(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_plate_qc)
 
 
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="fields, download, CPU/GPU hours and disk of a run, before it starts")
+    p.add_argument("--configfile", required=True)
+    p.add_argument("--config", nargs="*", help="overrides as for snakemake: key=value (YAML values)")
+    p.add_argument("--cells-per-field", type=float, default=150.0, help="assumed density (real CPJUMP1: 100-300)")
+    p.add_argument("--output", default=None, help="also write the table (TSV)")
+    p.set_defaults(func=cmd_plan)
+
+
 def _add_check_config(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check-config", help="validate a configuration file without running anything")
     p.add_argument("configfile")
@@ -268,7 +300,7 @@ def _add_check_config(sub: argparse._SubParsersAction) -> None:
 
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_download, _add_ground_truth, _add_illum, _add_cellprofiler, _add_well_profiles, _add_plate_qc,
+    _add_download, _add_ground_truth, _add_illum, _add_cellprofiler, _add_well_profiles, _add_plate_qc, _add_plan,
     _add_check_config,
 ]
 

@@ -20,7 +20,8 @@ rule cellprofiler_shard:
         skip=SKIP_BAD_FIELDS,
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(4000),
+        disk_mb=lambda wildcards: disk_mb("cellprofiler")(wildcards) // len(plate_shards(wildcards.plate)),
         runtime=lambda wildcards: 30 + 3 * len(shard_wells_of(wildcards.plate, wildcards.shard)) * len(plate_sites(wildcards.plate)),
     conda:
         "../../envs/paintbench.yaml"
@@ -49,7 +50,8 @@ rule cellprofiler_well_profiles:
         f"{RESULTS}/benchmarks/cellprofiler_well_profiles/{{plate}}.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(4000),
+        disk_mb=disk_mb("cellprofiler"),
         runtime=60,
     conda:
         "../../envs/paintbench.yaml"

@@ -9,6 +9,7 @@ import yaml
 from paintbench.cellprofiler import shard_wells
 from paintbench.config import resolve_command, resolve_path
 from paintbench.metadata import plate_info, plate_layout, select_wells
+from paintbench.plan import plate_disk_mb
 
 RESULTS = config["results_dir"]
 DATA = config["data_dir"]
@@ -34,6 +35,23 @@ VIT_PRETRAIN_PLATES = VIT["pretrain_plates"] or PLATES
 VIT_ENCODER = (
     str(resolve_path(VIT["checkpoint"], Path(workflow.basedir))) if VIT["checkpoint"] else f"{RESULTS}/vit/model/encoder.pt"
 )
+
+
+# Workstation runs: the rules' mem_mb add up to at most the machine's memory (so they are enforced, not just
+# declared); a request above it is cut to it rather than refused. Cluster runs leave memory to the scheduler.
+MACHINE_MEM_MB = int(0.9 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20)
+LOCAL_RUN = workflow.local_exec and not workflow.remote_exec
+if LOCAL_RUN and "mem_mb" not in workflow.global_resources:
+    workflow.register_resource("mem_mb", MACHINE_MEM_MB)
+
+
+def mem_mb(request: int) -> int:
+    return min(request, MACHINE_MEM_MB) if LOCAL_RUN else request
+
+
+def disk_mb(stage: str):
+    """The disk a stage's job writes for its plate (paintbench.plan), for schedulers that place jobs by disk."""
+    return lambda wildcards: plate_disk_mb(config, wildcards.plate, METADATA_DIR, stage)
 
 
 @lru_cache(maxsize=None)  # the DAG of a full batch asks ~2,500 times; the answer is fixed for a run

@@ -18,7 +18,7 @@ rule synthetic_ground_truth:
     threads: 1
     localrule: True
     resources:
-        mem_mb=1000,
+        mem_mb=mem_mb(1000),
         runtime=10,
     conda:
         "../../envs/paintbench.yaml"
@@ -50,7 +50,9 @@ rule download:
     threads: 1
     localrule: True
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb(2000),
+        disk_mb=disk_mb("download"),
+        download=1,  # capped by the profiles' global `download` resource: transfers the head node runs at once
         runtime=240,
     conda:
         "../../envs/paintbench.yaml"
@@ -76,7 +78,7 @@ rule plate_qc:
     threads: 1
     localrule: True
     resources:
-        mem_mb=1000,
+        mem_mb=mem_mb(1000),
         runtime=10,
     conda:
         "../../envs/paintbench.yaml"
@@ -95,7 +97,7 @@ rule missing_fields:
     threads: 1
     localrule: True
     resources:
-        mem_mb=1000,
+        mem_mb=mem_mb(1000),
         runtime=10,
     conda:
         "../../envs/paintbench.yaml"

@@ -20,7 +20,7 @@ rule illum:
         skip=SKIP_BAD_FIELDS,
     threads: 2
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb(2000),
         runtime=120,
     conda:
         "../../envs/paintbench.yaml"

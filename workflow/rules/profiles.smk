@@ -19,7 +19,7 @@ rule profiles:
         spherize="--spherize" if config["profiles"]["spherize"] else "",
     threads: 1
     resources:
-        mem_mb=8000,
+        mem_mb=mem_mb(8000),
         runtime=60,
     conda:
         "../../envs/paintbench.yaml"
@@ -45,7 +45,7 @@ rule published_profiles:
     threads: 1
     localrule: True
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(4000),
         runtime=60,
     conda:
         "../../envs/paintbench.yaml"

@@ -18,7 +18,7 @@ rule report_summary:
     localrule: True
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb(2000),
         runtime=10,
     conda:
         "../../envs/paintbench.yaml"
@@ -46,7 +46,7 @@ rule report_figures:
     localrule: True
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(4000),
         runtime=30,
     conda:
         "../../envs/paintbench.yaml"
@@ -74,7 +74,7 @@ rule report_html:
     localrule: True
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb(2000),
         runtime=10,
     conda:
         "../../envs/paintbench.yaml"

@@ -15,7 +15,7 @@ rule replicate_retrieval:
         retrieval=retrieval_args(),
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(4000),
         runtime=60,
     conda:
         "../../envs/paintbench.yaml"
@@ -42,7 +42,7 @@ rule matching:
         retrieval=retrieval_args(),
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(4000),
         runtime=60,
     conda:
         "../../envs/paintbench.yaml"

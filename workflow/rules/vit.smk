@@ -27,7 +27,8 @@ rule vit_crops:
         skip=SKIP_BAD_FIELDS,
     threads: max(1, VIT["num_workers"])
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(4000),
+        disk_mb=disk_mb("vit_crops"),
         runtime=120,
     conda:
         "../../envs/paintbench.yaml"
@@ -56,7 +57,7 @@ rule vit_pretrain:
     threads: max(1, VIT["num_workers"])
     resources:
         gpu=1,
-        mem_mb=16000,
+        mem_mb=mem_mb(16000),
         runtime=24 * 60,
     conda:
         "../../envs/paintbench.yaml"
@@ -90,7 +91,7 @@ rule vit_embed:
     threads: max(1, VIT["num_workers"])
     resources:
         gpu=1,
-        mem_mb=8000,
+        mem_mb=mem_mb(8000),
         runtime=120,
     conda:
         "../../envs/paintbench.yaml"

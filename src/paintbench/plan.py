@@ -1,0 +1,142 @@
+"""What a run will cost before it starts: fields, download, CPU and GPU hours, and the disk of every intermediate.
+
+Every estimate is a count of this run's fields times a rate measured on these machines or published, and each
+rate carries its source (`RATES`). Rules use the same functions to declare `disk_mb`, so a cluster scheduler
+places jobs where the disk is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from paintbench.metadata import plate_info, plate_layout, select_wells
+
+CHANNELS_READ = 5  # the fluorescent channels both branches read
+MB = 1e6
+
+
+@dataclass(frozen=True)
+class Rate:
+    value: float
+    unit: str
+    source: str
+
+
+RATES = {
+    "image_mb": Rate(2.42, "MB per 1080 px channel TIFF (LZW)",
+                     "the real CPJUMP1-like field BR00143976 C03 f3: 12.1 MB for 5 channels (shared/data, measured)"),
+    "cellprofiler_s_per_field": Rate(60.0, "s per 1080 px field per core at ~150 cells (analysis.cppipe)",
+                                     "scripts/bench_cellprofiler.py --densities (README table; 38 s at 57 cells)"),
+    "cellprofiler_features": Rate(2700, "float32 values per cell", "analysis.cppipe single-cell table (README)"),
+    "decode_s_per_field": Rate(0.085, "s per field per core (5 channels decoded, corrected)",
+                               "DESIGN.md / scripts/bench_vit.py, real 1080 px LZW fields"),
+    "gpu_embed_crops_per_s": Rate(3000.0, "ViT-S/16 224 px crops/s, AMP, one RTX 3090",
+                                  "timm results/benchmark-infer-amp-nchw-pt112-cu113-rtx3090.csv (not measured here)"),
+    "gpu_train_crops_per_s": Rate(1053.0, "ViT-S/16 224 px training crops/s, AMP, one RTX 3090 (full ViT; an MAE "
+                                          "encodes 25% of the patches: conservative)",
+                                  "timm results/benchmark-train-amp-nchw-pt112-cu113-rtx3090.csv (not measured here)"),
+    "cpu_embed_crops_per_s": Rate(25.0, "ViT-S/16 224 px crops/s on 2 CPU cores", "scripts/bench_vit.py (README)"),
+    "cpu_train_crops_per_s": Rate(27.0, "ViT-S/16 224 px MAE training crops/s on 2 CPU cores (0.85 steps/s x 32)",
+                                  "scripts/bench_vit.py (README)"),
+}
+
+
+def rate(name: str) -> float:
+    return RATES[name].value
+
+
+def image_bytes(n_fields: int, image_mb: float | None = None) -> float:
+    return n_fields * CHANNELS_READ * (image_mb or rate("image_mb")) * MB
+
+
+def single_cell_bytes(n_cells: float) -> float:
+    return n_cells * rate("cellprofiler_features") * 4
+
+
+def crop_bytes(n_crops: float, crop_size: int) -> float:
+    return n_crops * CHANNELS_READ * crop_size * crop_size * 2  # float16
+
+
+def illum_bytes(field_px: int = 1080) -> float:
+    return CHANNELS_READ * field_px * field_px * 4
+
+
+def plate_fields(config: dict[str, Any], plate: str, metadata_dir: str) -> tuple[int, int]:
+    """(wells, fields) of one plate as the configuration selects them."""
+    layout = plate_layout(plate, metadata_dir)
+    wells = select_wells(layout, config["wells"], config["genes"], config["negcon_wells"])
+    sites = plate_info(plate, metadata_dir).sites_per_well if config["sites"] == "all" else len(config["sites"])
+    return len(wells), len(wells) * sites
+
+
+def estimate(config: dict[str, Any], metadata_dir: str, cells_per_field: float = 150.0) -> list[dict[str, Any]]:
+    """Rows (quantity, value, unit, source) for the configured plates: counts, hours and disk per stage."""
+    plates = config["plates"]
+    counts = [plate_fields(config, plate, metadata_dir) for plate in plates]
+    wells, fields = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    cells = fields * cells_per_field
+    vit, images = config["vit"], "cellprofiler" in config["feature_sets"] or "vitmae" in config["feature_sets"]
+    crop_size = int(vit["crop_size"])
+    per_field = min(cells_per_field, vit["max_crops_per_field"] or cells_per_field)
+    sample = min(per_field, vit["pretrain_crops_per_field"] or per_field)
+    scale = (vit["input_size"] / 224) ** 2  # ViT cost grows with the token count
+    pretrain_crops = vit["steps"] * vit["batch_size"]
+    rows = [
+        ("plates", len(plates), "plates", "configuration"),
+        ("wells", wells, "wells", "configuration (wells, genes, negcon_wells)"),
+        ("fields", fields, "fields", "configuration (sites) and the experiment metadata"),
+        ("cells (assumed)", round(cells), f"cells at {cells_per_field:g} per field", "--cells-per-field (real CPJUMP1 "
+                                                                                     "fields: 100-300)"),
+    ]
+    if images:
+        rows += [
+            ("images to download", round(fields * CHANNELS_READ), "TIFFs", "5 fluorescent channels per field"),
+            ("download", round(image_bytes(fields) / 1e9, 1), "GB", RATES["image_mb"].source),
+            ("illumination functions", round(len(plates) * illum_bytes() / 1e9, 2), "GB", "5 float32 fields per plate"),
+        ]
+    if "cellprofiler" in config["feature_sets"]:
+        cp_hours = fields * rate("cellprofiler_s_per_field") * (cells_per_field / 150) ** 0.5 / 3600
+        rows += [
+            ("CellProfiler", round(cp_hours, 1), "CPU-hours", RATES["cellprofiler_s_per_field"].source),
+            ("single cells (Parquet, kept)", round(single_cell_bytes(cells) / 1e9, 1), "GB",
+             f"{rate('cellprofiler_features'):g} float32 per cell; shards are temp() and merged per plate"),
+        ]
+    if "vitmae" in config["feature_sets"]:
+        embed_crops = fields * per_field
+        rows += [
+            ("ViT pretraining sample (kept)", round(crop_bytes(fields * sample, crop_size) / 1e9, 2), "GB",
+             f"{sample:g} crops of {crop_size} px per field (vit.pretrain_crops_per_field), float16"),
+            ("ViT crop decoding", round(2 * fields * rate("decode_s_per_field") / 3600, 1), "CPU-hours",
+             RATES["decode_s_per_field"].source + "; twice: survey, then embedding"),
+            ("ViT pretraining", round(pretrain_crops * scale / rate("gpu_train_crops_per_s") / 3600, 2), "GPU-hours",
+             RATES["gpu_train_crops_per_s"].source),
+            ("ViT pretraining on CPU", round(pretrain_crops * scale / rate("cpu_train_crops_per_s") / 3600, 1),
+             "hours on 2 cores", RATES["cpu_train_crops_per_s"].source),
+            ("ViT embedding", round(embed_crops * scale / rate("gpu_embed_crops_per_s") / 3600, 2), "GPU-hours",
+             RATES["gpu_embed_crops_per_s"].source),
+            ("ViT embedding on CPU", round(embed_crops * scale / rate("cpu_embed_crops_per_s") / 3600, 1),
+             "hours on 2 cores", RATES["cpu_embed_crops_per_s"].source),
+            ("ViT cache of every crop (not made)", round(crop_bytes(embed_crops, crop_size) / 1e9, 1), "GB",
+             "what caching every crop would take: embedding streams them from the images instead"),
+        ]
+    kept = [r for r in rows if r[2] == "GB" and "not made" not in r[0]]
+    peak = sum(r[1] for r in kept)
+    if "cellprofiler" in config["feature_sets"]:
+        peak += max(counts, key=lambda c: c[1])[1] * cells_per_field * rate("cellprofiler_features") * 4 / 1e9
+    rows.append(("peak disk", round(peak, 1), "GB", "everything kept plus one plate's CellProfiler shards"))
+    return [dict(zip(("quantity", "value", "unit", "source"), row)) for row in rows]
+
+
+def plate_disk_mb(config: dict[str, Any], plate: str, metadata_dir: str, stage: str,
+                  cells_per_field: float = 150.0) -> int:
+    """Disk a stage's job writes for one plate (MB, at least 100), for the rules' `disk_mb`."""
+    _, fields = plate_fields(config, plate, metadata_dir)
+    vit = config["vit"]
+    per_stage = {
+        "download": image_bytes(fields),
+        "cellprofiler": 2 * single_cell_bytes(fields * cells_per_field),  # shards + the merged table
+        "vit_crops": crop_bytes(fields * min(cells_per_field, vit["pretrain_crops_per_field"] or cells_per_field),
+                                vit["crop_size"]),
+    }
+    return max(100, int(per_stage.get(stage, 0) / MB))
