@@ -45,6 +45,7 @@ def cpu_cluster_profile(folder: Path) -> Path:
     profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
     for rule in ("vit_pretrain", "vit_embed"):
         profile["set-resources"][rule] = {"gpu": 0, "mem_mb": 4000}
+        profile["set-threads"][rule] = 2  # the single node's cores, not a GPU node's cpus_per_gpu
     profile["slurm-init-seconds-before-status-checks"] = 2
     path = folder / "profile" / "config.yaml"
     path.parent.mkdir(parents=True)
