@@ -123,10 +123,15 @@ def main() -> None:
         sample_s = time.perf_counter() - began
         images = image_bytes(table)
         bare = bare_forward_throughput(encoder, args.input_size, args.batch_size, str(device), seconds=args.seconds)
+        timed = len(every.centres) >= 4 * args.batch_size  # warm-up batches are not timed: enough must remain
+        nothing = {"crops_per_s": float("nan")}
         stream = end_to_end_throughput(ImageSource(table, work / "illum", work / "sample"), encoder, config,
-                                       args.batch_size, str(device), args.num_workers, seconds=args.seconds)
+                                       args.batch_size, str(device), args.num_workers, seconds=args.seconds) if timed else nothing
         cached = end_to_end_throughput(CacheSource(work / "every"), encoder, config, args.batch_size, str(device),
-                                       args.num_workers, seconds=args.seconds)
+                                       args.num_workers, seconds=args.seconds) if timed else nothing
+        if not timed:
+            print(f"note: {len(every.centres)} crops are too few to time embedding at batch {args.batch_size} "
+                  "(4 batches needed); give more --fields or a smaller --batch-size")
         steps = train_steps_per_s(config, work / "sample", args.batch_size, args.train_steps, device)
         disk_every, disk_sample = cache_bytes(work / "every"), cache_bytes(work / "sample")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -26,8 +26,9 @@ class Rate:
 RATES = {
     "image_mb": Rate(2.42, "MB per 1080 px channel TIFF (LZW)",
                      "the real CPJUMP1-like field BR00143976 C03 f3: 12.1 MB for 5 channels (shared/data, measured)"),
-    "cellprofiler_s_per_field": Rate(60.0, "s per 1080 px field per core at ~150 cells (analysis.cppipe)",
-                                     "scripts/bench_cellprofiler.py --densities (README table; 38 s at 57 cells)"),
+    "cellprofiler_s_per_field": Rate(63.0, "s per 1080 px field per core (analysis.cppipe; 58-68 s at 117-225 cells, "
+                                           "no clear trend with density: texture and granularity dominate)",
+                                     "scripts/bench_cellprofiler.py --densities 100,200,300 (README table)"),
     "cellprofiler_features": Rate(2700, "float32 values per cell", "analysis.cppipe single-cell table (README)"),
     "decode_s_per_field": Rate(0.085, "s per field per core (5 channels decoded, corrected)",
                                "DESIGN.md / scripts/bench_vit.py, real 1080 px LZW fields"),
@@ -96,7 +97,7 @@ def estimate(config: dict[str, Any], metadata_dir: str, cells_per_field: float =
             ("illumination functions", round(len(plates) * illum_bytes() / 1e9, 2), "GB", "5 float32 fields per plate"),
         ]
     if "cellprofiler" in config["feature_sets"]:
-        cp_hours = fields * rate("cellprofiler_s_per_field") * (cells_per_field / 150) ** 0.5 / 3600
+        cp_hours = fields * rate("cellprofiler_s_per_field") / 3600
         rows += [
             ("CellProfiler", round(cp_hours, 1), "CPU-hours", RATES["cellprofiler_s_per_field"].source),
             ("single cells (Parquet, kept)", round(single_cell_bytes(cells) / 1e9, 1), "GB",
