@@ -177,7 +177,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
         key, _, value = item.partition("=")
         overrides[key] = yaml.safe_load(value)
     config = load_config(args.configfile, overrides)
-    table = pd.DataFrame(estimate(config, str(resolve_path(config["metadata_dir"])), args.cells_per_field))
+    table = pd.DataFrame(estimate(config, str(resolve_path(config["metadata_dir"])), args.cells_per_field), dtype=object)
     shown = table.assign(value=table["value"].map(lambda v: f"{v:,}"))
     with pd.option_context("display.max_colwidth", 90, "display.width", 200):
         print(f"{args.configfile}: {len(config['plates'])} plate(s), feature sets {', '.join(config['feature_sets'])}")
