@@ -42,6 +42,7 @@ rule vit_pretrain:
     input:
         crops=expand(f"{RESULTS}/vit/crops/{{plate}}.npy", plate=VIT_PRETRAIN_PLATES),
         index=expand(f"{RESULTS}/vit/crops/{{plate}}.parquet", plate=VIT_PRETRAIN_PLATES),
+        norm=expand(f"{RESULTS}/vit/crops/{{plate}}.norm.json", plate=VIT_PRETRAIN_PLATES),
     output:
         encoder=f"{RESULTS}/vit/model/encoder.pt",
         log_table=f"{RESULTS}/vit/model/train_log.tsv",
