@@ -165,6 +165,8 @@ def small_demo_config(folder, **overrides) -> str:
                   results_dir=str(folder / "results"))
     config["synthetic"].update(field_size=128, cells_per_field=14)
     config["vit"].update(steps=60, warmup_steps=5, checkpoint_every=30)
+    for method in ("dino", "simclr"):  # every method at vit.steps
+        config["vit"][method]["steps"] = None
     config["retrieval"] = {"null_size": 5000, "seed": 0}
     config.update(overrides)
     path = folder / "config.yaml"

@@ -151,7 +151,7 @@ def test_training_and_reconstruction(tmp_path: Path, norm_pix_loss: bool) -> Non
 
     out = tmp_path / "mae"
     pretrain(RandomCrops(8), TINY, out, steps=2, batch_size=4, lr=1e-3, warmup_steps=1, checkpoint_every=2, seed=0,
-             device="cpu", decoder=dict(dim=32, depth=1, heads=2, norm_pix_loss=norm_pix_loss), progress=False)
+             device="cpu", settings=dict(decoder_dim=32, decoder_depth=1, decoder_heads=2, norm_pix_loss=norm_pix_loss), progress=False)
     check_outputs(training_figure(out / "train_log.tsv", tmp_path / "train"), tmp_path / "train")
     crops = np.random.default_rng(1).normal(size=(3, 5, 40, 40)).astype(np.float16)  # resized to 32
     check_outputs(reconstruction_figure(out / "checkpoint.pt", crops, tmp_path / "recon"), tmp_path / "recon")

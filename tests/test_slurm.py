@@ -114,7 +114,7 @@ def wait_for_running(env: dict, rule: str, process: subprocess.Popen, timeout: f
 
 def encoder_target(folder: Path) -> tuple[str, str]:
     # Long enough to be caught running; checkpoints every 50 steps so a retry resumes.
-    return tiny_config(folder, steps=400, checkpoint_every=50), "results/vit/model/encoder.pt"
+    return tiny_config(folder, steps=400, checkpoint_every=50), "results/vit/mae/encoder.pt"
 
 
 def test_cancelled_job_is_retried_and_the_run_completes(cluster, tmp_path):
@@ -129,7 +129,7 @@ def test_cancelled_job_is_retried_and_the_run_completes(cluster, tmp_path):
     assert process.returncode == 0, output[-5000:]
     states = sacct_rules(cluster, since).query("rule == 'vit_pretrain'")["state"].tolist()
     assert states[0].startswith("CANCELLED") and states[-1] == "COMPLETED", states
-    log = pd.read_csv(tmp_path / "results" / "vit" / "model" / "train_log.tsv", sep="\t")
+    log = pd.read_csv(tmp_path / "results" / "vit" / "mae" / "train_log.tsv", sep="\t")
     assert log["step"].is_unique and log["step"].max() == 400
 
 

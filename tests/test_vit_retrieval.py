@@ -72,7 +72,7 @@ def replicate_map(work, prefixes, encoder, name: str) -> tuple[float, float]:
 def test_pretrained_embeddings_retrieve_strong_phenotypes(crop_caches, capsys):
     work, prefixes, _ = crop_caches
     pretrain(CropDataset(prefixes), ENCODER, work / "model", steps=2000, batch_size=64, lr=2e-3, warmup_steps=10,
-             checkpoint_every=2000, seed=0, device="cpu", decoder={"dim": 48, "depth": 1, "heads": 3}, progress=False)
+             checkpoint_every=2000, seed=0, device="cpu", settings={"decoder_dim": 48, "decoder_depth": 1, "decoder_heads": 3}, progress=False)
     trained, _ = load_encoder(work / "model" / "encoder.pt", "cpu")
     trained_map, chance = replicate_map(work, prefixes, trained, "trained")
     random_maps = []

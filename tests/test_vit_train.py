@@ -25,6 +25,7 @@ TINY = dict(model="vit_tiny_patch16_224", img_size=32, patch_size=8, in_chans=5,
 # Stochastic depth makes training draw from the global torch RNG, which a resume must restore too.
 TINY_DROP_PATH = TINY | dict(kwargs=TINY["kwargs"] | dict(drop_path_rate=0.2))
 DECODER = dict(dim=32, depth=1, heads=2)
+MAE_SETTINGS = {f"decoder_{k}": v for k, v in DECODER.items()}
 RESUME_STEPS, RESUME_EVERY = 40, 10
 
 
@@ -76,7 +77,7 @@ def run_small(out_dir: str | Path, steps: int = RESUME_STEPS, delay: float = 0.0
               **overrides) -> Path:
     """The resume test's run (also started as a subprocess): 64 crops in batches of 8, so epochs wrap."""
     settings = dict(steps=steps, batch_size=8, lr=1e-3, warmup_steps=5, checkpoint_every=RESUME_EVERY, seed=7,
-                    decoder=DECODER, log_every=1, progress=False, device="cpu") | overrides
+                    settings=MAE_SETTINGS, log_every=1, progress=False, device="cpu") | overrides
     with reproducible_cpu():
         return pretrain(BlobCrops(64, 32, seed=5, delay=delay), encoder_config, Path(out_dir), **settings)
 
@@ -119,14 +120,14 @@ def test_pretraining_reduces_held_out_loss(tmp_path):
         before = held_out_loss(build_mae_from_decoder_config(TINY, DECODER), held_out)
         # 40 px crops for a 32 px model: the training step resizes.
         pretrain(BlobCrops(512, 40, seed=1), TINY, tmp_path, steps=150, batch_size=32, lr=2e-3, warmup_steps=10,
-                 checkpoint_every=100, seed=11, decoder=DECODER, device="cpu", progress=False)
+                 checkpoint_every=100, seed=11, settings=MAE_SETTINGS, device="cpu", progress=False)
         after = held_out_loss(load_mae(tmp_path / "checkpoint.pt"), held_out)
     assert after < 0.8 * before, (before, after)
     rows = log_rows(tmp_path / "train_log.tsv")
     assert [int(r[0]) for r in rows] == list(range(1, 151))
     assert (tmp_path / "train_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert {"encoder", "decoder", "optimizer", "scheduler", "step", "encoder_config", "train_config",
+    assert {"encoder", "model", "optimizer", "scheduler", "step", "encoder_config", "train_config",
             "rng"} <= set(checkpoint)
     assert checkpoint["step"] == 150 and checkpoint["encoder_config"] == TINY
 
@@ -166,7 +167,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     for name in ("encoder.pt", "checkpoint.pt"):
         ref_state = torch.load(reference / name, weights_only=True)
         new_state = torch.load(killed / name, weights_only=True)
-        for part in ("encoder", "decoder"):
+        for part in ("encoder", "model"):
             if part in ref_state:
                 assert ref_state[part].keys() == new_state[part].keys()
                 assert all(torch.equal(ref_state[part][k], new_state[part][k]) for k in ref_state[part]), (name, part)

@@ -16,6 +16,8 @@ def demo_config(tmp_path, **vit) -> str:
     config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     config.update(plates=[PLATE], data_dir=str(tmp_path / "data"), results_dir=str(tmp_path / "results"))
     config["vit"].update(steps=12, checkpoint_every=6, warmup_steps=2, **vit)
+    for method in ("dino", "simclr"):
+        config["vit"][method]["steps"] = None
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path)
@@ -34,7 +36,7 @@ def test_vit_branch_pretrains_and_embeds_one_plate(tmp_path):
     assert wells["Metadata_Object_Count"].tolist() == crops.groupby("Metadata_Well").size().sort_index().tolist()
     embedding = [c for c in wells.columns if c.startswith("emb_")]
     assert len(embedding) == 192 and wells[embedding].notna().all().all()
-    log = pd.read_csv(tmp_path / "results" / "vit" / "model" / "train_log.tsv", sep="\t")
+    log = pd.read_csv(tmp_path / "results" / "vit" / "mae" / "train_log.tsv", sep="\t")
     assert log["step"].max() == 12 and log["step"].is_unique
 
 
@@ -43,6 +45,6 @@ def test_user_checkpoint_skips_pretraining(tmp_path):
     checkpoint = tmp_path / "my_encoder.pth"
     torch.save(encoder.state_dict(), checkpoint)  # a plain timm state_dict, as a user would bring
     target = str(tmp_path / "results" / "profiles" / "vitmae" / f"{PLATE}.parquet")
-    dry = snakemake([target, "-n", "--cores", "2", "--configfile", demo_config(tmp_path, checkpoint=str(checkpoint))],
+    dry = snakemake([target, "-n", "--cores", "2", "--configfile", demo_config(tmp_path, mae={"checkpoint": str(checkpoint)})],
                     cwd=tmp_path)
     assert "rule vit_pretrain:" not in dry.stdout and "rule vit_embed:" in dry.stdout

@@ -25,7 +25,7 @@ def cmd_report_figures(args: argparse.Namespace) -> None:
     from paintbench.report.summary import read_summary
 
     figures = make_figures(args.results_dir, args.feature_sets, args.plates, read_summary(args.summary), args.out_dir,
-                           args.mae_dir)
+                           args.train_dirs)
     log.info("%d figures -> %s", len(figures), args.out_dir)
 
 
@@ -80,7 +80,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report-figures", help="the report's figures (PNG + SVG) and their manifest")
     _finished_run_options(p)
     p.add_argument("--feature-sets", nargs="+", required=True)
-    p.add_argument("--mae-dir", default=None, help="the MAE's folder (train_log.tsv, checkpoint.pt) when it was pretrained")
+    p.add_argument("--train-dirs", nargs="*", default=[],
+                   help="pretraining folders results_dir/vit/<method> (train_log.tsv; MAE: checkpoint.pt)")
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_report_figures)
 

@@ -17,7 +17,10 @@ import yaml
 from paintbench import CHANNELS
 from paintbench.metadata import MetadataError, known_plates, paper_plates, plate_info, unknown_name_message
 
-IMAGE_FEATURE_SETS = ("cellprofiler", "vitmae")
+VIT_FEATURE_SETS = {"vitmae": "mae", "vitdino": "dino", "vitsimclr": "simclr"}  # feature set -> vit.<method>
+IMAGE_FEATURE_SETS = ("cellprofiler", *VIT_FEATURE_SETS)
+TRAINING_KEYS = ("steps", "batch_size", "lr", "warmup_steps", "weight_decay")
+DEPRECATED_MAE_KEYS = ("mask_ratio", "decoder_dim", "decoder_depth", "decoder_heads", "norm_pix_loss", "checkpoint")
 log = logging.getLogger(__name__)
 
 WORKFLOW_DIR = Path(__file__).resolve().parents[2]
@@ -126,8 +129,19 @@ def check_semantics(config: dict[str, Any]) -> None:
         log.warning("config key 'cellprofiler.skip_bad_fields' is deprecated: use qc.skip_bad_fields")
         config["qc"]["skip_bad_fields"] = config["cellprofiler"]["skip_bad_fields"]
     vit = config["vit"]
-    if vit["decoder_dim"] % vit["decoder_heads"]:
-        raise ConfigError(f"config key 'vit.decoder_dim': {vit['decoder_dim']} is not divisible by vit.decoder_heads ({vit['decoder_heads']})")
+    for key in DEPRECATED_MAE_KEYS:
+        if vit[key] is not None:
+            log.warning("config key 'vit.%s' is deprecated: use vit.mae.%s", key, key)
+            vit["mae"][key] = vit[key]
+    mae = vit["mae"]
+    if mae["decoder_dim"] % mae["decoder_heads"]:
+        raise ConfigError(f"config key 'vit.mae.decoder_dim': {mae['decoder_dim']} is not divisible by "
+                          f"vit.mae.decoder_heads ({mae['decoder_heads']})")
+    for method in ("mae", "dino", "simclr"):
+        batch = vit[method]["batch_size"] or vit["batch_size"]
+        if batch % vit["gpus"]:
+            raise ConfigError(f"config key 'vit.{method}.batch_size': the global batch {batch} does not split over "
+                              f"vit.gpus = {vit['gpus']} processes")
     if vit["input_size"] % vit["patch_size"]:
         raise ConfigError(f"config key 'vit.input_size': {vit['input_size']} is not a multiple of vit.patch_size ({vit['patch_size']})")
     if config["published_profiles"] and "published_cellprofiler" not in config["feature_sets"]:
@@ -139,6 +153,15 @@ def check_semantics(config: dict[str, Any]) -> None:
         raise ConfigError("config key 'illum.source': 'gallery' needs source: s3 (allowed here: computed)")
     if config["source"] == "local" and "{plate}" not in config["local"]["image_dir"] and len(config["plates"]) > 1:
         raise ConfigError("config key 'local.image_dir': must contain '{plate}' when several plates are configured")
+
+
+def vit_method(config: dict[str, Any], method: str) -> dict[str, Any]:
+    """One method's effective training keys (vit.<method> overrides of vit.*), its own settings, and its encoder
+    checkpoint (None = pretrain)."""
+    vit, section = config["vit"], config["vit"][method]
+    training = {key: vit[key] if section[key] is None else section[key] for key in TRAINING_KEYS}
+    settings = {k: v for k, v in section.items() if k not in (*TRAINING_KEYS, "checkpoint")}
+    return {**training, "settings": settings, "checkpoint": section["checkpoint"]}
 
 
 def _scalar(value: str, types: set[str]) -> Any:

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from paintbench.cellprofiler import shard_wells
-from paintbench.config import resolve_command, resolve_path
+from paintbench.config import VIT_FEATURE_SETS, resolve_command, resolve_path, vit_method
 from paintbench.metadata import plate_info, plate_layout, select_wells
 from paintbench.plan import plate_disk_mb
 
@@ -25,16 +25,21 @@ CELLPROFILER = {
 # published_cellprofiler: the consortium's own profiles of the same plates (s3 source), scored side by side;
 # a run of it alone (config/paper.yaml) reads no image at all.
 FEATURE_SETS = config["feature_sets"]
-IMAGE_SETS = [fs for fs in FEATURE_SETS if fs in ("cellprofiler", "vitmae")]
+IMAGE_SETS = [fs for fs in FEATURE_SETS if fs == "cellprofiler" or fs in VIT_FEATURE_SETS]
+VIT_METHODS = [VIT_FEATURE_SETS[fs] for fs in FEATURE_SETS if fs in VIT_FEATURE_SETS]
 TASKS = ["replicate_retrieval", "sister_matching", "compound_gene_matching"]
 VIT = config["vit"]
 QC = config["qc"]
 SKIP_BAD_FIELDS = "--skip-bad-fields" if QC["skip_bad_fields"] else ""
 VIT_PRETRAIN_PLATES = VIT["pretrain_plates"] or PLATES
-# A user-supplied encoder skips pretraining; otherwise the run pretrains its own.
-VIT_ENCODER = (
-    str(resolve_path(VIT["checkpoint"], Path(workflow.basedir))) if VIT["checkpoint"] else f"{RESULTS}/vit/model/encoder.pt"
-)
+METHOD = {method: vit_method(config, method) for method in ("mae", "dino", "simclr")}
+PRETRAINED = [m for m in VIT_METHODS if not METHOD[m]["checkpoint"]]  # methods this run pretrains itself
+
+
+def vit_encoder(wildcards) -> str:
+    """A user-supplied encoder (vit.<method>.checkpoint) skips pretraining; otherwise the run pretrains its own."""
+    given = METHOD[wildcards.method]["checkpoint"]
+    return str(resolve_path(given, Path(workflow.basedir))) if given else f"{RESULTS}/vit/{wildcards.method}/encoder.pt"
 
 
 # Workstation runs: the rules' mem_mb add up to at most the machine's memory (so they are enforced, not just
@@ -128,20 +133,24 @@ def encoder_config_args() -> str:
     )
 
 
-def vit_train_args() -> str:
-    v = VIT
+def vit_train_args(wildcards) -> str:
+    """vit-pretrain's options for one method: shared keys, the method's overrides and settings, views, tracking."""
+    v, m = VIT, METHOD[wildcards.method]
+    compact = lambda value: json.dumps(value, separators=(",", ":"))
+    compile_flag = "" if v["compile"] is None else ("--compile" if v["compile"] else "--no-compile")
     return (
-        f"{encoder_config_args()} --mask-ratio {v['mask_ratio']} --decoder-dim {v['decoder_dim']}"
-        f" --decoder-depth {v['decoder_depth']} --decoder-heads {v['decoder_heads']} --steps {v['steps']}"
-        f" --batch-size {v['batch_size']} --lr {v['lr']} --weight-decay {v['weight_decay']}"
-        f" --warmup-steps {v['warmup_steps']} --checkpoint-every {v['checkpoint_every']} --seed {v['seed']}"
-        f" --device {v['device']} {'--norm-pix-loss' if v['norm_pix_loss'] else '--no-norm-pix-loss'}"
+        f"{encoder_config_args()} --method {wildcards.method} --settings '{compact(m['settings'])}'"
+        f" --views '{compact(v['views'])}' --pooling {v['pooling']} --steps {m['steps']} --batch-size {m['batch_size']}"
+        f" --lr {m['lr']} --weight-decay {m['weight_decay']} --warmup-steps {m['warmup_steps']}"
+        f" --checkpoint-every {v['checkpoint_every']} --seed {v['seed']} --device {v['device']}"
+        f" --precision {v['precision']} {compile_flag} --gpus {v['gpus']} --track-every {v['track_every']}"
+        f" --track-crops-per-well {v['track_crops_per_well']} --metadata-dir {METADATA_DIR}"
     )
 
 
-def vit_encoder_args() -> str:
+def vit_encoder_args(wildcards) -> str:
     """A user checkpoint may be a plain state_dict: its architecture then comes from the config."""
-    return encoder_config_args() if VIT["checkpoint"] else ""
+    return encoder_config_args() if METHOD[wildcards.method]["checkpoint"] else ""
 
 
 def plate_qc_fragments(wildcards) -> list[str]:
@@ -150,8 +159,9 @@ def plate_qc_fragments(wildcards) -> list[str]:
     fragments = [f"{RESULTS}/qc/{plate}/download.tsv", f"{RESULTS}/qc/{plate}/illum.tsv"]
     if "cellprofiler" in IMAGE_SETS:
         fragments.append(f"{RESULTS}/cellprofiler/{plate}/skipped_fields.tsv")
-    if "vitmae" in IMAGE_SETS:
-        fragments += [f"{RESULTS}/qc/{plate}/vit_crops.tsv", f"{RESULTS}/qc/{plate}/vit_embed.tsv"]
+    if VIT_METHODS:
+        fragments.append(f"{RESULTS}/qc/{plate}/vit_crops.tsv")
+        fragments += [f"{RESULTS}/qc/{plate}/vit_embed_{method}.tsv" for method in VIT_METHODS]
     return fragments
 
 
@@ -168,10 +178,10 @@ def report_inputs(wildcards) -> dict[str, list[str]]:
         inputs["cell_counts"] = expand(f"{RESULTS}/profiles/cellprofiler/{{plate}}.parquet", plate=PLATES)
     if IMAGE_SETS:
         inputs["qc"] = expand(f"{RESULTS}/qc/{{plate}}.tsv", plate=PLATES) + [f"{RESULTS}/qc/missing_fields.tsv"]
-    if "vitmae" in IMAGE_SETS:
+    if VIT_METHODS:
         inputs["crops"] = expand(f"{RESULTS}/vit/crops/{{plate}}.parquet", plate=PLATES)
-        if not VIT["checkpoint"]:
-            inputs["train_log"] = [f"{RESULTS}/vit/model/train_log.tsv"]
+    if PRETRAINED:
+        inputs["train_logs"] = expand(f"{RESULTS}/vit/{{method}}/train_log.tsv", method=PRETRAINED)
     return inputs
 
 

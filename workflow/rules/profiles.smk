@@ -12,7 +12,7 @@ rule profiles:
     benchmark:
         f"{RESULTS}/benchmarks/profiles/{{feature_set}}.tsv"
     wildcard_constraints:
-        feature_set="cellprofiler|vitmae",
+        feature_set="cellprofiler|vitmae|vitdino|vitsimclr",
     params:
         metadata_dir=METADATA_DIR,
         selection=lambda wildcards: "--feature-selection" if wildcards.feature_set == "cellprofiler" else "",

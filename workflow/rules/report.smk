@@ -42,7 +42,9 @@ rule report_figures:
         results_dir=lambda wildcards, output: os.path.dirname(os.path.dirname(output.figures)),
         feature_sets=" ".join(FEATURE_SETS),
         plates=" ".join(PLATES),
-        mae=lambda wildcards, input: f"--mae-dir {os.path.dirname(input.train_log[0])}" if "train_log" in input.keys() else "",
+        train_dirs=lambda wildcards, input: (
+            f"--train-dirs {' '.join(os.path.dirname(p) for p in input.train_logs)}" if "train_logs" in input.keys() else ""
+        ),
     localrule: True
     threads: 1
     resources:
@@ -52,7 +54,7 @@ rule report_figures:
         "../../envs/paintbench.yaml"
     shell:
         "python -m paintbench report-figures --results-dir {params.results_dir} --feature-sets {params.feature_sets}"
-        " --plates {params.plates} --summary {input.summary} {params.mae} --out-dir {output.figures} > {log} 2>&1"
+        " --plates {params.plates} --summary {input.summary} {params.train_dirs} --out-dir {output.figures} > {log} 2>&1"
 
 
 rule report_html:

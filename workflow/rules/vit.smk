@@ -1,5 +1,10 @@
-# Stage 3b: ViT-MAE. Per plate: crop centres + a bounded pretraining sample -> MAE pretraining (GPU) ->
+# Stage 3b: self-supervised ViTs. Per plate: crop centres + a bounded pretraining sample; per method (mae, dino,
+# simclr: feature sets vitmae, vitdino, vitsimclr) pretraining on every plate's sample (GPU, N GPUs with vit.gpus) ->
 # embeddings of every crop streamed from the images (GPU) -> well means.
+
+wildcard_constraints:
+    method="mae|dino|simclr",
+
 
 
 rule vit_crops:
@@ -44,20 +49,21 @@ rule vit_pretrain:
         index=expand(f"{RESULTS}/vit/crops/{{plate}}.parquet", plate=VIT_PRETRAIN_PLATES),
         norm=expand(f"{RESULTS}/vit/crops/{{plate}}.norm.json", plate=VIT_PRETRAIN_PLATES),
     output:
-        encoder=f"{RESULTS}/vit/model/encoder.pt",
-        log_table=f"{RESULTS}/vit/model/train_log.tsv",
-        loss_plot=report(f"{RESULTS}/vit/model/train_loss.png", caption="../report/train_loss.rst", category="ViT-MAE"),
+        encoder=f"{RESULTS}/vit/{{method}}/encoder.pt",
+        log_table=f"{RESULTS}/vit/{{method}}/train_log.tsv",
+        loss_plot=report(f"{RESULTS}/vit/{{method}}/train_loss.png", caption="../report/train_loss.rst",
+                         category="ViT pretraining", subcategory="{method}"),
     log:
-        f"{RESULTS}/logs/vit_pretrain.log",
+        f"{RESULTS}/logs/vit_pretrain/{{method}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/vit_pretrain.tsv"
+        f"{RESULTS}/benchmarks/vit_pretrain/{{method}}.tsv"
     params:
         prefixes=lambda wildcards, input: " ".join(p.removesuffix(".npy") for p in input.crops),
         out_dir=lambda wildcards, output: os.path.dirname(output.encoder),
-        args=vit_train_args(),
+        args=vit_train_args,
     threads: max(1, VIT["num_workers"])
     resources:
-        gpu=1,
+        gpu=VIT["gpus"],
         mem_mb=mem_mb(16000),
         runtime=24 * 60,
     conda:
@@ -73,18 +79,18 @@ rule vit_embed:
         illum=rules.illum.output.functions,
         norm=f"{RESULTS}/vit/crops/{{plate}}.norm.json",
         centres=f"{RESULTS}/vit/crops/{{plate}}.centres.parquet",
-        encoder=VIT_ENCODER,
+        encoder=vit_encoder,
     output:
-        profiles=f"{RESULTS}/profiles/vitmae/{{plate}}.parquet",
-        qc=f"{RESULTS}/qc/{{plate}}/vit_embed.tsv",
+        profiles=f"{RESULTS}/profiles/vit{{method}}/{{plate}}.parquet",
+        qc=f"{RESULTS}/qc/{{plate}}/vit_embed_{{method}}.tsv",
     log:
-        f"{RESULTS}/logs/vit_embed/{{plate}}.log",
+        f"{RESULTS}/logs/vit_embed/{{method}}/{{plate}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/vit_embed/{{plate}}.tsv"
+        f"{RESULTS}/benchmarks/vit_embed/{{method}}/{{plate}}.tsv"
     params:
         prefix=lambda wildcards: f"{RESULTS}/vit/crops/{wildcards.plate}",
         illum_dir=lambda wildcards: f"{RESULTS}/illum/{wildcards.plate}",
-        encoder_args=vit_encoder_args(),
+        encoder_args=vit_encoder_args,
         skip=SKIP_BAD_FIELDS,
         pooling=VIT["pooling"],
         batch_size=VIT["embed_batch_size"],

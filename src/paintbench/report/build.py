@@ -141,18 +141,30 @@ def _example_figure(results_dir: Path, feature_sets: list[str], out: Path, n: in
                    f"the {n} retrieved worst (mean replicate mAP over feature sets), and of negative controls.")]
 
 
-def _image_figures(results_dir: Path, plates: list[str], mae_dir: Path | None, out: Path) -> list[Figure]:
+METHOD_TITLES = {"mae": "ViT-MAE", "dino": "ViT-DINO", "simclr": "ViT-SimCLR"}
+LOSS_CAPTIONS = {"mae": "reconstruction loss on masked patches", "dino": "DINO cross-entropy between teacher and student views",
+                 "simclr": "NT-Xent contrastive loss"}
+
+
+def _image_figures(results_dir: Path, plates: list[str], train_dirs: list[Path], out: Path) -> list[Figure]:
     if not (results_dir / "illum").is_dir():
         return []  # a run of published profiles reads no images
     illumination_figure(results_dir / "illum", plates, out / "illumination")
     figures = [Figure("illumination", "Images", "Illumination functions",
                       "Per-plate, per-channel illumination functions that both branches divide by; smooth, "
                       "centre-bright surfaces are expected, sharp structure is not.")]
+    for train_dir in train_dirs:  # one folder per method: results_dir/vit/<method>
+        method = train_dir.name
+        if not (train_dir / "train_log.tsv").exists():
+            continue
+        title = METHOD_TITLES.get(method, method)
+        training_figure(train_dir / "train_log.tsv", out / f"{method}_training", title)
+        figures.append(Figure(f"{method}_training", "Pretraining", f"{title} training",
+                              f"{LOSS_CAPTIONS.get(method, 'Loss').capitalize()} per optimizer step (and its running "
+                              "mean) with the learning-rate schedule; where tracked (vit.track_every), replicate "
+                              "mAP of a fixed sample of wells at those steps (reported only, never used for training)."))
+    mae_dir = next((d for d in train_dirs if d.name == "mae"), None)
     if mae_dir is not None and (mae_dir / "train_log.tsv").exists():
-        training_figure(mae_dir / "train_log.tsv", out / "mae_training")
-        figures.append(Figure("mae_training", "ViT-MAE", "MAE training loss",
-                              "Reconstruction loss on masked patches per optimizer step (and its running mean) "
-                              "with the learning-rate schedule."))
         crop_dir = results_dir / "vit" / "crops"
         caches = sorted(crop_dir.glob("*.npy"))
         rows = read_table(caches[0].with_suffix(".parquet"))["Metadata_Crop"].to_numpy() if caches else []
@@ -167,14 +179,14 @@ def _image_figures(results_dir: Path, plates: list[str], mae_dir: Path | None, o
 
 
 def make_figures(results_dir: str | Path, feature_sets: list[str], plates: list[str], summary: pd.DataFrame,
-                 out_dir: str | Path, mae_dir: str | Path | None = None) -> list[Figure]:
+                 out_dir: str | Path, train_dirs: list[str | Path] | None = None) -> list[Figure]:
     """Write every figure (PNG + SVG) into out_dir and the manifest figures.json; returns the manifest."""
     results, out = Path(results_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     scored = [fs for fs in feature_sets if fs != REFERENCE]
     figures = [*_retrieval_figures(results, scored, summary, out), *_plate_figures(results, scored, plates, out),
                *_example_figure(results, scored, out),
-               *_image_figures(results, plates, Path(mae_dir) if mae_dir else None, out)]
+               *_image_figures(results, plates, [Path(d) for d in train_dirs or []], out)]
     with atomic_path(out / MANIFEST) as tmp:
         tmp.write_text(json.dumps([asdict(f) for f in figures], indent=1))
     return figures

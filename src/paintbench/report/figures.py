@@ -29,9 +29,10 @@ from paintbench.report.summary import CONDITION, REFERENCE, TASKS, condition_lab
 OKABE_ITO = {"orange": "#E69F00", "sky_blue": "#56B4E9", "green": "#009E73", "yellow": "#F0E442",
              "blue": "#0072B2", "vermillion": "#D55E00", "purple": "#CC79A7", "black": "#000000"}
 FEATURE_SET_COLOURS = {"cellprofiler": OKABE_ITO["blue"], "vitmae": OKABE_ITO["vermillion"],
+                       "vitdino": OKABE_ITO["orange"], "vitsimclr": OKABE_ITO["purple"],
                        "published_cellprofiler": OKABE_ITO["green"], "paper_cellprofiler": OKABE_ITO["black"]}
 # Yellow last: it is the hardest to see on white, so it is only used once the others are taken.
-SPARE_COLOURS = [OKABE_ITO[k] for k in ("orange", "sky_blue", "purple", "yellow")]
+SPARE_COLOURS = [OKABE_ITO[k] for k in ("sky_blue", "yellow")]
 MODALITY_COLOURS = {"compound": OKABE_ITO["orange"], "crispr": OKABE_ITO["sky_blue"], "orf": OKABE_ITO["purple"]}
 NOT_SIGNIFICANT = "#BBBBBB"
 HEATMAP_CMAP = "viridis"

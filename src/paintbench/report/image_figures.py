@@ -100,17 +100,27 @@ def illumination_figure(illum_dir: Path, plates: list[str], stem: Path, max_plat
     return save_figure(fig, stem)
 
 
-def training_figure(train_log: Path, stem: Path) -> list[Path]:
-    """MAE loss per step with a running mean (log scale if it spans more than 10x) and the learning rate."""
+def training_figure(train_log: Path, stem: Path, title: str = "ViT-MAE") -> list[Path]:
+    """Loss per step with a running mean (log scale if it spans more than 10x, MAE only), the learning rate, and
+    the tracked replicate mAP when the log has it."""
+    from paintbench.vit.train import LOSS_NAMES
+
     table = pd.read_csv(train_log, sep="\t")
     missing = {"step", "loss", "lr"} - set(table.columns)
     if missing:
         raise ValueError(f"{train_log}: training log lacks column(s) {sorted(missing)}")
     with style():
-        fig = plt.figure(figsize=(8, 4.5), layout="constrained")
-        ax = fig.subplots()
-        ax.set_xlabel("step")
-        ax.set_ylabel("masked-patch MSE")
+        tracked = table.dropna(subset=["replicate_map"]) if "replicate_map" in table else table.iloc[:0]
+        fig = plt.figure(figsize=(8, 6.5 if len(tracked) else 4.5), layout="constrained")
+        axes = fig.subplots(2 if len(tracked) else 1, 1, sharex=True, squeeze=False,
+                            height_ratios=(3, 2) if len(tracked) else (1,))[:, 0]
+        ax = axes[0]
+        axes[-1].set_xlabel("step")
+        method = next((m for m, name in (("dino", "DINO"), ("simclr", "SimCLR")) if name in title), "mae")
+        ax.set_ylabel(LOSS_NAMES[method])
+        if len(tracked):
+            axes[1].plot(tracked["step"], tracked["replicate_map"], "o-", color=OKABE_ITO["green"])
+            axes[1].set_ylabel("replicate mAP\n(tracked sample)")
         if table.empty:
             # steps=0 is a legitimate run (outputs only); say so instead of failing the report.
             ax.text(0.5, 0.5, "no training steps logged", transform=ax.transAxes, ha="center", va="center")
@@ -121,7 +131,7 @@ def training_figure(train_log: Path, stem: Path) -> list[Path]:
             ax.plot(table["step"], table["loss"], lw=0.6, alpha=0.35, color=blue, label="loss per step")
             ax.plot(table["step"], smooth, lw=1.8, color=blue, label=f"running mean of {window}")
             positive = table["loss"][table["loss"] > 0]
-            if len(positive) and positive.max() > 10 * positive.min():
+            if method == "mae" and len(positive) and positive.max() > 10 * positive.min():
                 ax.set_yscale("log")
             lr_ax = ax.twinx()
             lr_ax.plot(table["step"], table["lr"], lw=1.2, ls="--", color=orange, label="learning rate")
@@ -133,7 +143,7 @@ def training_figure(train_log: Path, stem: Path) -> list[Path]:
             ax.legend(handles=handles, loc="upper right", frameon=False)
         minutes = table["seconds"].iloc[-1] / 60 if "seconds" in table and len(table) else float("nan")
         timing = f", {minutes:.1f} min" if np.isfinite(minutes) else ""
-        ax.set_title(f"MAE pretraining: {len(table)} steps{timing}")
+        ax.set_title(f"{title} pretraining: {len(table)} steps{timing}")
     return save_figure(fig, stem)
 
 

@@ -39,8 +39,10 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-def autocast(device: torch.device):
-    """bf16 mixed precision on CUDA; full precision on CPU (bf16 matmuls are slow on most CPUs)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+def autocast(device: torch.device, precision: str = "auto"):
+    """Mixed precision: 'auto' = bf16 on CUDA and fp32 on CPU (bf16 matmuls are slow on most CPUs); 'bf16' also
+    on CPU (so the CUDA code path can be exercised without a GPU); 'fp32' never."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32, not {precision!r}")
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)

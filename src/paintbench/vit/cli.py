@@ -44,19 +44,51 @@ def cmd_vit_crops(args: argparse.Namespace) -> None:
              args.output_prefix)
 
 
+def _mae_flags(args: argparse.Namespace) -> dict:
+    """The MAE options given on the command line, as method settings."""
+    flags = {"mask_ratio": args.mask_ratio, "decoder_dim": args.decoder_dim, "decoder_depth": args.decoder_depth,
+             "decoder_heads": args.decoder_heads, "norm_pix_loss": args.norm_pix_loss}
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+def _relaunch_with_torchrun(processes: int) -> None:
+    """Run this same command as `processes` torchrun workers on this node (one per GPU), then exit with them."""
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "-m", "paintbench", *sys.argv[1:]]
+    log.info("launching %d processes: %s", processes, " ".join(command))
+    raise SystemExit(subprocess.call(command, env={**os.environ, "OMP_NUM_THREADS": os.environ.get(
+        "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))}))
+
+
 def cmd_vit_pretrain(args: argparse.Namespace) -> None:
+    import os
+
+    if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
+        _relaunch_with_torchrun(args.gpus)
     from paintbench.vit.crops import CropDataset, fingerprint
     from paintbench.vit.train import pretrain
 
     workers = 0 if args.device == "cpu" or args.num_workers <= 1 else args.num_workers
     _set_cpu_threads(args.num_workers, 0)
     crops = CropDataset(args.crops)
-    log.info("pretraining on %d crops of %d plate(s)", len(crops), len(args.crops))
-    pretrain(crops, _encoder_config(args), Path(args.out_dir), steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-             warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every, seed=args.seed,
-             weight_decay=args.weight_decay, mask_ratio=args.mask_ratio, device=args.device, num_workers=workers,
-             decoder={"dim": args.decoder_dim, "depth": args.decoder_depth, "heads": args.decoder_heads,
-                      "norm_pix_loss": args.norm_pix_loss}, data_fingerprint=fingerprint(args.crops))
+    settings = {**json.loads(args.settings), **(_mae_flags(args) if args.method == "mae" else {})}
+    log.info("%s pretraining on %d crops of %d plate(s)", args.method, len(crops), len(args.crops))
+    track = None
+    if args.track_every:
+        from paintbench.vit.tracking import replicate_tracker
+
+        track = replicate_tracker(crops, crops.index, args.metadata_dir, args.input_size, args.pooling,
+                                  args.track_crops_per_well, seed=args.seed)
+    pretrain(crops, _encoder_config(args), Path(args.out_dir), method=args.method, settings=settings,
+             views=json.loads(args.views), pooling=args.pooling, steps=args.steps, batch_size=args.batch_size,
+             lr=args.lr, warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every, seed=args.seed,
+             weight_decay=args.weight_decay, device=args.device, num_workers=workers, precision=args.precision,
+             compile_model=args.compile, data_fingerprint=fingerprint(args.crops), track=track,
+             track_every=args.track_every)
 
 
 def cmd_vit_embed(args: argparse.Namespace) -> None:
@@ -103,25 +135,43 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="writes PREFIX.npy/.parquet (sample), PREFIX.centres.parquet, PREFIX.norm.json")
     p.set_defaults(func=cmd_vit_crops)
 
-    p = sub.add_parser("vit-pretrain", help="self-supervised MAE pretraining on crop caches (GPU when present)")
+    p = sub.add_parser("vit-pretrain", help="self-supervised pretraining (MAE, DINO or SimCLR) on crop caches",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       epilog="example: paintbench vit-pretrain --crops results/vit/crops/BR00116991 --method dino "
+                              "--model vit_small_patch16_224 --steps 20000 --out-dir results/vit/dino")
     p.add_argument("--crops", nargs="+", required=True, help="crop cache prefixes")
     p.add_argument("--out-dir", required=True, help="checkpoint.pt, encoder.pt, train_log.tsv, train_loss.png")
+    p.add_argument("--method", choices=["mae", "dino", "simclr"], default="mae", help="self-supervised objective")
+    p.add_argument("--settings", default="{}", help="JSON of the method's settings (config vit.<method>)")
+    p.add_argument("--views", default="{}", help="JSON of the view augmentations of DINO and SimCLR (config vit.views)")
     _model_options(p, required=True)
-    p.add_argument("--mask-ratio", type=float, default=0.75)
-    p.add_argument("--decoder-dim", type=int, default=256)
-    p.add_argument("--decoder-depth", type=int, default=4)
-    p.add_argument("--decoder-heads", type=int, default=8)
-    p.add_argument("--norm-pix-loss", action=argparse.BooleanOptionalAction, default=False,
-                   help="regress per-patch standardized pixels (discards patch intensity; off by default)")
-    p.add_argument("--steps", type=int, required=True)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1.5e-4)
+    p.add_argument("--pooling", choices=["cls", "mean"], default="mean",
+                   help="crop embedding the objectives train (DINO, SimCLR) and embedding uses")
+    p.add_argument("--mask-ratio", type=float, default=None, help="MAE: share of patches hidden (default 0.75)")
+    p.add_argument("--decoder-dim", type=int, default=None, help="MAE decoder width")
+    p.add_argument("--decoder-depth", type=int, default=None, help="MAE decoder blocks")
+    p.add_argument("--decoder-heads", type=int, default=None, help="MAE decoder attention heads")
+    p.add_argument("--norm-pix-loss", action=argparse.BooleanOptionalAction, default=None,
+                   help="MAE: regress per-patch standardized pixels (discards patch intensity; off by default)")
+    p.add_argument("--steps", type=int, required=True, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=256, help="global batch (split over --gpus processes)")
+    p.add_argument("--lr", type=float, default=1.5e-4, help="peak learning rate (AdamW, warmup then cosine)")
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--warmup-steps", type=int, default=1000)
-    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between resumable checkpoints")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--num-workers", type=int, default=4)
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda[:N]")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the objective (default: on CUDA only)")
+    p.add_argument("--gpus", type=int, default=1,
+                   help="processes on this node (torchrun, DistributedDataParallel): one per GPU; gloo on CPU")
+    p.add_argument("--num-workers", type=int, default=4, help="DataLoader workers (CPU threads on CPU)")
+    p.add_argument("--track-every", type=int, default=0,
+                   help="every N steps, replicate-retrieval mAP of a fixed crop sample (log only; 0 = off)")
+    p.add_argument("--track-crops-per-well", type=int, default=8, help="crops per well in the tracked sample")
+    p.add_argument("--metadata-dir", default=None, help="CPJUMP1 metadata for tracking (default: the bundled)")
     p.set_defaults(func=cmd_vit_pretrain)
 
     p = sub.add_parser("vit-embed", help="well-level embeddings of every crop of one plate")

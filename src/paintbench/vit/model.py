@@ -4,7 +4,8 @@ The encoder is the plain timm model from `build_encoder`, kept as `MaskedAutoenc
 its state_dict loads into `build_encoder(**encoder_config)` unchanged and embedding needs no MAE
 code. Pretraining runs the encoder on a random subset of patch tokens only; a small decoder
 (timm Blocks) fills in mask tokens and regresses the pixels of the hidden patches.
-`load_encoder` / `load_mae` read the files written by paintbench.vit.train back.
+`load_encoder` / `load_mae` read the files written by paintbench.vit.train back; the training objective around
+the MAE is paintbench.vit.methods.MaeObjective.
 """
 
 from __future__ import annotations
@@ -289,9 +290,13 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu",
 
 
 def load_mae(path: str | Path, device: str | torch.device = "cpu") -> MaskedAutoencoder:
-    """The whole MAE (encoder + decoder) from a checkpoint.pt, e.g. to look at reconstructions."""
+    """The whole MAE (encoder + decoder) from an MAE checkpoint.pt, e.g. to look at reconstructions."""
     state = _load(Path(path))
-    model = build_mae_from_decoder_config(state["encoder_config"], state["train_config"]["decoder"])
-    model.encoder.load_state_dict(state["encoder"])
-    model.decoder.load_state_dict(state["decoder"])
+    train_config = state["train_config"]
+    if train_config.get("method", "mae") != "mae" or "model" not in state:
+        raise ValueError(f"{path}: not a checkpoint of paintbench's MAE (method {train_config.get('method')!r})")
+    settings = train_config["settings"]
+    decoder = {k.removeprefix("decoder_"): v for k, v in settings.items() if k.startswith("decoder_")}
+    model = build_mae_from_decoder_config(state["encoder_config"], decoder | {"norm_pix_loss": settings["norm_pix_loss"]})
+    model.load_state_dict({k.removeprefix("mae."): v for k, v in state["model"].items()})
     return model.to(device).eval()

@@ -1,13 +1,20 @@
-"""MAE pretraining by optimizer steps, resumable bit-for-bit from `out_dir/checkpoint.pt`.
+"""Self-supervised pretraining (MAE, DINO or SimCLR: paintbench.vit.methods) by optimizer steps, on one or N
+processes, resumable bit-for-bit from `out_dir/checkpoint.pt`.
 
-Every source of randomness is either derived from (seed, step/epoch) or saved in the checkpoint:
-batch indices come from a per-epoch permutation seeded by (seed, epoch), so resuming needs no
-DataLoader state; masking noise comes from a dedicated CPU generator; dropout-style randomness
-uses the global torch RNG. The last two generators' states travel in the checkpoint.
+Every source of randomness is either derived from (seed, step/epoch) or saved in the checkpoint: batch indices
+come from a per-epoch permutation seeded by (seed, epoch), so resuming needs no DataLoader state; each sample's
+masking or views come from a per-sample seed drawn from (seed, step); dropout-style randomness uses the global
+torch RNG, whose state travels in the checkpoint.
 
-Outputs in out_dir: checkpoint.pt (every `checkpoint_every` steps and at the end), encoder.pt
-(encoder state_dict + encoder_config, at the end), train_log.tsv (step, loss, lr, seconds; one
-row per step) and train_loss.png. All but the log are written atomically; the log is appended to.
+Multi-process (torchrun; `vit.gpus`): every process builds the same step's global batch of indices and loads its
+own slice of it, the objective sees per-sample seeds of its slice, and DistributedDataParallel averages the
+gradients: with losses that are means over samples this is the single-process step on the global batch (SimCLR
+gathers its negatives, DINO averages its centre over processes). The checkpoint does not depend on the number
+of processes, so a run resumes under another N. Process 0 writes every file.
+
+Outputs in out_dir: checkpoint.pt (every `checkpoint_every` steps and at the end), encoder.pt (encoder
+state_dict + encoder_config, at the end), train_log.tsv (step, loss, lr, seconds, replicate_map; one row per
+step, replicate_map only at tracked steps) and train_loss.png. All but the log are written atomically.
 
 A checkpoint resumes only when it was made with the same settings and the same data: `data_fingerprint`
 (paintbench.vit.crops.fingerprint: the illumination functions, normalization, crop settings and crop content)
@@ -24,7 +31,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -33,19 +40,22 @@ from tqdm import tqdm
 
 from paintbench.atomic import atomic_path
 from paintbench.vit import autocast, pick_device
-from paintbench.vit.model import (DECODER_DEFAULTS, MaskedAutoencoder, build_mae_from_decoder_config,
-                                  load_encoder, load_mae, resize_to)
+from paintbench.vit.methods import build_objective, mean_over_processes, method_settings, step_seeds, world
+from paintbench.vit.model import load_encoder, load_mae
 
 __all__ = ["pretrain", "load_encoder", "load_mae"]  # the loaders live in model.py, beside build_mae
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT, ENCODER, LOG, PLOT = "checkpoint.pt", "encoder.pt", "train_log.tsv", "train_loss.png"
-LOG_HEADER = "step\tloss\tlr\tseconds\n"
+LOG_COLUMNS = ("step", "loss", "lr", "seconds", "replicate_map")
+LOG_HEADER = "\t".join(LOG_COLUMNS) + "\n"
+LOSS_NAMES = {"mae": "masked-patch MSE", "dino": "DINO cross-entropy", "simclr": "NT-Xent"}
 # train_config entries that shape the trajectory: a checkpoint made with other values is not resumed.
-TRAJECTORY_KEYS = ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "mask_ratio", "seed", "decoder",
-                   "n_crops", "crop_shape", "data")
+TRAJECTORY_KEYS = ("method", "settings", "views", "pooling", "steps", "batch_size", "lr", "weight_decay",
+                   "warmup_steps", "seed", "n_crops", "crop_shape", "data")
 STREAM_INIT, STREAM_MASK, STREAM_EPOCH, STREAM_LOADER = range(4)
+Tracker = Callable[[torch.nn.Module], float]
 
 
 def derive_seed(seed: int, *path: int) -> int:
@@ -56,10 +66,13 @@ def derive_seed(seed: int, *path: int) -> int:
 
 class StepBatchSampler(Sampler[list[int]]):
     """Batches for steps [start, stop): sample positions step*B .. step*B+B-1 of an endless stream
-    of per-epoch permutations, each seeded by (seed, epoch). The loader just cycles through epochs."""
+    of per-epoch permutations, each seeded by (seed, epoch). The loader just cycles through epochs.
+    Process `rank` of `processes` gets its slice of every global batch."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int) -> None:
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int, rank: int = 0,
+                 processes: int = 1) -> None:
         self.n, self.batch_size, self.seed, self.start, self.stop = n, batch_size, seed, start, stop
+        self.rank, self.processes = rank, processes
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
@@ -76,7 +89,8 @@ class StepBatchSampler(Sampler[list[int]]):
                 take = min(self.batch_size - len(batch), self.n - offset)
                 batch += cached[1][offset:offset + take].tolist()
                 position += take
-            yield batch
+            share = self.batch_size // self.processes
+            yield batch[self.rank * share:(self.rank + 1) * share]
 
 
 def seed_worker(worker_id: int) -> None:
@@ -109,35 +123,33 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 class TrainState:
     """Everything a checkpoint must capture for a resume to continue bit-for-bit."""
 
-    model: MaskedAutoencoder
+    objective: torch.nn.Module  # the method's module (paintbench.vit.methods), unwrapped
+    runner: torch.nn.Module  # what the step calls: the objective, or the objective wrapped in DDP
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    mask_gen: torch.Generator  # CPU generator of the masking noise
     device: torch.device
     encoder_config: dict[str, Any]
     train_config: dict[str, Any]
 
     def checkpoint(self, step: int, seconds: float, history: list[str]) -> dict[str, Any]:
-        cuda = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
-        return {"encoder": self.model.encoder.state_dict(), "decoder": self.model.decoder.state_dict(),
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return {"model": self.objective.state_dict(), "encoder": self.objective.encoder.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "step": step,
                 "encoder_config": self.encoder_config, "train_config": self.train_config, "seconds": seconds,
-                "history": history,
-                "rng": {"torch": torch.get_rng_state(), "mask": self.mask_gen.get_state(), "cuda": cuda}}
+                "history": history, "rng": {"torch": torch.get_rng_state(), "cuda": cuda}}
 
     def save(self, path: Path, step: int, seconds: float, history: list[str]) -> None:
-        with atomic_path(path) as tmp:
-            torch.save(self.checkpoint(step, seconds, history), tmp)
+        if world()[0] == 0:
+            with atomic_path(path) as tmp:
+                torch.save(self.checkpoint(step, seconds, history), tmp)
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.model.encoder.load_state_dict(state["encoder"])
-        self.model.decoder.load_state_dict(state["decoder"])
+        self.objective.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"])
-        self.mask_gen.set_state(state["rng"]["mask"])
         if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
 
 
 def resumable(checkpoint: dict[str, Any], encoder_config: dict, train_config: dict) -> list[str]:
@@ -150,128 +162,183 @@ def resumable(checkpoint: dict[str, Any], encoder_config: dict, train_config: di
     return differ + (["encoder_config"] if checkpoint["encoder_config"] != encoder_config else [])
 
 
+def _log_row(row: str, start: int) -> bool:
+    fields = row.split("\t")
+    return row.endswith("\n") and len(fields) == len(LOG_COLUMNS) and fields[0].isdigit() and int(fields[0]) <= start
+
+
 class LossLog:
     """train_log.tsv, one row per step. Losses stay on the device until `flush` (one sync per flush).
 
     A fresh run starts the file anew; a resumed one starts from the checkpoint's history (older checkpoints:
     the file's well-formed rows up to the checkpoint's step), so every step appears once whatever happened to
-    the file. `rows` holds every row written, for the next checkpoint.
+    the file. `rows` holds every row written, for the next checkpoint. Only process 0 writes the file.
     """
 
     def __init__(self, path: Path, start: int, history: list[str] | None = None) -> None:
         rows = history if history is not None else (
             path.read_text().splitlines(keepends=True)[1:] if start and path.exists() else [])
-        kept = [r for r in rows if r.endswith("\n") and len(r.split("\t")) == 4 and r.split("\t")[0].isdigit()
-                and int(r.split("\t")[0]) <= start]
+        kept = [r for r in rows if _log_row(r, start)]
         if len(kept) < start:
             log.warning("%s: %d of %d rows before the checkpoint are missing", path, start - len(kept), start)
-        with atomic_path(path) as tmp:
-            tmp.write_text(LOG_HEADER + "".join(kept))
-        self.path, self.pending, self.rows = path, [], kept
-        self.file = path.open("a")
+        self.path, self.pending, self.rows, self.file = path, [], kept, None
+        if world()[0] == 0:
+            with atomic_path(path) as tmp:
+                tmp.write_text(LOG_HEADER + "".join(kept))
+            self.file = path.open("a")
 
-    def add(self, step: int, loss: torch.Tensor, lr: float, seconds: float) -> None:
-        self.pending.append((step, loss.detach(), lr, seconds))
+    def add(self, step: int, loss: torch.Tensor, lr: float, seconds: float, tracked: float | None = None) -> None:
+        self.pending.append((step, loss.detach(), lr, seconds, tracked))
 
     def flush(self) -> list[float]:
         """Write the pending rows; returns their losses. A non-finite loss stops training here."""
         if not self.pending:
             return []
         losses = torch.stack([row[1] for row in self.pending]).float().tolist()
-        for (step, _, lr, seconds), loss in zip(self.pending, losses):
+        for (step, _, lr, seconds, tracked), loss in zip(self.pending, losses):
             if not math.isfinite(loss):
                 raise FloatingPointError(f"{self.path}: loss is {loss} at step {step}")
-            self.rows.append(f"{step}\t{loss!r}\t{lr!r}\t{seconds:.3f}\n")
-            self.file.write(self.rows[-1])
-        self.file.flush()
+            self.rows.append(f"{step}\t{loss!r}\t{lr!r}\t{seconds:.3f}\t{'' if tracked is None else repr(tracked)}\n")
+            if self.file:
+                self.file.write(self.rows[-1])
+        if self.file:
+            self.file.flush()
         self.pending.clear()
         return losses
 
     def close(self) -> None:
-        self.file.close()
+        if self.file:
+            self.file.close()
 
 
-def plot_log(log_path: Path, plot_path: Path) -> None:
-    """Loss (with a running mean) and learning rate against step; Agg canvas, no pyplot state."""
+def plot_log(log_path: Path, plot_path: Path, method: str = "mae") -> None:
+    """Loss (with a running mean), tracked replicate mAP when there is any, and learning rate against step."""
+    import pandas as pd
     from matplotlib.figure import Figure
 
-    rows = np.loadtxt(log_path, delimiter="\t", skiprows=1, ndmin=2)
-    fig = Figure(figsize=(7, 5), layout="constrained")
-    ax_loss, ax_lr = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    rows = pd.read_csv(log_path, sep="\t")
+    tracked = rows.dropna(subset=["replicate_map"])
+    ratios = (3, 2, 1) if len(tracked) else (3, 1)
+    fig = Figure(figsize=(7, 4 + len(ratios)), layout="constrained")
+    axes = fig.subplots(len(ratios), 1, sharex=True, height_ratios=ratios)
+    ax_loss, ax_lr = axes[0], axes[-1]
     if len(rows):
-        steps, loss = rows[:, 0], rows[:, 1]
+        steps, loss = rows["step"].to_numpy(), rows["loss"].to_numpy()
         window = max(1, len(loss) // 50)
         smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
         ax_loss.plot(steps, loss, lw=0.5, alpha=0.4, color="C0", label="per step")
         ax_loss.plot(steps[window - 1:], smooth, color="C0", label=f"mean of {window}")
-        ax_lr.plot(steps, rows[:, 2], color="C1")
+        ax_lr.plot(steps, rows["lr"], color="C1")
         ax_loss.legend()
-    ax_loss.set_ylabel("masked-patch MSE")
-    ax_loss.set_title(f"MAE pretraining: {log_path.parent.name}")
+    if len(tracked):
+        axes[1].plot(tracked["step"], tracked["replicate_map"], "o-", color="C2")
+        axes[1].set_ylabel("replicate mAP\n(tracked sample)")
+    ax_loss.set_ylabel(LOSS_NAMES.get(method, "loss"))
+    ax_loss.set_title(f"{method.upper() if method == 'mae' else method.capitalize()} pretraining: {log_path.parent.name}")
     ax_lr.set_ylabel("lr")
     ax_lr.set_xlabel("step")
     with atomic_path(plot_path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
 
 
+def init_processes(device: str) -> tuple[int, int, torch.device]:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on GPUs, gloo on CPU) and take this process's
+    GPU. Returns (rank, processes, device)."""
+    import os
+
+    import torch.distributed as dist
+
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = pick_device(device)
+    if processes == 1:
+        return 0, 1, dev
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return dist.get_rank(), processes, dev
+
+
 def build_state(encoder_config: dict[str, Any], dev: torch.device, train_config: dict[str, Any],
                 compile_model: bool | None) -> TrainState:
-    """Model (seeded init), AdamW (fused on CUDA), warmup-cosine LambdaLR and the masking generator."""
-    seed, decoder = train_config["seed"], train_config["decoder"]
-    torch.manual_seed(derive_seed(seed, STREAM_INIT))
-    model = build_mae_from_decoder_config(encoder_config, decoder).to(dev)
+    """Objective (seeded init), AdamW (fused on CUDA), warmup-cosine LambdaLR; compiled and DDP-wrapped as asked."""
+    torch.manual_seed(derive_seed(train_config["seed"], STREAM_INIT))
+    objective = build_objective(train_config["method"], encoder_config, train_config["settings"],
+                                train_config["views"], train_config["pooling"], train_config["steps"]).to(dev)
     shape = train_config["crop_shape"]
-    if len(shape) != 3 or shape[0] != model.in_chans:
-        raise ValueError(f"crops are {shape}, expected ({model.in_chans}, S, S)")
-    optimizer = torch.optim.AdamW(param_groups(model, train_config["weight_decay"]), lr=train_config["lr"],
+    if len(shape) != 3 or shape[0] != encoder_config.get("in_chans", 5):
+        raise ValueError(f"crops are {shape}, expected ({encoder_config.get('in_chans', 5)}, S, S)")
+    optimizer = torch.optim.AdamW(param_groups(objective, train_config["weight_decay"]), lr=train_config["lr"],
                                   betas=(0.9, 0.95), fused=True if dev.type == "cuda" else None)
     warmup, steps = train_config["warmup_steps"], train_config["steps"]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, steps))
-    if compile_model and dev.type != "cuda":
-        log.warning("pretrain: torch.compile is only used on CUDA; running eagerly on %s", dev)
-    elif compile_model or (compile_model is None and dev.type == "cuda"):
-        model.compile()  # in place: state_dict keys stay those of the plain modules
-    mask_gen = torch.Generator().manual_seed(derive_seed(seed, STREAM_MASK))
-    return TrainState(model, optimizer, scheduler, mask_gen, dev, encoder_config, train_config)
+    runner = objective
+    if compile_model or (compile_model is None and dev.type == "cuda"):
+        objective.compile_networks()  # in place: the state_dict keys stay those of the plain modules
+    if world()[1] > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Buffers (DINO's centre) are updated identically on every process: no broadcast needed.
+        runner = DistributedDataParallel(runner, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                         broadcast_buffers=False)
+    return TrainState(objective, runner, optimizer, scheduler, dev, encoder_config, train_config)
 
 
-def train_step(state: TrainState, batch: torch.Tensor, mask_ratio: float) -> torch.Tensor:
-    """One optimizer step on a batch of crops, resized on the device to the model's img_size."""
-    model, dev = state.model, state.device
-    imgs = resize_to(torch.as_tensor(batch).to(dev, non_blocking=True).float(), model.grid[0] * model.patch_size)
-    noise = torch.rand(imgs.shape[0], model.num_patches, generator=state.mask_gen)
-    with autocast(dev):
-        loss, _, _ = model(imgs, mask_ratio, noise=noise.to(dev, non_blocking=True))
+def train_step(state: TrainState, batch: torch.Tensor, step: int) -> torch.Tensor:
+    """One optimizer step (1-based `step`) on this process's slice of the global batch; returns the loss averaged
+    over processes (what one process on the whole batch would log)."""
+    config, dev = state.train_config, state.device
+    rank, processes = world()
+    share = config["batch_size"] // processes
+    seeds = step_seeds(config["seed"], step, config["batch_size"])[rank * share:(rank + 1) * share]
+    crops = torch.as_tensor(batch).to(dev, non_blocking=True).float()
+    with autocast(dev, config["precision"]):
+        loss = state.runner(crops, seeds, step)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    objective = state.objective
+    if hasattr(objective, "adjust_gradients"):
+        objective.adjust_gradients(step)
+    if objective.clip_grad:
+        torch.nn.utils.clip_grad_norm_(objective.parameters(), objective.clip_grad)
     state.optimizer.step()
     state.scheduler.step()
-    return loss.detach()
+    objective.after_step(step)
+    return mean_over_processes(loss.detach())
 
 
 def pretrain(crops: Dataset, encoder_config: dict[str, Any], out_dir: Path, *, steps: int, batch_size: int,
-             lr: float, warmup_steps: int, checkpoint_every: int, seed: int, weight_decay: float = 0.05,
-             mask_ratio: float = 0.75, device: str = "auto", num_workers: int = 0,
-             decoder: dict[str, Any] | None = None, resume: bool = True, compile_model: bool | None = None,
-             log_every: int = 10, progress: bool = True, data_fingerprint: dict[str, str] | None = None) -> Path:
-    """Pretrain an MAE for `steps` optimizer steps on `crops` (items: (C, S, S) float tensors); returns encoder.pt.
+             lr: float, warmup_steps: int, checkpoint_every: int, seed: int, method: str = "mae",
+             settings: dict[str, Any] | None = None, views: dict[str, Any] | None = None, pooling: str = "mean",
+             weight_decay: float = 0.05, device: str = "auto", num_workers: int = 0, precision: str = "auto",
+             resume: bool = True, compile_model: bool | None = None, log_every: int = 10, progress: bool = True,
+             data_fingerprint: dict[str, str] | None = None, track: Tracker | None = None,
+             track_every: int = 0) -> Path:
+    """Pretrain `method` for `steps` optimizer steps on `crops` (items: (C, S, S) float tensors); returns encoder.pt.
 
-    `lr` is the absolute peak learning rate (no batch-size scaling). `compile_model` None = on for CUDA only.
-    An existing out_dir/checkpoint.pt made with the same settings is continued (unless resume=False);
-    one made with other settings is overwritten by a fresh run.
+    `lr` is the absolute peak learning rate (no batch-size scaling); `batch_size` the global batch (split over
+    processes under torchrun). `compile_model` None = on for CUDA only. `track(encoder) -> replicate mAP` runs
+    every `track_every` steps and at the end (process 0), for the log only. An existing out_dir/checkpoint.pt
+    made with the same settings is continued (unless resume=False); one made with others is started over.
     """
-    if steps < 0 or batch_size < 1 or checkpoint_every < 1 or log_every < 1 or warmup_steps < 0:
-        raise ValueError("need steps >= 0, batch_size >= 1, checkpoint_every >= 1, log_every >= 1, warmup_steps >= 0")
+    if steps < 0 or batch_size < 1 or checkpoint_every < 1 or log_every < 1 or warmup_steps < 0 or track_every < 0:
+        raise ValueError("need steps >= 0, batch_size >= 1, checkpoint_every >= 1, log_every >= 1, warmup_steps >= 0, "
+                         "track_every >= 0")
     if len(crops) == 0:
         raise ValueError("pretrain: the crop dataset is empty")
-    out_dir, dev = Path(out_dir), pick_device(device)
+    rank, processes, dev = init_processes(device)
+    if batch_size % processes:
+        raise ValueError(f"config key 'vit.batch_size': {batch_size} does not split over {processes} processes "
+                         "(vit.gpus)")
+    out_dir = Path(out_dir)
     ckpt_path = out_dir / CHECKPOINT
-    train_config = dict(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                        warmup_steps=warmup_steps, mask_ratio=mask_ratio, seed=seed,
-                        decoder={**DECODER_DEFAULTS, **(decoder or {})},
-                        n_crops=len(crops), crop_shape=list(torch.as_tensor(crops[0]).shape),
-                        checkpoint_every=checkpoint_every, num_workers=num_workers, device=str(dev),
-                        log_every=log_every, data=data_fingerprint or {})
+    train_config = dict(method=method, settings=method_settings(method, settings), views=dict(views or {}),
+                        pooling=pooling, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                        warmup_steps=warmup_steps, seed=seed, n_crops=len(crops),
+                        crop_shape=list(torch.as_tensor(crops[0]).shape), checkpoint_every=checkpoint_every,
+                        num_workers=num_workers, device=str(dev), processes=processes, precision=precision,
+                        log_every=log_every, track_every=track_every, data=data_fingerprint or {})
     state = build_state(encoder_config, dev, train_config, compile_model)
     start, elapsed, history = 0, 0.0, None
     if resume and ckpt_path.exists():
@@ -286,17 +353,23 @@ def pretrain(crops: Dataset, encoder_config: dict[str, Any], out_dir: Path, *, s
     out_dir.mkdir(parents=True, exist_ok=True)
     loss_log = LossLog(out_dir / LOG, start, history)
     # Batches depend on (seed, step) only; the loader's own generator merely seeds worker processes.
-    loader = DataLoader(crops, batch_sampler=StepBatchSampler(len(crops), batch_size, seed, start, steps),
-                        num_workers=num_workers, pin_memory=dev.type == "cuda", worker_init_fn=seed_worker,
-                        generator=torch.Generator().manual_seed(derive_seed(seed, STREAM_LOADER, start)))
+    sampler = StepBatchSampler(len(crops), batch_size, seed, start, steps, rank, processes)
+    loader = DataLoader(crops, batch_sampler=sampler, num_workers=num_workers, pin_memory=dev.type == "cuda",
+                        worker_init_fn=seed_worker,
+                        generator=torch.Generator().manual_seed(derive_seed(seed, STREAM_LOADER, start, rank)))
     t0 = time.perf_counter()
-    state.model.train()
+    state.runner.train()
     try:
-        with tqdm(total=steps, initial=start, desc="MAE pretraining", unit="step", mininterval=2,
-                  disable=not progress) as bar:
+        with tqdm(total=steps, initial=start, desc=f"{method} pretraining", unit="step", mininterval=2,
+                  disable=not progress or rank != 0) as bar:
             for step, batch in enumerate(loader, start=start + 1):
                 step_lr = state.optimizer.param_groups[0]["lr"]
-                loss_log.add(step, train_step(state, batch, mask_ratio), step_lr, elapsed + time.perf_counter() - t0)
+                loss = train_step(state, batch, step)
+                tracked = None
+                if track is not None and rank == 0 and track_every and (step % track_every == 0 or step == steps):
+                    tracked = track(state.objective.encoder)
+                    state.runner.train()
+                loss_log.add(step, loss, step_lr, elapsed + time.perf_counter() - t0, tracked)
                 if step % log_every == 0 or step % checkpoint_every == 0 or step == steps:
                     losses = loss_log.flush()  # before a checkpoint: the log reaches its step first
                     bar.update(len(losses))
@@ -310,7 +383,9 @@ def pretrain(crops: Dataset, encoder_config: dict[str, Any], out_dir: Path, *, s
         if steps == 0:
             state.save(ckpt_path, 0, elapsed, loss_log.rows)
     encoder_path = out_dir / ENCODER
-    with atomic_path(encoder_path) as tmp:
-        torch.save({"encoder": state.model.encoder.state_dict(), "encoder_config": encoder_config}, tmp)
-    plot_log(out_dir / LOG, out_dir / PLOT)
+    if rank == 0:
+        with atomic_path(encoder_path) as tmp:
+            torch.save({"encoder": state.objective.encoder.state_dict(), "encoder_config": encoder_config,
+                        "method": method}, tmp)
+        plot_log(out_dir / LOG, out_dir / PLOT, method)
     return encoder_path
