@@ -16,7 +16,7 @@ from matplotlib.image import imread
 
 from tests.helpers import REPO, snakemake
 
-FEATURE_SETS = ["cellprofiler", "vitmae"]
+FEATURE_SETS = ["cellprofiler", "vitmae", "vitdino", "vitsimclr"]
 REPLICATE = {("A549", "compound", 24), ("A549", "crispr", 144), ("A549", "orf", 48)}
 PAPER = {"compound": 0.7614, "crispr": 0.6787, "orf": 0.0563}  # CPJUMP1 paper's figure 4, A549 at these time points
 
@@ -85,7 +85,8 @@ def test_html_report_renders_every_figure_in_chromium(small_demo_run, tmp_path):
     manifest = json.loads((results / "reports" / "figures" / "figures.json").read_text())
     stems = {f["stem"] for f in manifest}
     assert {"fraction_retrieved", "map_vs_p_replicate_retrieval", "compare_cellprofiler_vs_vitmae", "plate_cell_counts",
-            "plate_replicate_ap_vitmae", "illumination", "mae_training", "mae_reconstructions", "examples"} <= stems
+            "plate_replicate_ap_vitmae", "illumination", "mae_training", "mae_reconstructions", "examples",
+            "dino_training", "simclr_training", "compare_vitdino_vs_vitsimclr", "plate_replicate_ap_vitsimclr"} <= stems
     for stem in stems:
         assert (results / "reports" / "figures" / f"{stem}.svg").stat().st_size > 0
     browser = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
@@ -101,12 +102,24 @@ def test_html_report_renders_every_figure_in_chromium(small_demo_run, tmp_path):
     assert pixels.shape[1] == 1280 and np.std(pixels[..., :3]) > 0.05  # rendered content, not a blank page
 
 
+def test_training_logs_track_replicate_map_for_every_method(small_demo_run):
+    """vit.track_every: the log has the tracked replicate mAP at the tracked steps (here the last), per method."""
+    import pandas as pd
+
+    _, results = small_demo_run
+    for method in ("mae", "dino", "simclr"):
+        log = pd.read_csv(results / "vit" / method / "train_log.tsv", sep="\t")
+        tracked = log.dropna(subset=["replicate_map"])
+        assert tracked["step"].tolist() == [log["step"].max()], method
+        assert 0 < tracked["replicate_map"].iloc[0] <= 1
+
+
 def test_snakemake_report_has_a_category_per_stage(small_demo_run):
     config, results = small_demo_run
     out = results.parent / "snakemake_report.html"
     snakemake(["--report", str(out), "--configfile", config], cwd=results.parent)
     html = out.read_text()
-    for category in ("Report", "Figures", "ViT-MAE", "CellProfiler"):
+    for category in ("Report", "Figures", "ViT pretraining", "CellProfiler"):
         assert category in html, category
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from paintbench.config import VIT_FEATURE_SETS, vit_method
 from paintbench.metadata import plate_info, plate_layout, select_wells
 
 CHANNELS_READ = 5  # the fluorescent channels both branches read
@@ -47,6 +48,20 @@ def rate(name: str) -> float:
     return RATES[name].value
 
 
+def view_cost(method: str, settings: dict[str, Any]) -> float:
+    """Training cost of one crop relative to one full-image forward+backward (the train rate's unit).
+
+    MAE: 1 (conservative: it encodes a quarter of the patches); SimCLR: 2 views; DINO: 2 global views and the
+    local ones at their share of the tokens through the student, plus the teacher's 2 forward passes (inference
+    rate)."""
+    if method == "simclr":
+        return 2.0
+    if method == "dino":
+        local = settings["local_crops"] * settings["local_size_ratio"] ** 2
+        return 2.0 + local + 2.0 * rate("gpu_train_crops_per_s") / rate("gpu_embed_crops_per_s")
+    return 1.0
+
+
 def image_bytes(n_fields: int, image_mb: float | None = None) -> float:
     return n_fields * CHANNELS_READ * (image_mb or rate("image_mb")) * MB
 
@@ -77,12 +92,12 @@ def estimate(config: dict[str, Any], metadata_dir: str, cells_per_field: float =
     counts = [plate_fields(config, plate, metadata_dir) for plate in plates]
     wells, fields = sum(c[0] for c in counts), sum(c[1] for c in counts)
     cells = fields * cells_per_field
-    vit, images = config["vit"], "cellprofiler" in config["feature_sets"] or "vitmae" in config["feature_sets"]
+    vit = config["vit"]
+    images = any(fs == "cellprofiler" or fs in VIT_FEATURE_SETS for fs in config["feature_sets"])
     crop_size = int(vit["crop_size"])
     per_field = min(cells_per_field, vit["max_crops_per_field"] or cells_per_field)
     sample = min(per_field, vit["pretrain_crops_per_field"] or per_field)
     scale = (vit["input_size"] / 224) ** 2  # ViT cost grows with the token count
-    pretrain_crops = vit["steps"] * vit["batch_size"]
     rows = [
         ("plates", len(plates), "plates", "configuration"),
         ("wells", wells, "wells", "configuration (wells, genes, negcon_wells)"),
@@ -103,20 +118,31 @@ def estimate(config: dict[str, Any], metadata_dir: str, cells_per_field: float =
             ("single cells (Parquet, kept)", round(single_cell_bytes(cells) / 1e9, 1), "GB",
              f"{rate('cellprofiler_features'):g} float32 per cell; shards are temp() and merged per plate"),
         ]
-    if "vitmae" in config["feature_sets"]:
+    methods = [VIT_FEATURE_SETS[fs] for fs in config["feature_sets"] if fs in VIT_FEATURE_SETS]
+    if methods:
         embed_crops = fields * per_field
         rows += [
             ("ViT pretraining sample (kept)", round(crop_bytes(fields * sample, crop_size) / 1e9, 2), "GB",
              f"{sample:g} crops of {crop_size} px per field (vit.pretrain_crops_per_field), float16"),
-            ("ViT crop decoding", round(2 * fields * rate("decode_s_per_field") / 3600, 1), "CPU-hours",
-             RATES["decode_s_per_field"].source + "; twice: survey, then embedding"),
-            ("ViT pretraining", round(pretrain_crops * scale / rate("gpu_train_crops_per_s") / 3600, 2), "GPU-hours",
-             RATES["gpu_train_crops_per_s"].source),
-            ("ViT pretraining on CPU", round(pretrain_crops * scale / rate("cpu_train_crops_per_s") / 3600, 1),
-             "hours on 2 cores", RATES["cpu_train_crops_per_s"].source),
-            ("ViT embedding", round(embed_crops * scale / rate("gpu_embed_crops_per_s") / 3600, 2), "GPU-hours",
-             RATES["gpu_embed_crops_per_s"].source),
-            ("ViT embedding on CPU", round(embed_crops * scale / rate("cpu_embed_crops_per_s") / 3600, 1),
+            ("ViT crop decoding", round((1 + len(methods)) * fields * rate("decode_s_per_field") / 3600, 1),
+             "CPU-hours", RATES["decode_s_per_field"].source + "; survey, then once per embedded feature set"),
+        ]
+        for method in methods:
+            m = vit_method(config, method)
+            if m["checkpoint"]:
+                continue
+            work = m["steps"] * m["batch_size"] * scale * view_cost(method, m["settings"])
+            rows += [
+                (f"ViT pretraining ({method})", round(work / rate("gpu_train_crops_per_s") / 3600, 2), "GPU-hours",
+                 RATES["gpu_train_crops_per_s"].source + f"; x{view_cost(method, m['settings']):.2g} per crop for "
+                 f"{method}'s views"),
+                (f"ViT pretraining ({method}) on CPU", round(work / rate("cpu_train_crops_per_s") / 3600, 1),
+                 "hours on 2 cores", RATES["cpu_train_crops_per_s"].source),
+            ]
+        rows += [
+            ("ViT embedding", round(len(methods) * embed_crops * scale / rate("gpu_embed_crops_per_s") / 3600, 2),
+             "GPU-hours", RATES["gpu_embed_crops_per_s"].source + f"; {len(methods)} feature set(s)"),
+            ("ViT embedding on CPU", round(len(methods) * embed_crops * scale / rate("cpu_embed_crops_per_s") / 3600, 1),
              "hours on 2 cores", RATES["cpu_embed_crops_per_s"].source),
             ("ViT cache of every crop (not made)", round(crop_bytes(embed_crops, crop_size) / 1e9, 1), "GB",
              "what caching every crop would take: embedding streams them from the images instead"),
