@@ -65,6 +65,10 @@ def test_paper_config_scores_published_profiles_only():
         ({"feature_sets": ["published_cellprofiler"]}, ["'feature_sets'", "needs source: s3", "'synthetic'"]),
         ({"retrieval": {"protocol": "paper"}}, ["'retrieval.protocol'", "'paper' is not one of ['cpjump1', 'copairs']"]),
         ({"plates": "papers"}, ["'plates'", "'papers'", "allowed"]),
+        ({"vit": {"dino": {"teacher_temperature": 0.04}}}, ["'vit.dino'", "'teacher_temperature'", "allowed keys"]),
+        ({"vit": {"gpus": 3}}, ["'vit.mae.batch_size'", "256", "vit.gpus = 3"]),
+        ({"vit": {"views": {"noise": -1}}}, ["'vit.views.noise'", "-1"]),
+        ({"vit": {"mae": {"decoder_dim": 100, "decoder_heads": 8}}}, ["'vit.mae.decoder_dim'", "decoder_heads"]),
     ],
 )
 def test_invalid_configuration_names_the_key(overrides, expected):
@@ -72,6 +76,15 @@ def test_invalid_configuration_names_the_key(overrides, expected):
         check_config(demo(**overrides))
     for fragment in expected:
         assert fragment in str(error.value)
+
+
+def test_method_sections_override_the_shared_training_keys_and_old_mae_keys_still_work(caplog):
+    from paintbench.config import vit_method
+
+    config = check_config(demo(vit={"steps": 100, "mask_ratio": 0.6, "dino": {"steps": 30, "local_crops": 4}}))
+    assert vit_method(config, "dino")["steps"] == 30 and vit_method(config, "dino")["settings"]["local_crops"] == 4
+    assert vit_method(config, "simclr")["steps"] == 100 and vit_method(config, "mae")["settings"]["mask_ratio"] == 0.6
+    assert "'vit.mask_ratio' is deprecated: use vit.mae.mask_ratio" in caplog.text
 
 
 def test_command_line_strings_are_typed_by_the_schema():

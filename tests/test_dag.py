@@ -46,6 +46,19 @@ def test_resources_match_the_machine_and_the_plate(tmp_path):
     assert "--num-workers 3" in out.split("rule vit_embed:")[1].split("\n\n")[0]
 
 
+def test_multi_gpu_pretraining_is_one_job_asking_for_every_gpu(tmp_path):
+    """vit.gpus: N -> one vit_pretrain job per method with gpu=N that launches N processes itself."""
+    result = snakemake(["-n", "--cores", "4", "--resources", "gpu=4", "--configfile", str(REPO / "config" / "config.yaml"),
+                        "--config", "plates=[BR00116991]", "vit={gpus: 4}"], cwd=tmp_path)
+    out = result.stdout + result.stderr
+    blocks = out.split("rule vit_pretrain:")[1:]
+    assert len(blocks) == 3  # mae, dino, simclr
+    for block in blocks:
+        block = block.split("\n\n")[0]
+        assert job_resources("rule vit_pretrain:" + block, "vit_pretrain")["gpu"] == "4"
+        assert "--gpus 4" in block
+
+
 def test_workflow_passes_snakemake_lint(tmp_path):
     for config in ("config.yaml", "demo.yaml"):
         result = snakemake(["--lint", "--configfile", str(REPO / "config" / config)], cwd=tmp_path, check=False)
