@@ -18,7 +18,7 @@ from paintbench.vit import build_encoder
 from paintbench.vit.methods import compile_encoder, compile_module, gather_with_grad, mlp, normalized, pooled_features, world
 from paintbench.vit.views import multi_crop, view_settings
 
-SIMCLR_DEFAULTS: dict[str, Any] = dict(hidden_dim=2048, proj_dim=128, head_layers=2, temperature=0.1,
+SIMCLR_DEFAULTS: dict[str, Any] = dict(hidden_dim=2048, proj_dim=128, head_layers=2, temperature=0.2,
                                        clip_grad=None)
 
 
