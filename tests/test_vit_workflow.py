@@ -41,7 +41,7 @@ def test_vit_branch_pretrains_and_embeds_one_plate(tmp_path):
 
 
 def test_user_checkpoint_skips_pretraining(tmp_path):
-    encoder = build_encoder("vit_tiny_patch16_224", 48, 8, kwargs={"depth": 4})
+    encoder = build_encoder("vit_tiny_patch16_224", 32, 8, kwargs={"depth": 3})
     checkpoint = tmp_path / "my_encoder.pth"
     torch.save(encoder.state_dict(), checkpoint)  # a plain timm state_dict, as a user would bring
     target = str(tmp_path / "results" / "profiles" / "vitmae" / f"{PLATE}.parquet")
