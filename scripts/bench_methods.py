@@ -5,7 +5,7 @@ teacher cost), and DDP scaling from 1 to N processes (gloo on CPU, NCCL on GPUs)
 
 Each measurement runs in its own child process, so its peak memory (ru_maxrss) is its own.
 
-  python scripts/bench_methods.py --model tiny --batch-size 64 --steps 10          # the demo's model, 48 px
+  python scripts/bench_methods.py --model tiny --batch-size 64 --steps 10          # the demo's model, 32 px
   python scripts/bench_methods.py --model small --batch-size 32 --steps 5          # ViT-S/16 at 224 px
   python scripts/bench_methods.py --model small --device cuda --batch-size 256 --steps 50 --processes 1 2 4
 """
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 MODELS = {
-    "tiny": dict(model="vit_tiny_patch16_224", img_size=48, patch_size=8, in_chans=5, kwargs={"depth": 4}),
+    "tiny": dict(model="vit_tiny_patch16_224", img_size=32, patch_size=8, in_chans=5, kwargs={"depth": 3}),
     "small": dict(model="vit_small_patch16_224", img_size=224, patch_size=16, in_chans=5, kwargs={}),
 }
 SETTINGS = {"mae": {}, "dino": {"local_crops": 6}, "simclr": {}}
