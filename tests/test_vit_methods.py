@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -134,3 +135,35 @@ def test_nt_xent_known_answers():
     # Swapping which view is the partner changes nothing; a collapsed batch has loss log(2B - 1).
     same = torch.ones(3, 4) / 2
     assert nt_xent((same, same), (same, same), 0, 0.1).item() == pytest.approx(math.log(5), rel=1e-5)
+
+
+def test_cli_launches_torchrun_for_several_gpus(tmp_path):
+    """`paintbench vit-pretrain --gpus 2` (what the rule runs for vit.gpus: 2) starts 2 processes itself and writes
+    one encoder; on CPU they use gloo."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from tests.test_vit_train import blob_images
+
+    prefix = tmp_path / "crops" / "PLATE"
+    prefix.parent.mkdir()
+    np.save(f"{prefix}.npy", blob_images(16, 32, seed=2).astype(np.float16))
+    pd.DataFrame({"Metadata_Plate": "PLATE", "Metadata_Well": "A01", "Metadata_Site": 1,
+                  "Metadata_Crop": np.arange(16)}).to_parquet(f"{prefix}.parquet")
+    Path(f"{prefix}.norm.json").write_text(json.dumps({"illum": "x", "low": [0] * 5, "high": [1] * 5,
+                                                       "percentiles": [1, 99.9], "clip": [-0.5, 3], "mode": "nuclei",
+                                                       "crop_size": 32}))
+    out = tmp_path / "model"
+    command = [sys.executable, "-m", "paintbench", "vit-pretrain", "--crops", str(prefix), "--out-dir", str(out),
+               "--model", "vit_tiny_patch16_224", "--input-size", "32", "--patch-size", "8",
+               "--model-kwargs", '{"depth": 1, "embed_dim": 32, "num_heads": 2}', "--method", "simclr",
+               "--settings", '{"hidden_dim": 32, "proj_dim": 16}', "--steps", "2", "--batch-size", "8",
+               "--warmup-steps", "1", "--device", "cpu", "--gpus", "2", "--num-workers", "1"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "launching 2 processes" in result.stderr and "torch.distributed.run" in result.stderr
+    assert len(losses(out)) == 2 and (out / "encoder.pt").exists()
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["train_config"]["processes"] == 2
