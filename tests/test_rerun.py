@@ -32,7 +32,7 @@ def test_finished_run_is_up_to_date(small_demo_run):
 def test_forcerun_a_stage_reruns_it_and_everything_downstream(small_demo_run):
     jobs = planned(small_demo_run, "--forcerun", "profiles")
     assert set(jobs) == {"profiles", "replicate_retrieval", "matching"} | REPORT
-    assert jobs["profiles"] == 2 and jobs["matching"] == 4
+    assert jobs["profiles"] == 4 and jobs["matching"] == 8  # 4 feature sets; 2 matching tasks each
 
 
 def test_changing_a_retrieval_parameter_reruns_only_retrieval_and_reports(small_demo_run):
@@ -42,8 +42,8 @@ def test_changing_a_retrieval_parameter_reruns_only_retrieval_and_reports(small_
 
 def test_one_branch_one_rule_one_plate(small_demo_run):
     _, results = small_demo_run
-    # Only the ViT embedding of every plate, nothing downstream.
-    assert planned(small_demo_run, "--forcerun", "vit_embed", "--until", "vit_embed") == {"vit_embed": 6}
+    # Only the ViT embeddings of every plate (3 methods x 6 plates), nothing downstream.
+    assert planned(small_demo_run, "--forcerun", "vit_embed", "--until", "vit_embed") == {"vit_embed": 18}
     # Only the CellProfiler branch (its temporary shards are recomputed), nothing downstream.
     assert planned(small_demo_run, "--forcerun", "cellprofiler_shard", "--until", "cellprofiler_well_profiles") == {
         "cellprofiler_shard": 6, "cellprofiler_well_profiles": 6}
