@@ -113,8 +113,9 @@ def wait_for_running(env: dict, rule: str, process: subprocess.Popen, timeout: f
 
 
 def encoder_target(folder: Path) -> tuple[str, str]:
-    # Long enough to be caught running (~1 min); checkpoints every 25 steps so a retry resumes.
-    return tiny_config(folder, steps=250, checkpoint_every=25), "results/vit/mae/encoder.pt"
+    # Long enough to be caught running and cancelled (~2 min with the demo ViT); checkpoints every 50 steps so a
+    # retry resumes.
+    return tiny_config(folder, steps=800, checkpoint_every=50), "results/vit/mae/encoder.pt"
 
 
 def test_cancelled_job_is_retried_and_the_run_completes(cluster, tmp_path):
@@ -130,7 +131,7 @@ def test_cancelled_job_is_retried_and_the_run_completes(cluster, tmp_path):
     states = sacct_rules(cluster, since).query("rule == 'vit_pretrain'")["state"].tolist()
     assert states[0].startswith("CANCELLED") and states[-1] == "COMPLETED", states
     log = pd.read_csv(tmp_path / "results" / "vit" / "mae" / "train_log.tsv", sep="\t")
-    assert log["step"].is_unique and log["step"].max() == 250
+    assert log["step"].is_unique and log["step"].max() == 800
 
 
 def test_killed_snakemake_recovers_with_the_documented_command(cluster, tmp_path):
@@ -153,4 +154,4 @@ def test_killed_snakemake_recovers_with_the_documented_command(cluster, tmp_path
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-5000:]
     assert encoder.exists()
     log = pd.read_csv(encoder.parent / "train_log.tsv", sep="\t")
-    assert log["step"].is_unique and log["step"].max() == 250
+    assert log["step"].is_unique and log["step"].max() == 800
