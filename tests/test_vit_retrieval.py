@@ -90,9 +90,12 @@ def test_pretrained_embeddings_retrieve_strong_phenotypes(crop_caches, capsys, m
     trained, _ = load_encoder(work / method / "encoder.pt", "cpu")
     trained_map, chance = replicate_map(work, prefixes, trained, method)
     loss = pd.read_csv(work / method / "train_log.tsv", sep="\t")["loss"].to_numpy()
-    assert loss[-20:].mean() < loss[:20].mean(), "the loss must decrease"
-    if method == "dino":  # not collapsed: a collapsed DINO sits at ln(out_dim), uniform targets
+    if method == "dino":
+        # DINO's targets move with the teacher, so its loss need not fall (early steps fit one shared mode); what
+        # must hold is that it is not collapsed: a collapsed DINO sits at ln(out_dim), uniform targets.
         assert loss[-20:].mean() < 0.8 * np.log(settings["out_dim"]), loss[-20:].mean()
+    else:
+        assert loss[-20:].mean() < loss[:20].mean(), "the loss must decrease"
     random_maps = []
     for seed in range(3):
         torch.manual_seed(seed)
