@@ -5,6 +5,7 @@ recovers with the documented command without leaving partial output that looks c
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -106,7 +107,8 @@ def wait_for_running(env: dict, rule: str, process: subprocess.Popen, timeout: f
         assert process.poll() is None, "snakemake ended before the job started"
         out = subprocess.run(["squeue", "-h", "-o", "%i|%k|%T"], env=env, capture_output=True, text=True).stdout
         for job, comment, state in (line.split("|") for line in out.splitlines() if line.count("|") == 2):
-            if comment == f"rule_{rule}" and state == "RUNNING":
+            # Jobs with wildcards are commented rule_<rule>_wildcards_<values> (vit_pretrain: {method}).
+            if re.fullmatch(rf"rule_{rule}(_wildcards_.*)?", comment) and state == "RUNNING":
                 return job
         time.sleep(1)
     raise AssertionError(f"no running {rule} job within {timeout} s")
