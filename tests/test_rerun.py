@@ -42,8 +42,8 @@ def test_changing_a_retrieval_parameter_reruns_only_retrieval_and_reports(small_
 
 def test_one_branch_one_rule_one_plate(small_demo_run):
     _, results = small_demo_run
-    # Only the ViT embeddings of every plate (3 methods x 6 plates), nothing downstream.
-    assert planned(small_demo_run, "--forcerun", "vit_embed", "--until", "vit_embed") == {"vit_embed": 18}
+    # Only the ViT embeddings of every plate (one job per plate embeds all 3 methods), nothing downstream.
+    assert planned(small_demo_run, "--forcerun", "vit_embed", "--until", "vit_embed") == {"vit_embed": 6}
     # Only the CellProfiler branch (its temporary shards are recomputed), nothing downstream.
     assert planned(small_demo_run, "--forcerun", "cellprofiler_shard", "--until", "cellprofiler_well_profiles") == {
         "cellprofiler_shard": 6, "cellprofiler_well_profiles": 6}

@@ -167,8 +167,8 @@ def test_real_field_crops_and_embedding(tmp_path):
     torch.manual_seed(0)
     config = dict(model="vit_tiny_patch16_224", img_size=32, patch_size=8, kwargs=dict(depth=2, embed_dim=64, num_heads=2))
     source = ImageSource(load_data, tmp_path / "illum", tmp_path / "BR00143976")
-    wells = embed_plate(source, build_encoder(**config), config, tmp_path / "wells.parquet",
-                        batch_size=4, device="cpu", num_workers=1)
+    (wells,) = embed_plate(source, [(build_encoder(**config), config)], [tmp_path / "wells.parquet"],
+                           batch_size=4, device="cpu", num_workers=1)
     assert wells[["Metadata_Plate", "Metadata_Well"]].values.tolist() == [["BR00143976", "C03"]]
     assert wells.loc[0, "Metadata_Object_Count"] == len(index) and wells.loc[0, "Metadata_Field_Count"] == 1
     features = wells.filter(like="emb_")
@@ -195,10 +195,10 @@ def test_sample_on_disk_and_every_crop_streamed_from_the_images(plate, nuclei_ca
     torch.manual_seed(0)
     config = dict(model="vit_tiny_patch16_224", img_size=32, patch_size=8, kwargs=dict(depth=2, embed_dim=64, num_heads=2))
     encoder = build_encoder(**config).eval()
-    streamed = embed_plate(ImageSource(load_data, folder / "illum", tmp_path / PLATE), encoder, config,
-                           tmp_path / "streamed.parquet", batch_size=7, device="cpu", num_workers=2)
-    cached = embed_plate(CacheSource(prefix), encoder, config, tmp_path / "cached.parquet", batch_size=5,
-                         device="cpu", num_workers=0)
+    (streamed,) = embed_plate(ImageSource(load_data, folder / "illum", tmp_path / PLATE), [(encoder, config)],
+                              [tmp_path / "streamed.parquet"], batch_size=7, device="cpu", num_workers=2)
+    (cached,) = embed_plate(CacheSource(prefix), [(encoder, config)], [tmp_path / "cached.parquet"], batch_size=5,
+                            device="cpu", num_workers=0)
     assert streamed[["Metadata_Well", "Metadata_Object_Count", "Metadata_Field_Count"]].equals(
         cached[["Metadata_Well", "Metadata_Object_Count", "Metadata_Field_Count"]])
     np.testing.assert_allclose(streamed.filter(like="emb_").to_numpy(), cached.filter(like="emb_").to_numpy(),
@@ -227,16 +227,16 @@ def test_unreadable_fields_are_skipped_and_recorded_by_both_passes(plate, tmp_pa
     other.loc[0, "PathName_OrigMito"] = str(tmp_path)
     source = ImageSource(other, folder / "illum", tmp_path / PLATE, skip_bad_fields=True)
     config = dict(model="vit_tiny_patch16_224", img_size=32, patch_size=8, kwargs=dict(depth=1, embed_dim=32, num_heads=2))
-    wells = embed_plate(source, build_encoder(**config), config, tmp_path / "wells.parquet", batch_size=8,
-                        device="cpu", num_workers=0)
+    (wells,) = embed_plate(source, [(build_encoder(**config), config)], [tmp_path / "wells.parquet"], batch_size=8,
+                           device="cpu", num_workers=0)
     assert [(r["Metadata_Well"], r["stage"]) for r in source.skipped] == [(other.loc[0, "Metadata_Well"], "vit_embed")]
     expected = cache.centres.groupby("Metadata_Well").size()
     expected[other.loc[0, "Metadata_Well"]] -= int(((cache.centres["Metadata_Well"] == other.loc[0, "Metadata_Well"])
                                                     & (cache.centres["Metadata_Site"] == other.loc[0, "Metadata_Site"])).sum())
     assert wells.set_index("Metadata_Well")["Metadata_Object_Count"].to_dict() == expected[expected > 0].to_dict()
     with pytest.raises(BadFieldError, match=str(victim2).replace(".", r"\.")):
-        embed_plate(ImageSource(other, folder / "illum", tmp_path / PLATE), build_encoder(**config), config,
-                    tmp_path / "fails.parquet", device="cpu", num_workers=0)
+        embed_plate(ImageSource(other, folder / "illum", tmp_path / PLATE), [(build_encoder(**config), config)],
+                    [tmp_path / "fails.parquet"], device="cpu", num_workers=0)
 
 
 def test_fingerprint_changes_with_illumination_normalization_and_content(plate, tmp_path):

@@ -11,7 +11,7 @@ import torch
 from paintbench.atomic import write_table
 from paintbench.vit import build_encoder
 from paintbench.vit.crops import cache_files
-from paintbench.vit.embed import bare_forward_throughput, embed_plate, end_to_end_throughput
+from paintbench.vit.embed import bare_forward_throughput, embed_batches, embed_plate, end_to_end_throughput, feature_names
 from paintbench.vit.stream import CacheSource
 
 CONFIG = dict(model="vit_tiny_patch16_224", img_size=32, patch_size=8, kwargs=dict(depth=2, embed_dim=64, num_heads=2))
@@ -46,12 +46,15 @@ def cache(tmp_path_factory):
 
 
 def embed(cache_prefix, encoder, out_dir, **options) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the well table embed_plate writes, every crop's embedding from embed_batches with the cache's index)."""
     options = {"device": "cpu", "num_workers": 0, **options}
     index = pd.read_parquet(cache_files(cache_prefix)["index"])
-    wells = embed_plate(CacheSource(cache_prefix), encoder, CONFIG, out_dir / "wells.parquet",
-                        crop_output=out_dir / "crops.parquet", crop_index=index, **options)
+    (wells,) = embed_plate(CacheSource(cache_prefix), [(encoder, CONFIG)], [out_dir / "wells.parquet"], **options)
     assert wells.equals(pd.read_parquet(out_dir / "wells.parquet"))
-    return wells, pd.read_parquet(out_dir / "crops.parquet")
+    per_crop = [emb for _, (emb,) in embed_batches(CacheSource(cache_prefix), [(encoder, CONFIG)], progress=False,
+                                                   **options)]
+    features = pd.DataFrame(torch.cat(per_crop).numpy(), columns=feature_names(encoder.num_features))
+    return wells, pd.concat([index, features], axis=1)
 
 
 def test_well_table_and_field_then_well_means(cache, encoder, tmp_path):
@@ -101,3 +104,19 @@ def test_throughput_helpers(cache, encoder):
     loop = end_to_end_throughput(CacheSource(prefix), encoder, CONFIG, batch_size=4, device="cpu", num_workers=1,
                                  warmup=1)
     assert loop["crops"] == len(index) - 4 and loop["crops_per_s"] > 0
+
+
+def test_several_encoders_share_one_pass(cache, encoder, tmp_path):
+    """The pipeline embeds a plate with every method's encoder in one job: each output equals a pass of its own."""
+    prefix, _ = cache
+    torch.manual_seed(1)
+    other = build_encoder(**CONFIG).eval()
+    alone = [embed_plate(CacheSource(prefix), [(model, CONFIG)], [tmp_path / f"alone{k}.parquet"], batch_size=4,
+                         device="cpu", num_workers=0)[0] for k, model in enumerate((encoder, other))]
+    together = embed_plate(CacheSource(prefix), [(encoder, CONFIG), (other, CONFIG)],
+                           [tmp_path / "a.parquet", tmp_path / "b.parquet"], batch_size=4, device="cpu", num_workers=0)
+    for single, shared in zip(alone, together):
+        pd.testing.assert_frame_equal(single, shared)
+    assert not np.allclose(together[0].filter(like="emb_"), together[1].filter(like="emb_"))
+    with pytest.raises(ValueError, match="2 encoders but 1 outputs"):
+        embed_plate(CacheSource(prefix), [(encoder, CONFIG), (other, CONFIG)], [tmp_path / "c.parquet"])

@@ -54,8 +54,8 @@ def replicate_map(work, prefixes, encoder, name: str) -> tuple[float, float]:
     """(mAP of the strong perturbations' replicate retrieval, the chance level of the same rank lists)."""
     wells = []
     for prefix in prefixes:
-        wells.append(embed_plate(CacheSource(prefix), encoder, ENCODER, work / f"{name}_{prefix.name}.parquet",
-                                 pooling="mean", batch_size=128, device="cpu", num_workers=0))
+        wells += embed_plate(CacheSource(prefix), [(encoder, ENCODER)], [work / f"{name}_{prefix.name}.parquet"],
+                             pooling="mean", batch_size=128, device="cpu", num_workers=0)
     profiles = annotate(pd.concat(wells, ignore_index=True))
     features = [c for c in profiles.columns if c.startswith("emb_")]
     profiles = normalize(profiles, features)

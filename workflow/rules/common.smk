@@ -36,10 +36,10 @@ METHOD = {method: vit_method(config, method) for method in ("mae", "dino", "simc
 PRETRAINED = [m for m in VIT_METHODS if not METHOD[m]["checkpoint"]]  # methods this run pretrains itself
 
 
-def vit_encoder(wildcards) -> str:
+def vit_encoder(method: str) -> str:
     """A user-supplied encoder (vit.<method>.checkpoint) skips pretraining; otherwise the run pretrains its own."""
-    given = METHOD[wildcards.method]["checkpoint"]
-    return str(resolve_path(given, Path(workflow.basedir))) if given else f"{RESULTS}/vit/{wildcards.method}/encoder.pt"
+    given = METHOD[method]["checkpoint"]
+    return str(resolve_path(given, Path(workflow.basedir))) if given else f"{RESULTS}/vit/{method}/encoder.pt"
 
 
 # Workstation runs: the rules' mem_mb add up to at most the machine's memory (so they are enforced, not just
@@ -148,9 +148,10 @@ def vit_train_args(wildcards) -> str:
     )
 
 
-def vit_encoder_args(wildcards) -> str:
-    """A user checkpoint may be a plain state_dict: its architecture then comes from the config."""
-    return encoder_config_args() if METHOD[wildcards.method]["checkpoint"] else ""
+def vit_encoder_args() -> str:
+    """A user checkpoint may be a plain state_dict: its architecture then comes from the config (a paintbench
+    checkpoint must then have been trained with the same architecture)."""
+    return encoder_config_args() if any(METHOD[method]["checkpoint"] for method in VIT_METHODS) else ""
 
 
 def plate_qc_fragments(wildcards) -> list[str]:
@@ -161,7 +162,7 @@ def plate_qc_fragments(wildcards) -> list[str]:
         fragments.append(f"{RESULTS}/cellprofiler/{plate}/skipped_fields.tsv")
     if VIT_METHODS:
         fragments.append(f"{RESULTS}/qc/{plate}/vit_crops.tsv")
-        fragments += [f"{RESULTS}/qc/{plate}/vit_embed_{method}.tsv" for method in VIT_METHODS]
+        fragments.append(f"{RESULTS}/qc/{plate}/vit_embed.tsv")
     return fragments
 
 

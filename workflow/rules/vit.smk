@@ -7,7 +7,10 @@ wildcard_constraints:
 
 
 
+# Pretraining is the longest chain of the run (crops of every plate -> pretraining -> embedding): its jobs go
+# first when cores are scarce, and CellProfiler fills the rest.
 rule vit_crops:
+    priority: 50
     input:
         load_data=f"{RESULTS}/load_data/{{plate}}.csv",
         illum=rules.illum.output.functions,
@@ -44,6 +47,7 @@ rule vit_crops:
 
 
 rule vit_pretrain:
+    priority: 50
     input:
         crops=expand(f"{RESULTS}/vit/crops/{{plate}}.npy", plate=VIT_PRETRAIN_PLATES),
         index=expand(f"{RESULTS}/vit/crops/{{plate}}.parquet", plate=VIT_PRETRAIN_PLATES),
@@ -74,23 +78,24 @@ rule vit_pretrain:
 
 
 rule vit_embed:
+    # One job per plate embeds it with every method's encoder: the plate's images are decoded once.
     input:
         load_data=f"{RESULTS}/load_data/{{plate}}.csv",
         illum=rules.illum.output.functions,
         norm=f"{RESULTS}/vit/crops/{{plate}}.norm.json",
         centres=f"{RESULTS}/vit/crops/{{plate}}.centres.parquet",
-        encoder=vit_encoder,
+        encoders=[vit_encoder(method) for method in VIT_METHODS],
     output:
-        profiles=f"{RESULTS}/profiles/vit{{method}}/{{plate}}.parquet",
-        qc=f"{RESULTS}/qc/{{plate}}/vit_embed_{{method}}.tsv",
+        profiles=expand(f"{RESULTS}/profiles/vit{{method}}/{{{{plate}}}}.parquet", method=VIT_METHODS),
+        qc=f"{RESULTS}/qc/{{plate}}/vit_embed.tsv",
     log:
-        f"{RESULTS}/logs/vit_embed/{{method}}/{{plate}}.log",
+        f"{RESULTS}/logs/vit_embed/{{plate}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/vit_embed/{{method}}/{{plate}}.tsv"
+        f"{RESULTS}/benchmarks/vit_embed/{{plate}}.tsv"
     params:
         prefix=lambda wildcards: f"{RESULTS}/vit/crops/{wildcards.plate}",
         illum_dir=lambda wildcards: f"{RESULTS}/illum/{wildcards.plate}",
-        encoder_args=vit_encoder_args,
+        encoder_args=vit_encoder_args(),
         skip=SKIP_BAD_FIELDS,
         pooling=VIT["pooling"],
         batch_size=VIT["embed_batch_size"],
@@ -104,6 +109,6 @@ rule vit_embed:
         "../../envs/paintbench.yaml"
     shell:
         "python -m paintbench vit-embed --crops {params.prefix} --load-data {input.load_data}"
-        " --illum-dir {params.illum_dir} --encoder {input.encoder} {params.encoder_args}"
+        " --illum-dir {params.illum_dir} --encoder {input.encoders} {params.encoder_args}"
         " --pooling {params.pooling} --batch-size {params.batch_size} --device {params.device} {params.skip}"
         " --num-workers {threads} --qc-output {output.qc} --output {output.profiles} > {log} 2>&1"

@@ -100,13 +100,16 @@ def cmd_vit_embed(args: argparse.Namespace) -> None:
     from paintbench.vit.stream import CacheSource, ImageSource
 
     _set_cpu_threads(args.num_workers, args.num_workers)
+    if len(args.encoder) != len(args.output):
+        raise SystemExit(f"vit-embed: {len(args.encoder)} --encoder files but {len(args.output)} --output files; "
+                         "give one output per encoder, in the same order")
     given = _encoder_config(args) if args.model else None
-    encoder, encoder_config = load_encoder(args.encoder, pick_device(args.device), given)
+    encoders = [load_encoder(path, pick_device(args.device), given) for path in args.encoder]
     if args.load_data:
         source = ImageSource(read_table(args.load_data), Path(args.illum_dir), Path(args.crops), args.skip_bad_fields)
     else:
         source = CacheSource(Path(args.crops))
-    embed_plate(source, encoder, encoder_config, Path(args.output), pooling=args.pooling,
+    embed_plate(source, encoders, [Path(output) for output in args.output], pooling=args.pooling,
                 batch_size=args.batch_size, device=args.device, num_workers=args.num_workers)
     _write_qc(source.skipped, args.qc_output)
 
@@ -181,11 +184,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--illum-dir", default=None, help="with --load-data: the plate's illumination functions")
     p.add_argument("--skip-bad-fields", action="store_true", help="leave unreadable fields out and record them")
     p.add_argument("--qc-output", default=None, help="TSV of the fields left out")
-    p.add_argument("--encoder", required=True, help="encoder.pt / checkpoint.pt, or a timm state_dict (give --model)")
+    p.add_argument("--encoder", nargs="+", required=True,
+                   help="encoder.pt / checkpoint.pt, or a timm state_dict (give --model); several embed the same "
+                        "decoded crops")
     _model_options(p, required=False)
     p.add_argument("--pooling", choices=["cls", "mean"], default="mean")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--device", default="auto")
     p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--output", required=True)
+    p.add_argument("--output", nargs="+", required=True, help="well-level Parquet per --encoder, in the same order")
     p.set_defaults(func=cmd_vit_embed)

@@ -5,6 +5,8 @@
   (half the bytes of float32 through worker IPC and PCIe), are converted to float32 on the device and resized to
   the encoder's img_size when the crop size differs (the same bilinear, antialiased-when-shrinking resize as
   pretraining: paintbench.vit.model.resize_to).
+- Several encoders (one per feature set: vitmae, vitdino, ...) embed the same decoded batches: the images are
+  read once per plate.
 - Inference under torch.inference_mode() and paintbench.vit.autocast (bf16 on CUDA, fp32 on CPU);
   pinned host memory and non_blocking copies on CUDA.
 - Pooling: "cls" = the class token of forward_features (after the final norm); "mean" = the mean of the
@@ -12,32 +14,30 @@
 - Well embedding = mean of its field means, each field mean the mean of its crops: fields weigh
   equally whatever their cell count (a crowded field would otherwise dominate its well). Sums are
   accumulated per field on the device in float64 with index_add_, so per-crop embeddings never
-  have to come back to the host unless `crop_output` asks for them. Metadata_Object_Count = crops in
+  come back to the host. Metadata_Object_Count = crops in
   the well, Metadata_Field_Count = fields with at least one crop.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from paintbench.atomic import atomic_path, write_table
+from paintbench.atomic import write_table
 from paintbench.vit import autocast, pick_device
 from paintbench.vit.model import resize_to
 from paintbench.vit.stream import CacheSource, ImageSource
 
 CropSource = ImageSource | CacheSource
+Encoder = tuple[nn.Module, dict]  # an encoder and its config, as paintbench.vit.model.load_encoder returns them
 
 log = logging.getLogger(__name__)
 
@@ -72,79 +72,65 @@ def _check(encoder_config: dict, shape: tuple[int, ...], pooling: str) -> None:
         raise ValueError(f"the encoder takes {chans} channels, the crops have {shape[0]}")
 
 
-def embed_batches(source: CropSource, encoder: nn.Module, encoder_config: dict, pooling: str = "cls",
-                  batch_size: int = 256, device: str | torch.device = "auto", num_workers: int = 2,
-                  progress: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (field number of each crop, (B, D) float32 embeddings on the device) for the source's batches.
+def embed_batches(source: CropSource, encoders: Sequence[Encoder], pooling: str = "cls", batch_size: int = 256,
+                  device: str | torch.device = "auto", num_workers: int = 2,
+                  progress: bool = True) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
+    """Yield (field number of each crop, one (B, D) float32 embedding per encoder, on the device) per batch.
 
-    inference_mode and autocast are entered per batch, never across a yield, so they do not leak into
-    the caller; the embeddings are inference tensors (read them, or update tensors in inference_mode).
+    Every encoder sees the same decoded batch: a plate's images are read once however many feature sets embed
+    them. inference_mode and autocast are entered per batch, never across a yield, so they do not leak into the
+    caller; the embeddings are inference tensors (read them, or update tensors in inference_mode).
     """
     device = device if isinstance(device, torch.device) else pick_device(device)
-    _check(encoder_config, source.shape, pooling)
-    img_size = int(encoder_config["img_size"])
-    encoder = encoder.to(device).eval()
+    for _, encoder_config in encoders:
+        _check(encoder_config, source.shape, pooling)
+    models = [(encoder.to(device).eval(), int(config["img_size"])) for encoder, config in encoders]
     cuda = device.type == "cuda"
     with tqdm(total=int(source.fields["crops"].sum()), desc="embed", unit="crop", mininterval=5,
               disable=not progress) as bar:
         for crops, codes in source.batches(batch_size, num_workers, pin_memory=cuda):
             with torch.inference_mode(), autocast(device):
-                emb = pool_tokens(encoder, resize_to(crops.to(device, non_blocking=cuda).float(), img_size), pooling)
+                x = crops.to(device, non_blocking=cuda).float()
+                embeddings = [pool_tokens(encoder, resize_to(x, size), pooling) for encoder, size in models]
             bar.update(len(crops))
-            yield codes, emb
+            yield codes, embeddings
 
 
-def _crop_schema(columns: list[str], dim: int) -> pa.Schema:
-    text = {"Metadata_Plate", "Metadata_Well"}
-    return pa.schema([(c, pa.string() if c in text else pa.int64()) for c in columns]
-                     + [(name, pa.float32()) for name in feature_names(dim)])
+def _width(encoder: nn.Module) -> int:
+    return int(getattr(encoder, "num_features", 0) or encoder.embed_dim)
 
 
-def _crop_table(index: pd.DataFrame, embeddings: np.ndarray, schema: pa.Schema) -> pa.Table:
-    values = [index[c].to_numpy() for c in index.columns] + list(embeddings.T)
-    return pa.table([pa.array(v, type=f.type) for v, f in zip(values, schema)], schema=schema)
-
-
-def embed_plate(source: CropSource, encoder: nn.Module, encoder_config: dict, output: str | Path,
-                pooling: str = "cls", batch_size: int = 256, device: str = "auto", num_workers: int = 2,
-                crop_output: str | Path | None = None, crop_index: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Write the well-level embeddings of one plate's crops (see the module docstring); returns the table.
-
-    `crop_output` (optional): the per-crop embeddings with `crop_index`'s columns (one row per crop of the
-    source, fields contiguous and in order), written atomically.
-    """
+def embed_plate(source: CropSource, encoders: Sequence[Encoder], outputs: Sequence[str | Path], pooling: str = "cls",
+                batch_size: int = 256, device: str = "auto", num_workers: int = 2) -> list[pd.DataFrame]:
+    """Write each encoder's well-level embeddings of one plate's crops to its output (see the module docstring);
+    returns the tables, in the encoders' order."""
+    if len(encoders) != len(outputs):
+        raise ValueError(f"{len(encoders)} encoders but {len(outputs)} outputs")
     device_ = pick_device(device)
-    fields, dim = source.fields, int(getattr(encoder, "num_features", 0) or encoder.embed_dim)
+    fields, dims = source.fields, [_width(encoder) for encoder, _ in encoders]
     with torch.inference_mode():
-        sums = torch.zeros(len(fields), dim, dtype=torch.float64, device=device_)
+        sums = [torch.zeros(len(fields), dim, dtype=torch.float64, device=device_) for dim in dims]
     counts = np.zeros(len(fields), np.int64)
-    with contextlib.ExitStack() as stack:
-        writer = None
-        if crop_output is not None:
-            tmp = stack.enter_context(atomic_path(crop_output))  # renamed after the writer below has closed
-            schema = _crop_schema(list(crop_index.columns), dim)
-            writer = stack.enter_context(pq.ParquetWriter(tmp, schema))
-            row_fields, position = np.repeat(np.arange(len(fields)), fields["crops"].to_numpy()), 0
-        for codes, emb in embed_batches(source, encoder, encoder_config, pooling, batch_size, device_, num_workers):
+    for codes, embeddings in embed_batches(source, encoders, pooling, batch_size, device_, num_workers):
+        codes_ = codes.to(device_)
+        for total, emb, dim, output in zip(sums, embeddings, dims, outputs):
             if emb.shape[1] != dim:
-                raise ValueError(f"the encoder's embeddings have {emb.shape[1]} dimensions, num_features says {dim}")
+                raise ValueError(f"{output}: the encoder's embeddings have {emb.shape[1]} dimensions, "
+                                 f"num_features says {dim}")
             with torch.inference_mode():
-                sums.index_add_(0, codes.to(device_), emb.double())
-            counts += np.bincount(codes.numpy(), minlength=len(fields))
-            if writer is not None:
-                while row_fields[position] != int(codes[0]):  # rows of a field the source skipped
-                    position += 1
-                rows = crop_index.iloc[position : position + len(emb)]
-                writer.write_table(_crop_table(rows, emb.cpu().numpy(), schema))
-                position += len(emb)
+                total.index_add_(0, codes_, emb.double())
+        counts += np.bincount(codes.numpy(), minlength=len(fields))
 
     kept = counts > 0  # a field the source skipped has no crops
-    field_means = sums.cpu().numpy()[kept] / counts[kept, None]
-    wells = well_means(fields[kept].assign(crops=counts[kept]).reset_index(drop=True), field_means)
-    write_table(wells, output)
-    log.info("%s: %d wells, %d fields, %d crops, %d dimensions (%s pooling)", output, len(wells), int(kept.sum()),
-             int(counts.sum()), dim, pooling)
-    return wells
+    tables = []
+    for total, output in zip(sums, outputs):
+        field_means = total.cpu().numpy()[kept] / counts[kept, None]
+        wells = well_means(fields[kept].assign(crops=counts[kept]).reset_index(drop=True), field_means)
+        write_table(wells, output)
+        log.info("%s: %d wells, %d fields, %d crops, %d dimensions (%s pooling)", output, len(wells),
+                 int(kept.sum()), int(counts.sum()), field_means.shape[1], pooling)
+        tables.append(wells)
+    return tables
 
 
 def well_means(fields: pd.DataFrame, field_means: np.ndarray) -> pd.DataFrame:
@@ -196,9 +182,10 @@ def end_to_end_throughput(source: CropSource, encoder: nn.Module, encoder_config
     """
     device_ = pick_device(device)
     crops, began = 0, (time.perf_counter() if warmup <= 0 else None)
-    batches = embed_batches(source, encoder, encoder_config, pooling, batch_size, device_, num_workers, progress=False)
+    batches = embed_batches(source, [(encoder, encoder_config)], pooling, batch_size, device_, num_workers,
+                            progress=False)
     try:
-        for k, (_, emb) in enumerate(batches):
+        for k, (_, (emb,)) in enumerate(batches):
             if k < warmup:
                 if k == warmup - 1:
                     _sync(device_)
