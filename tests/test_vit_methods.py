@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from paintbench.vit.dino import teacher_momentum, teacher_temperature
+from paintbench.vit.dino import koleo, teacher_momentum, teacher_temperature
 from paintbench.vit.methods import method_settings, step_seeds
 from paintbench.vit.simclr import nt_xent
 from tests.helpers import REPO
@@ -122,6 +122,21 @@ def test_dino_schedules():
     assert teacher_temperature(0, settings) == pytest.approx(0.04)
     assert teacher_temperature(5, settings) == pytest.approx(0.055)
     assert teacher_temperature(50, settings) == pytest.approx(0.07)
+
+
+def test_koleo_known_answers():
+    """Nearest-neighbour distances by hand: the square's corners on the unit circle are sqrt(2) apart."""
+    square = torch.tensor([[1.0, 0], [0, 1], [-1, 0], [0, -1]]) * 3  # scale is normalized away
+    assert koleo(square).item() == pytest.approx(-math.log(math.sqrt(2)), rel=1e-6)
+    # Two pairs of near-duplicates: each point's neighbour is its twin at distance 2 sin(0.05).
+    pairs = torch.tensor([[1.0, 0], [math.cos(0.1), math.sin(0.1)], [-1, 0], [-math.cos(0.1), -math.sin(0.1)]])
+    assert koleo(pairs).item() == pytest.approx(-math.log(2 * math.sin(0.05)), rel=1e-4)
+    # Its gradient pushes the twins apart (it lowers the term).
+    moved = pairs.clone().requires_grad_(True)
+    koleo(moved).backward()
+    assert koleo(pairs - 0.01 * moved.grad).item() < koleo(pairs).item()
+    # Rows 2..3 of a 4-row global batch against everyone: the mean of those rows' terms.
+    assert koleo(pairs[2:], pairs, offset=2).item() == pytest.approx(koleo(pairs).item(), rel=1e-6)
 
 
 def test_nt_xent_known_answers():

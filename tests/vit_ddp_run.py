@@ -17,7 +17,7 @@ from tests.test_vit_train import TINY, BlobCrops, reproducible_cpu  # noqa: E402
 from paintbench.vit.train import pretrain  # noqa: E402
 
 SETTINGS = {"mae": dict(decoder_dim=32, decoder_depth=1, decoder_heads=2),
-            "dino": dict(out_dim=128, hidden_dim=64, bottleneck_dim=32, local_crops=2),
+            "dino": dict(out_dim=128, hidden_dim=64, bottleneck_dim=32, local_crops=2, koleo_weight=0.1),
             "simclr": dict(hidden_dim=64, proj_dim=32)}
 STEPS, EVERY = 6, 3
 

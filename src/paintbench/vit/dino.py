@@ -11,6 +11,11 @@ The centre is a running mean of the teacher's outputs (over all processes), whic
 outputs from collapsing. The teacher's encoder is the feature set's encoder (as the DINO paper evaluates it).
 Local views are smaller than the model's input: the encoders interpolate their position embeddings
 (timm's dynamic_img_size; the state_dict is that of the plain model).
+
+Optional (`koleo_weight` > 0, DINOv2's default 0.1; DINO itself has none): the Kozachenko-Leonenko term
+-mean(log(distance to the nearest neighbour in the batch)) on the student's L2-normalized crop embeddings of each
+global view. It spreads the embeddings of a batch over the sphere: short runs otherwise concentrate them on the few
+modes the prototypes have found, which costs retrieval the per-well differences it is measured on.
 """
 
 from __future__ import annotations
@@ -24,13 +29,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from paintbench.vit import build_encoder
-from paintbench.vit.methods import compile_encoder, compile_module, mean_over_processes, mlp, pooled_features
+from paintbench.vit.methods import (compile_encoder, compile_module, gather_with_grad, mean_over_processes, mlp,
+                                    pooled_features, world)
 from paintbench.vit.views import multi_crop, view_settings
 
 DINO_DEFAULTS: dict[str, Any] = dict(out_dim=4096, hidden_dim=1024, bottleneck_dim=256, head_layers=3,
                                      local_crops=6, local_size_ratio=0.5, student_temp=0.1, teacher_temp=0.04,
                                      warmup_teacher_temp=0.04, teacher_temp_warmup_steps=0, momentum_teacher=0.996,
-                                     center_momentum=0.9, freeze_last_layer_steps=0, clip_grad=3.0)
+                                     center_momentum=0.9, freeze_last_layer_steps=0, clip_grad=3.0,
+                                     koleo_weight=0.0)
 
 
 def local_size(img_size: int, patch_size: int, ratio: float) -> int:
@@ -49,6 +56,19 @@ def teacher_temperature(step: int, settings: dict[str, Any]) -> float:
     if step >= warm:
         return settings["teacher_temp"]
     return settings["warmup_teacher_temp"] + (settings["teacher_temp"] - settings["warmup_teacher_temp"]) * step / warm
+
+
+def koleo(local: torch.Tensor, everyone: torch.Tensor | None = None, offset: int = 0,
+          eps: float = 1e-8) -> torch.Tensor:
+    """-mean log distance of each L2-normalized row of `local` to its nearest other row of `everyone` (Sablayrolles
+    et al. 2019). `local` is rows offset .. offset+b-1 of `everyone` (the global batch under multi-process
+    training; default: local itself), so N processes optimize the term of one process with the whole batch."""
+    everyone = local if everyone is None else everyone
+    queries, keys = F.normalize(local.float(), dim=-1), F.normalize(everyone.float(), dim=-1)
+    distances = torch.cdist(queries, keys)
+    rows = torch.arange(len(queries), device=queries.device)
+    distances = distances.index_put((rows, rows + offset), torch.tensor(float("inf"), device=queries.device))
+    return -torch.log(distances.min(dim=1).values + eps).mean()
 
 
 class DinoHead(nn.Module):
@@ -91,8 +111,10 @@ class DinoObjective(nn.Module):
             compile_encoder(net["encoder"])
             compile_module(net["head"])
 
-    def _project(self, net: nn.ModuleDict, views: list[torch.Tensor]) -> list[torch.Tensor]:
-        # Views of one size go through the encoder together (one forward per size, as DINO batches them).
+    def _project(self, net: nn.ModuleDict, views: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(pooled encoder features, head outputs) per view. Views of one size go through the encoder together
+        (one forward per size, as DINO batches them)."""
+        features: list[torch.Tensor] = []
         out: list[torch.Tensor] = []
         start = 0
         while start < len(views):
@@ -100,16 +122,18 @@ class DinoObjective(nn.Module):
             while end < len(views) and views[end].shape[-1] == views[start].shape[-1]:
                 end += 1
             feats = pooled_features(net["encoder"], torch.cat(views[start:end]), self.pooling)
+            features += list(feats.chunk(end - start))
             out += list(net["head"](feats).float().chunk(end - start))
             start = end
-        return out
+        return features, out
 
     def forward(self, crops: torch.Tensor, seeds: torch.Tensor, step: int) -> torch.Tensor:
         s = self.settings
         views = multi_crop(crops, self.global_views, self.local_views, 2, s["local_crops"], seeds)
-        student = [out / s["student_temp"] for out in self._project(self.student, views)]
+        student_features, student_out = self._project(self.student, views)
+        student = [out / s["student_temp"] for out in student_out]
         with torch.no_grad():
-            teacher_out = self._project(self.teacher, views[:2])
+            teacher_out = self._project(self.teacher, views[:2])[1]
             temp = teacher_temperature(step - 1, s)
             targets = [F.softmax((t - self.center) / temp, dim=-1) for t in teacher_out]
             self._update_center(torch.cat(teacher_out))
@@ -119,7 +143,12 @@ class DinoObjective(nn.Module):
                 if v != i:
                     total = total + torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
                     pairs += 1
-        return total / pairs
+        loss = total / pairs
+        if s["koleo_weight"] > 0:
+            offset = world()[0] * crops.shape[0]
+            spread = sum(koleo(f, gather_with_grad(f), offset) for f in student_features[:2]) / 2
+            loss = loss + s["koleo_weight"] * spread
+        return loss
 
     @torch.no_grad()
     def _update_center(self, teacher_out: torch.Tensor) -> None:
