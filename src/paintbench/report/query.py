@@ -78,7 +78,7 @@ def resolve_gene(profiles: pd.DataFrame, symbol: str) -> str:
     return _resolve(profiles, "gene", symbol, GENETIC, ["Metadata_gene"], "Metadata_gene", "Metadata_gene")
 
 
-def _condition_pairs(profiles: pd.DataFrame, features: list[str]):
+def condition_pairs(profiles: pd.DataFrame, features: list[str]):
     """Yield (condition dict, compound consensus, gene consensus, |cos| matrix, annotated-pair mask)."""
     profiles = with_condition_columns(profiles)
     treated = profiles[is_query(profiles)]
@@ -97,7 +97,7 @@ def _condition_pairs(profiles: pd.DataFrame, features: list[str]):
             yield condition, comp_table, gene_table, cosine, annotated
 
 
-def _pair_p_values(scores: np.ndarray, background: np.ndarray) -> np.ndarray:
+def pair_p_values(scores: np.ndarray, background: np.ndarray) -> np.ndarray:
     ordered = np.sort(background)
     at_least = len(ordered) - np.searchsorted(ordered, scores, side="left")
     return (1.0 + at_least) / (1.0 + len(ordered))
@@ -106,7 +106,7 @@ def _pair_p_values(scores: np.ndarray, background: np.ndarray) -> np.ndarray:
 def _ranked(condition: dict, cosine: np.ndarray, background: np.ndarray, partners: pd.DataFrame,
             annotated: np.ndarray) -> pd.DataFrame:
     abs_cos = np.abs(cosine)
-    p = _pair_p_values(abs_cos, np.abs(background))
+    p = pair_p_values(abs_cos, np.abs(background))
     table = partners.assign(cosine=cosine, abs_cosine=abs_cos, p_value=p,
                             q_value=multipletests(p, method="fdr_bh")[1], annotated_target=annotated, **condition)
     table = table.sort_values(["abs_cosine", "annotated_target"], ascending=[False, False]).reset_index(drop=True)
@@ -120,7 +120,7 @@ def query(profiles: pd.DataFrame, compound: str | None = None, gene: str | None 
     features = scorable_features(profiles)
     name = resolve_compound(profiles, compound) if compound is not None else resolve_gene(profiles, gene)
     parts = []
-    for condition, comp_table, gene_table, cosine, annotated in _condition_pairs(profiles, features):
+    for condition, comp_table, gene_table, cosine, annotated in condition_pairs(profiles, features):
         background = cosine[~annotated]
         if compound is not None:
             rows = np.flatnonzero(comp_table[PERT].to_numpy() == name)
