@@ -46,6 +46,7 @@ include: "workflow/rules/cellprofiler.smk"
 include: "workflow/rules/vit.smk"
 include: "workflow/rules/profiles.smk"
 include: "workflow/rules/retrieval.smk"
+include: "workflow/rules/target_id.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -46,14 +46,17 @@ if ! $analysis_only; then
   MPLCONFIGDIR="${TMPDIR:-/tmp}/paintbench-mpl" "$venvs/cellprofiler/bin/python" -c "import cellprofiler_core, cellprofiler" \
     || { echo "setup: the CellProfiler environment is broken" >&2; rm -f "$venvs/cellprofiler/.paintbench-lock.sha256"; exit 1; }
 fi
-# Headless Chromium renders reports/index.html in the test suite (not needed to run the pipeline).
-if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+# Headless Chromium renders reports/index.html in the test suite and Debian's chromium-driver lets Selenium use the
+# report's target look-up (neither is needed to run the pipeline).
+if ! command -v chromedriver >/dev/null 2>&1 \
+   || { ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; }; then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing Debian's chromium (for the report rendering test)"
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } >/dev/null \
-      || echo "setup: note: could not install chromium; tests/test_report.py will say so"
+    echo "setup: installing Debian's chromium and chromium-driver (for the report's browser tests)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+        chromium-driver; } >/dev/null || echo "setup: note: could not install chromium; tests/test_report.py will say so"
   else
-    echo "setup: note: no chromium found; install it (e.g. apt-get install chromium) to run the report rendering test"
+    echo "setup: note: no chromium/chromedriver found; install them (apt-get install chromium chromium-driver) to" \
+         "run the report's browser tests"
   fi
 fi
 echo "setup: done. Activate with: source $venvs/paintbench/bin/activate"

@@ -152,16 +152,18 @@ SMALL_DEMO_PLATES = ["BR00116991", "BR00116992", "BR00117000", "BR00117003", "BR
 
 
 def small_demo_config(folder, **overrides) -> str:
-    """config/demo.yaml cut to two genes (CSK strong, FOXM1 null), 4 controls per plate and 128 px fields: 44 fields.
+    """config/demo.yaml (its six genes, BI-2536's planted pattern) cut to 4 controls per plate, two replicate plates
+    per modality and 128 px fields: 120 fields.
 
     Too few controls and replicates for any permutation p-value to reach q < 0.05 (replicate retrieval's
-    smallest p is 1/5), so sister matching is empty: the report must show that as zero rows."""
+    smallest p is 1/5), so sister matching is empty: the report must show that as zero rows. The compound-gene
+    pairs are enough for the polypharmacology call (54 unrelated pairs per condition)."""
     import yaml
 
     from tests.helpers import REPO
 
     config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
-    config.update(plates=SMALL_DEMO_PLATES, genes=["CSK", "FOXM1"], negcon_wells=4, data_dir=str(folder / "data"),
+    config.update(plates=SMALL_DEMO_PLATES, negcon_wells=4, data_dir=str(folder / "data"),
                   results_dir=str(folder / "results"))
     config["synthetic"].update(field_size=128, cells_per_field=14)
     config["vit"].update(steps=60, warmup_steps=5, checkpoint_every=30)

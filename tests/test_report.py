@@ -47,12 +47,12 @@ def test_summary_has_every_task_condition_and_feature_set(small_demo_run):
         crispr = table[table["Metadata_modality"] == "crispr"]
         row = summary[(summary["feature_set"] == fs) & (summary["task"] == "replicate_retrieval")
                       & (summary["Metadata_modality"] == "crispr")].iloc[0]
-        assert row["n_perturbations"] == len(crispr) == 4  # CSK and FOXM1, two guides each
+        assert row["n_perturbations"] == len(crispr) == 12  # six genes, two guides each
         assert row["mean_average_precision"] == pytest.approx(crispr["mean_average_precision"].mean())
         assert row["fraction_retrieved"] == pytest.approx(crispr["below_corrected_p"].mean())
         # One replicate and 4 controls per list: a perfect list has p = 1/5, so nothing can be retrieved, and the
         # summary says so instead of reporting a silent zero.
-        assert row["n_untestable"] == 4 and row["protocol"] == "cpjump1"
+        assert row["n_untestable"] == 12 and row["protocol"] == "cpjump1"
         sister = summary[(summary["feature_set"] == fs) & (summary["task"] == "sister_matching")]
         assert (sister["n_perturbations"] == 0).all() and sister["fraction_retrieved"].isna().all()
     reference = summary[summary["row_kind"] == "paper"]
@@ -150,3 +150,90 @@ def test_query_unknown_names_suggest_close_matches(small_demo_run):
     assert done.returncode == 1 and "did you mean CSK" in done.stderr
     done = paintbench("query", "--results-dir", str(results), "--feature-set", "dino", "--gene", "CSK")
     assert done.returncode == 1 and "no scored profiles for feature set 'dino'" in done.stderr
+
+
+def test_polypharmacology_call_follows_the_planted_target(small_demo_run):
+    """The demo plants CPJUMP1's BI-2536 pattern (annotated BRD4 and PLK1, phenotype along PLK1, BRD4 null): the call
+    names PLK1 in both genetic modalities with CellProfiler features, and BRD4 never passes for any feature set."""
+    _, results = small_demo_run
+    for fs in FEATURE_SETS:
+        table = pd.read_parquet(results / "target_id" / f"{fs}_polypharmacology.parquet")
+        bi2536 = table[table["Metadata_pert_iname"] == "BI-2536"]
+        assert set(bi2536["target"]) == {"BRD4", "PLK1"}, fs
+        assert not bi2536.loc[bi2536["target"] == "BRD4", "passes"].any(), fs
+        if fs == "cellprofiler":
+            assert set(bi2536["call"]) == {"PLK1"}
+            assert set(bi2536["Metadata_matched_modality"]) == {"crispr", "orf"}
+            assert (bi2536.loc[bi2536["target"] == "PLK1", "rank"] == 1).all()
+    summary = pd.read_csv(results / "reports" / "summary.tsv", sep="\t")
+    shortlist = summary[summary["task"] == "target_identification"]
+    assert set(shortlist["feature_set"]) == set(FEATURE_SETS) and set(shortlist["k"]) == {1, 5, 10}
+    cp = shortlist[(shortlist["feature_set"] == "cellprofiler") & (shortlist["k"] == 1)]
+    assert (cp["recall_at_k"] > cp["random_recall_at_k"]).all()
+
+
+def test_target_lookup_in_a_real_browser(small_demo_run):
+    """Selenium + Debian's chromedriver: type a compound, read the ranked genes back (they match `paintbench query`),
+    sort a column, and follow the suggestion offered for a misspelled name."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as until
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from paintbench.report.query import load_run, query
+
+    _, results = small_demo_run
+    driver_path = shutil.which("chromedriver")
+    if driver_path is None:
+        pytest.fail("Debian's chromium-driver is needed: apt-get install chromium-driver (scripts/setup.sh does)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium()
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,2000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        driver.get((results / "reports" / "index.html").as_uri())
+        box = driver.find_element(By.ID, "lookup-input")
+        box.send_keys("BI-2536", Keys.ENTER)
+        WebDriverWait(driver, 30).until(until.presence_of_element_located((By.CSS_SELECTOR, "table.lookup")))
+        blocks = driver.find_elements(By.CSS_SELECTOR, "#lookup-results h4")
+        label = "A549 compound 24 h -> crispr 144 h"
+        assert label in [b.text for b in blocks]
+        row_div = driver.find_element(By.XPATH, f"//h4[text()='{label}']/following-sibling::div[1]")
+        tables = {t.get_attribute("data-feature-set"): t for t in row_div.find_elements(By.CSS_SELECTOR, "table.lookup")}
+        assert set(tables) == set(FEATURE_SETS)
+
+        def rows(table):
+            return [[td.text for td in tr.find_elements(By.TAG_NAME, "td")] for tr in table.find_elements(By.TAG_NAME, "tr")[1:]]
+
+        shown = rows(tables["cellprofiler"])
+        profiles, _ = load_run(results, "cellprofiler")
+        _, expected = query(profiles, compound="BI-2536")
+        expected = expected[expected["Metadata_matched_modality"] == "crispr"].sort_values("rank")
+        assert [r[1] for r in shown] == expected["Metadata_gene"].tolist()
+        assert [float(r[2]) for r in shown] == pytest.approx(expected["cosine"].round(3).tolist(), abs=1e-3)
+        assert [float(r[3]) for r in shown] == pytest.approx(expected["q_value"].tolist(), rel=0.06)
+        assert shown[0][1] == "PLK1" and shown[0][4] == "annotated"
+        # Sorting: a click on "cosine" orders the rows by it.
+        tables["cellprofiler"].find_element(By.XPATH, ".//th[text()='cosine']").click()
+        cosines = [float(r[2]) for r in rows(tables["cellprofiler"])]
+        assert cosines == sorted(cosines)
+        # A misspelled name gets its suggestion, which looks the right compound up.
+        box.clear()
+        box.send_keys("BI-2563", Keys.ENTER)
+        message = driver.find_element(By.ID, "lookup-message")
+        assert "did you mean" in message.text and "BI-2536" in message.text
+        assert not driver.find_elements(By.CSS_SELECTOR, "table.lookup")
+        message.find_element(By.CSS_SELECTOR, "a.suggestion").click()
+        WebDriverWait(driver, 30).until(until.presence_of_element_located((By.CSS_SELECTOR, "table.lookup")))
+        assert driver.find_element(By.ID, "lookup-input").get_attribute("value") == "BI-2536"
+        # A gene: compounds ranked (virtual screening), PLK1's knockout finds BI-2536 first.
+        box.clear()
+        box.send_keys("plk1", Keys.ENTER)
+        WebDriverWait(driver, 30).until(until.text_to_be_present_in_element((By.ID, "lookup-message"), "Compounds ranked"))
+        first = driver.find_element(By.CSS_SELECTOR, "table.lookup[data-feature-set='cellprofiler'] tr:nth-child(2)")
+        assert "BI-2536" in first.text
+    finally:
+        driver.quit()

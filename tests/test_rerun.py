@@ -31,8 +31,8 @@ def test_finished_run_is_up_to_date(small_demo_run):
 
 def test_forcerun_a_stage_reruns_it_and_everything_downstream(small_demo_run):
     jobs = planned(small_demo_run, "--forcerun", "profiles")
-    assert set(jobs) == {"profiles", "replicate_retrieval", "matching"} | REPORT
-    assert jobs["profiles"] == 4 and jobs["matching"] == 8  # 4 feature sets; 2 matching tasks each
+    assert set(jobs) == {"profiles", "replicate_retrieval", "matching", "target_id"} | REPORT
+    assert jobs["profiles"] == jobs["target_id"] == 4 and jobs["matching"] == 8  # 4 feature sets; 2 matching tasks each
 
 
 def test_changing_a_retrieval_parameter_reruns_only_retrieval_and_reports(small_demo_run):

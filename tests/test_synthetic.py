@@ -289,7 +289,7 @@ def test_demo_download_stage_through_snakemake(tmp_path):
         cwd=tmp_path,
     )
     table = pd.read_csv(results / "load_data" / "BR00117000.csv")
-    expected = select_wells(plate_layout("BR00117000"), "all", ["EZH2", "PTPN2", "FOXM1", "CSK"], 12)
+    expected = select_wells(plate_layout("BR00117000"), "all", ["EZH2", "PTPN2", "FOXM1", "CSK", "PLK1", "BRD4"], 12)
     assert table["Metadata_Well"].tolist() == expected and set(table["Metadata_Site"]) == {1}
     truth = pd.read_parquet(results / "synthetic" / "ground_truth.parquet")
     assert {"compound", "crispr", "orf"} == set(truth["Metadata_modality"])

@@ -87,8 +87,9 @@ def cmd_ground_truth(args: argparse.Namespace) -> None:
     from paintbench.atomic import write_table
     from paintbench.synthetic import ground_truth
 
+    classes = dict(item.split("=", 1) for item in args.gene_classes)
     truth = ground_truth(args.platemaps, args.seed, args.strong_fraction, args.null_fraction, args.metadata_dir,
-                         effect_scale=args.effect_scale)
+                         effect_scale=args.effect_scale, gene_classes=classes)
     write_table(truth, args.output)
     log.info("ground truth: %d perturbations -> %s", len(truth), args.output)
 
@@ -229,6 +230,8 @@ def _add_ground_truth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strong-fraction", type=float, default=0.4)
     p.add_argument("--null-fraction", type=float, default=0.3)
     p.add_argument("--effect-scale", type=float, default=1.0, help="multiplies every planted effect")
+    p.add_argument("--gene-classes", nargs="*", default=[], metavar="GENE=CLASS",
+                   help="set named genes' classes (strong, weak, null), e.g. BRD4=null")
     p.add_argument("--output", required=True)
     p.set_defaults(func=cmd_ground_truth)
 

@@ -14,7 +14,7 @@ def cmd_report_summary(args: argparse.Namespace) -> None:
     from paintbench.report.summary import build_summary, read_published
 
     summary = build_summary(args.results_dir, args.feature_sets, published=read_published(args.published),
-                            synthetic=args.synthetic)
+                            synthetic=args.synthetic, target_id=args.target_id)
     write_table(summary, args.output)
     log.info("%d summary rows (%d reference rows) -> %s", len(summary),
              int((summary["row_kind"] == "paper").sum()), args.output)
@@ -60,6 +60,26 @@ def cmd_query(args: argparse.Namespace) -> None:
     log.info("table -> %s, figure -> %s", stem.with_suffix(".tsv"), stem.with_suffix(".png"))
 
 
+def cmd_target_id(args: argparse.Namespace) -> None:
+    from paintbench.atomic import read_table, write_table
+    from paintbench.retrieval import scorable_features
+    from paintbench.target_id import polypharmacology, shortlists, similarity_pairs
+
+    profiles = read_table(args.profiles)
+    features = scorable_features(profiles)
+    summary, queries = shortlists(profiles, features, draws=args.draws, seed=args.seed)
+    poly = polypharmacology(profiles, features, alpha=args.alpha)
+    pairs = similarity_pairs(profiles, features)
+    for table, path in ((summary, args.output), (queries, args.queries_output), (poly, args.polypharmacology_output),
+                        (pairs, args.pairs_output)):
+        write_table(table, path)
+    calls = poly.drop_duplicates([c for c in poly.columns if c.startswith("Metadata_") and c != "Metadata_gene"])
+    log.info("%s: %d target-identification and %d virtual-screening queries; %d multi-target compound calls "
+             "(%s); %d pairs", args.profiles, int((queries["task"] == "target_identification").sum()),
+             int((queries["task"] == "virtual_screening").sum()), len(calls),
+             ", ".join(f"{n}: {c}" for n, c in zip(calls["Metadata_pert_iname"], calls["call"])) or "none", len(pairs))
+
+
 def _finished_run_options(p: argparse.ArgumentParser) -> None:
     """What report-figures and report-html both read: the run's results, its plates and summary.tsv."""
     p.add_argument("--results-dir", required=True)
@@ -74,6 +94,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--published", required=True, help="TSV of the CPJUMP1 paper's CellProfiler values per task and condition")
     p.add_argument("--synthetic", action="store_true",
                    help="the run's plates are synthetic: the paper's values are a reference for other data")
+    p.add_argument("--target-id", action="store_true",
+                   help="add the shortlist rows of results_dir/target_id/<feature set>.parquet")
     p.add_argument("--output", required=True)
     p.set_defaults(func=cmd_report_summary)
 
@@ -92,6 +114,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cellprofiler", default=None, help="CellProfiler executable (for its version)")
     p.add_argument("--output", required=True)
     p.set_defaults(func=cmd_report_html)
+
+    p = sub.add_parser("target-id", help="shortlist quality of target identification and virtual screening, and "
+                       "polypharmacology calls, for one feature set", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       epilog="example: paintbench target-id --profiles results/profiles/cellprofiler/scored.parquet "
+                              "--output results/target_id/cellprofiler.parquet ...")
+    p.add_argument("--profiles", required=True, help="the feature set's scored.parquet")
+    p.add_argument("--alpha", type=float, default=0.05, help="q threshold of a polypharmacology call")
+    p.add_argument("--draws", type=int, default=10_000, help="random shortlists per query for the p-values")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", required=True, help="per task x condition x k: recall@k, precision@k, best rank, p")
+    p.add_argument("--queries-output", required=True, help="per query: best rank, hits / recall / precision @k")
+    p.add_argument("--polypharmacology-output", required=True, help="per multi-target compound x target: rank, q, call")
+    p.add_argument("--pairs-output", required=True, help="every compound-gene pair's cosine (the report's look-up)")
+    p.set_defaults(func=cmd_target_id)
 
     p = sub.add_parser("query", help="genes like a compound (--compound) or compounds like a gene (--gene)")
     p.add_argument("--results-dir", required=True, help="a finished run's results_dir")

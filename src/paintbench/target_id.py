@@ -181,6 +181,23 @@ POLY_COLUMNS = ["Metadata_broad_sample", "Metadata_pert_iname", *CONDITION, "tar
                 "n_candidates", "p_value", "q_value", "passes", "call"]
 
 
+PAIR_COLUMNS = [*CONDITION, "Metadata_broad_sample", "Metadata_pert_iname", "Metadata_target_list", "Metadata_gene",
+                "cosine", "annotated"]
+
+
+def similarity_pairs(profiles: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+    """Every compound-gene pair of every condition with its consensus cosine: what the report's look-up ranks."""
+    parts = []
+    for condition, compounds, genes, cosine, annotated in condition_pairs(profiles, features):
+        n_compounds, n_genes = cosine.shape
+        part = compounds[[PERT, "Metadata_pert_iname", "Metadata_target_list"]].iloc[np.repeat(np.arange(n_compounds), n_genes)]
+        part = part.reset_index(drop=True).assign(
+            Metadata_gene=np.tile(genes["Metadata_gene"].astype(str).to_numpy(), n_compounds),
+            cosine=cosine.ravel().astype(np.float32), annotated=annotated.ravel(), **_summary_condition(condition))
+        parts.append(part[PAIR_COLUMNS])
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=PAIR_COLUMNS)
+
+
 def polypharmacology(profiles: pd.DataFrame, features: list[str], alpha: float = 0.05) -> pd.DataFrame:
     """One row per (compound with >= 2 annotated targets among a condition's genes, condition, target)."""
     rows = []

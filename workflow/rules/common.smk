@@ -172,6 +172,7 @@ def report_inputs(wildcards) -> dict[str, list[str]]:
     inputs = {
         "results": expand(f"{RESULTS}/retrieval/{{fs}}/{{task}}{{suffix}}.parquet", fs=FEATURE_SETS, task=TASKS, suffix=["", "_ap"]),
         "normalized": expand(f"{RESULTS}/profiles/{{fs}}/normalized.parquet", fs=IMAGE_SETS),
+        "target_id": target_id_tables(),
     }
     if IMAGE_SETS:
         inputs["illum"] = expand(rules.illum.output.functions, plate=PLATES)
@@ -184,6 +185,12 @@ def report_inputs(wildcards) -> dict[str, list[str]]:
     if PRETRAINED:
         inputs["train_logs"] = expand(f"{RESULTS}/vit/{{method}}/train_log.tsv", method=PRETRAINED)
     return inputs
+
+
+def target_id_tables() -> list[str]:
+    """What the report reads of the target_id stage: its summary, per-query, polypharmacology and pair tables."""
+    return expand(f"{RESULTS}/target_id/{{fs}}{{suffix}}.parquet", fs=FEATURE_SETS,
+                  suffix=["", "_queries", "_polypharmacology", "_pairs"])
 
 
 def retrieval_args() -> str:

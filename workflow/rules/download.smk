@@ -15,6 +15,7 @@ rule synthetic_ground_truth:
         strong=config["synthetic"]["strong_fraction"],
         null=config["synthetic"]["null_fraction"],
         scale=config["synthetic"]["effect_scale"],
+        classes=" ".join(f"{gene}={klass}" for gene, klass in config["synthetic"]["gene_classes"].items()),
     threads: 1
     localrule: True
     resources:
@@ -25,7 +26,7 @@ rule synthetic_ground_truth:
     shell:
         "python -m paintbench ground-truth --platemaps {params.platemaps} --metadata-dir {params.metadata_dir}"
         " --seed {params.seed} --strong-fraction {params.strong} --null-fraction {params.null} --effect-scale {params.scale}"
-        " --output {output} > {log} 2>&1"
+        " --gene-classes {params.classes} --output {output} > {log} 2>&1"
 
 
 rule download:

@@ -4,6 +4,7 @@
 rule report_summary:
     input:
         results=expand(f"{RESULTS}/retrieval/{{fs}}/{{task}}.parquet", fs=FEATURE_SETS, task=TASKS),
+        target_id=expand(f"{RESULTS}/target_id/{{fs}}.parquet", fs=FEATURE_SETS),
         published=f"{METADATA_DIR}/cpjump1_published_cellprofiler.tsv",
     output:
         summary=report(f"{RESULTS}/reports/summary.tsv", caption="../report/summary.rst", category="Report"),
@@ -24,7 +25,7 @@ rule report_summary:
         "../../envs/paintbench.yaml"
     shell:
         "python -m paintbench report-summary --results-dir {params.results_dir} --feature-sets {params.feature_sets}"
-        " --published {input.published} {params.synthetic} --output {output.summary} > {log} 2>&1"
+        " --published {input.published} {params.synthetic} --target-id --output {output.summary} > {log} 2>&1"
 
 
 rule report_figures:
@@ -61,6 +62,7 @@ rule report_html:
     input:
         summary=rules.report_summary.output.summary,
         figures=rules.report_figures.output.figures,
+        target_id=target_id_tables(),
     output:
         html=report(f"{RESULTS}/reports/index.html", caption="../report/index.rst", category="Report"),
     log:

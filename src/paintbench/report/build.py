@@ -22,6 +22,7 @@ from paintbench.report.image_figures import (examples_figure, illumination_figur
                                              training_figure)
 from paintbench.report.reference import paper_comparison_figure, paper_differences
 from paintbench.report.summary import REFERENCE, TASKS, result_path
+from paintbench.report.targets import polypharmacology_figure, shortlist_figure, target_files
 from paintbench.retrieval import PERT
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,25 @@ def _retrieval_figures(results_dir: Path, feature_sets: list[str], summary: pd.D
         figures.append(Figure(f"compare_{a}_vs_{b}", "Retrieval", f"Who wins where: {a} vs {b}",
                               f"Replicate-retrieval mAP per perturbation with {a} (x) and {b} (y); points above the "
                               "diagonal are better retrieved by the latter, the largest differences are labelled."))
+    return figures
+
+
+def _target_figures(results_dir: Path, feature_sets: list[str], summary: pd.DataFrame, out: Path) -> list[Figure]:
+    present = [fs for fs in feature_sets if target_files(results_dir, fs)["summary"].exists()]
+    if not present or not (summary["task"].isin(["target_identification", "virtual_screening"])
+                           & (summary["n_perturbations"] > 0)).any():
+        return []
+    shortlist_figure(summary, out / "shortlists")
+    figures = [Figure("shortlists", "Target identification", "Shortlist quality per feature set",
+                      "Recall@k of target identification (a compound's annotated targets among its k closest genes) "
+                      "and virtual screening (a gene's annotated compounds among its k closest compounds), pooled "
+                      "over conditions; black ticks: random shortlists.")]
+    poly = {fs: read_table(target_files(results_dir, fs)["polypharmacology"]) for fs in present}
+    if any(not table.empty for table in poly.values()):
+        polypharmacology_figure(poly, out / "polypharmacology")
+        figures.append(Figure("polypharmacology", "Target identification", "Which target does a multi-target compound follow?",
+                              "Rank among all perturbed genes of each annotated target of every compound with two or "
+                              "more (1 = the compound's closest gene; best over conditions), per feature set."))
     return figures
 
 
@@ -184,7 +204,9 @@ def make_figures(results_dir: str | Path, feature_sets: list[str], plates: list[
     results, out = Path(results_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     scored = [fs for fs in feature_sets if fs != REFERENCE]
-    figures = [*_retrieval_figures(results, scored, summary, out), *_plate_figures(results, scored, plates, out),
+    retrieval = summary[summary["task"].isin(TASKS)]
+    figures = [*_retrieval_figures(results, scored, retrieval, out), *_target_figures(results, scored, summary, out),
+               *_plate_figures(results, scored, plates, out),
                *_example_figure(results, scored, out),
                *_image_figures(results, plates, [Path(d) for d in train_dirs or []], out)]
     with atomic_path(out / MANIFEST) as tmp:

@@ -23,7 +23,8 @@ from paintbench.atomic import atomic_path, read_table
 from paintbench.qc import read_fragment, summarize
 from paintbench.report.build import Figure, TASK_TITLES
 from paintbench.report.reference import planted_table
-from paintbench.report.summary import REFERENCE, read_summary
+from paintbench.report.summary import REFERENCE, TASKS, read_summary
+from paintbench.report.targets import targets_section
 
 PROTOCOL_TEXT = ("cpjump1 is the CPJUMP1 paper's statistic: every query's AP gets its own permutation p-value and "
                  "a unit's p is the geometric mean of its queries' p; copairs (copairs &ge; 0.5) tests the unit's mAP "
@@ -51,6 +52,8 @@ th{background:#f3f3f3} td.l,th.l{text-align:left} td.best{font-weight:bold;backg
 figure{margin:1.5em 0} figure img{max-width:100%;border:1px solid #eee} figcaption{color:#444;font-size:.92em}
 pre{background:#f7f7f7;padding:1em;overflow-x:auto;font-size:.85em} .muted{color:#777}
 .broken{border:2px solid #c00;padding:1em;color:#c00}
+.lookup-row{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start} table.lookup caption{font-weight:bold}
+tr.annotated td{background:#fdebd0} th[data-order=asc]::after{content:" \\25B2"} th[data-order=desc]::after{content:" \\25BC"}
 """
 SCRIPT = """
 window.addEventListener('load', function () {
@@ -212,6 +215,8 @@ def software_versions(cellprofiler: str | None) -> dict[str, str]:
 
 def render(summary: pd.DataFrame, figures_dir: Path, figures: list[Figure], results_dir: Path, plates: list[str],
            config_text: str, versions: dict[str, str]) -> str:
+    everything, summary = summary, summary[summary["task"].isin(TASKS)]
+    measured = list(dict.fromkeys(everything.loc[everything["row_kind"] == "measured", "feature_set"]))
     sections: dict[str, list[str]] = {}
     for figure in figures:
         sections.setdefault(figure.section, []).append(figure_html(figures_dir, figure))
@@ -220,7 +225,8 @@ def render(summary: pd.DataFrame, figures_dir: Path, figures: list[Figure], resu
             "<h2>At a glance</h2><p>Fraction retrieved (q &lt; 0.05) per task and condition with its 95% interval, "
             "the mean mAP and the number of units scored (perturbations; target genes or genes in matching). "
             "Full table: <code>reports/summary.tsv</code>.</p>", glance_table(summary),
-            "<h2>Reading these numbers</h2>" + notes_html(summary), planted_html(results_dir, summary)]
+            "<h2>Reading these numbers</h2>" + notes_html(summary), planted_html(results_dir, summary),
+            targets_section(results_dir, everything, measured)]
     for section, items in sections.items():
         body.append(f"<h2>{html.escape(section)}</h2>" + "".join(items))
     body.append("<h2>Quality control</h2>" + qc_html(results_dir, plates))

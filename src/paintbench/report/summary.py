@@ -29,18 +29,23 @@ from paintbench.atomic import read_table
 from paintbench.significance import wilson_interval
 
 TASKS = ("replicate_retrieval", "sister_matching", "compound_gene_matching")
-UNITS = {"replicate_retrieval": "perturbation", "sister_matching": "target gene", "compound_gene_matching": "gene"}
+SHORTLIST_TASKS = ("target_identification", "virtual_screening")
+UNITS = {"replicate_retrieval": "perturbation", "sister_matching": "target gene", "compound_gene_matching": "gene",
+         "target_identification": "compound", "virtual_screening": "gene"}
+SHORTLIST = ["recall_at_k", "random_recall_at_k", "recall_p", "precision_at_k", "random_precision_at_k",
+             "precision_p", "median_best_rank", "random_best_rank", "best_rank_p"]
 CONDITION = ["Metadata_cell_type", "Metadata_modality", "Metadata_timepoint", "Metadata_plate_group",
              "Metadata_matched_modality", "Metadata_matched_timepoint", "Metadata_matched_plate_group"]
 REFERENCE = "paper_cellprofiler"
 PUBLISHED = "published_cellprofiler"
 BENCHMARK_GROUP = "benchmark"
-INTEGERS = ["Metadata_timepoint", "Metadata_matched_timepoint", "n_perturbations", "n_retrieved", "n_untestable"]
+INTEGERS = ["Metadata_timepoint", "Metadata_matched_timepoint", "n_perturbations", "n_retrieved", "n_untestable", "k"]
 FLOATS = ["mean_average_precision", "fraction_retrieved", "fraction_retrieved_low", "fraction_retrieved_high",
-          "alt_fraction_retrieved"]
+          "alt_fraction_retrieved", *SHORTLIST]
 COLUMNS = ["feature_set", "row_kind", "protocol", "task", "unit", "condition", *CONDITION, "n_perturbations",
            "n_retrieved", "n_untestable", "mean_average_precision", "fraction_retrieved", "fraction_retrieved_low",
-           "fraction_retrieved_high", "best", "alt_protocol", "alt_fraction_retrieved", "comparable", "source", "notes"]
+           "fraction_retrieved_high", "best", "alt_protocol", "alt_fraction_retrieved", "k", *SHORTLIST, "comparable",
+           "source", "notes"]
 DEFAULT_PUBLISHED = Path(__file__).resolve().parents[3] / "config" / "metadata" / "cpjump1_published_cellprofiler.tsv"
 
 
@@ -218,9 +223,29 @@ def result_path(results_dir: str | Path, feature_set: str, task: str) -> Path:
     return Path(results_dir) / "retrieval" / feature_set / f"{task}.parquet"
 
 
+def shortlist_rows(results_dir: str | Path, feature_sets: list[str]) -> pd.DataFrame:
+    """Target identification and virtual screening (results_dir/target_id/<feature set>.parquet): one row per
+    feature set x task x condition x k, n_perturbations = the queries (compounds or genes) scored."""
+    parts = []
+    for feature_set in feature_sets:
+        path = Path(results_dir) / "target_id" / f"{feature_set}.parquet"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no target-identification results for feature set {feature_set!r}")
+        table = read_table(path)
+        parts.append(table.rename(columns={"n_queries": "n_perturbations"}).assign(
+            feature_set=feature_set, row_kind="measured", source=str(path), notes=""))
+    parts = [p for p in parts if not p.empty]
+    if not parts:
+        return pd.DataFrame(columns=COLUMNS)
+    rows = _with_condition_columns(pd.concat(parts, ignore_index=True))
+    return rows.assign(unit=rows["task"].map(UNITS), comparable=False)
+
+
 def build_summary(results_dir: str | Path, feature_sets: list[str], tasks: tuple[str, ...] = TASKS,
-                  published: pd.DataFrame | None = None, synthetic: bool = False) -> pd.DataFrame:
-    """summary.tsv of a finished run; a missing result file is an error naming it."""
+                  published: pd.DataFrame | None = None, synthetic: bool = False,
+                  target_id: bool = False) -> pd.DataFrame:
+    """summary.tsv of a finished run (with the shortlist rows of target_id); a missing result file is an error
+    naming it."""
     parts, negatives = [], set()
     for feature_set in feature_sets:
         for task in tasks:
@@ -251,8 +276,12 @@ def build_summary(results_dir: str | Path, feature_sets: list[str], tasks: tuple
     full = add_intervals(typed(full).assign(unit=lambda t: t["task"].map(UNITS)))
     full["best"] = mark_best(full)
     full["condition"] = [condition_label(row) for _, row in full.iterrows()]
-    order = {task: i for i, task in enumerate(tasks)}
+    if target_id:
+        shortlists = typed(shortlist_rows(results_dir, feature_sets))
+        shortlists["condition"] = [condition_label(row) for _, row in shortlists.iterrows()]
+        full = pd.concat([full, shortlists], ignore_index=True)
+    order = {task: i for i, task in enumerate((*tasks, *SHORTLIST_TASKS))}
     kinds = {"measured": 0, "published_profiles": 1, "paper": 2}
     full = full.assign(_task=full["task"].map(order), _kind=full["row_kind"].map(kinds))
-    full = full.sort_values(["_task", *CONDITION, "_kind", "feature_set"], na_position="first")
+    full = full.sort_values(["_task", *CONDITION, "k", "_kind", "feature_set"], na_position="first")
     return typed(full.drop(columns=["_task", "_kind"]).reset_index(drop=True))

@@ -110,8 +110,17 @@ def _class_by_threshold(u: float, strong_fraction: float, null_fraction: float) 
     return "null" if u >= 1.0 - null_fraction else "weak"
 
 
-def gene_effects(genes: list[str], seed: int, strong_fraction: float, null_fraction: float) -> dict[str, GeneEffect]:
-    """Classes by rank of each gene's draw, so the library holds (rounded) exactly the asked shares."""
+def gene_effects(genes: list[str], seed: int, strong_fraction: float, null_fraction: float,
+                 classes: dict[str, str] | None = None) -> dict[str, GeneEffect]:
+    """Classes by rank of each gene's draw, so the library holds (rounded) exactly the asked shares; `classes`
+    then sets named genes' classes (to plant a known pattern, e.g. CPJUMP1's BI-2536: BRD4 null, PLK1 strong)."""
+    classes = classes or {}
+    unknown = sorted(set(classes) - set(genes))
+    if unknown:
+        raise ValueError(f"synthetic.gene_classes: {unknown} not perturbed by any genetic platemap of the metadata")
+    bad = {g: c for g, c in classes.items() if c not in MAGNITUDE and c != "null"}
+    if bad:
+        raise ValueError(f"synthetic.gene_classes: {bad}: a class is one of strong, weak, null")
     draws = {gene: _draw_gene(gene, seed) for gene in sorted(set(genes))}
     ranked = sorted(draws, key=lambda g: (draws[g][1], g))
     n_strong = round(strong_fraction * len(ranked))
@@ -120,7 +129,7 @@ def gene_effects(genes: list[str], seed: int, strong_fraction: float, null_fract
     for rank, gene in enumerate(ranked):
         klass = "strong" if rank < n_strong else "null" if rank >= len(ranked) - n_null else "weak"
         direction, _u, sign, order = draws[gene]
-        effects[gene] = GeneEffect(gene, direction, klass, sign, order)
+        effects[gene] = GeneEffect(gene, direction, classes.get(gene, klass), sign, order)
     return effects
 
 
@@ -218,11 +227,13 @@ def ground_truth(
     null_fraction: float,
     metadata_dir: str | Path | None = None,
     effect_scale: float = 1.0,
+    gene_classes: dict[str, str] | None = None,
 ) -> pd.DataFrame:
     """One row per (modality, broad_sample) of the given platemaps with its planted effect.
 
     `effect_scale` multiplies every effect: a few cells per well (the offline demo) need larger
-    shifts for the same retrievability as a real well's thousands of cells.
+    shifts for the same retrievability as a real well's thousands of cells. `gene_classes` overrides the drawn
+    class of named genes (see gene_effects).
 
     Columns: Metadata_broad_sample, Metadata_modality, Metadata_control_type, Metadata_pert_iname,
     Metadata_gene, Metadata_target_list, effect_class (negcon/null/weak/strong), direction
@@ -231,7 +242,7 @@ def ground_truth(
     """
     if not (0 <= strong_fraction <= 1 and 0 <= null_fraction <= 1 and strong_fraction + null_fraction <= 1):
         raise ValueError(f"strong_fraction {strong_fraction} + null_fraction {null_fraction} must lie in [0, 1]")
-    genes = gene_effects(library_genes(metadata_dir), seed, strong_fraction, null_fraction)
+    genes = gene_effects(library_genes(metadata_dir), seed, strong_fraction, null_fraction, gene_classes)
     rows = []
     seen: set[tuple[str, str]] = set()
     for platemap in platemaps:
