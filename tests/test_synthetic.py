@@ -295,3 +295,22 @@ def test_demo_download_stage_through_snakemake(tmp_path):
     assert {"compound", "crispr", "orf"} == set(truth["Metadata_modality"])
     fields = pd.read_parquet(tmp_path / "data" / "images" / "BR00117000" / "synthetic_fields.parquet")
     assert len(fields) == len(table) and (fields["n_cells"] > 2).all() and fields["n_cells"].mean() > 8
+
+
+def test_gene_classes_plant_the_bi2536_pattern():
+    """BRD4 set null (drawn weak at seed 7): BI-2536 (BRD4|PLK1|PLK2|PLK3) then follows PLK1 alone; PFI-1 (BRD4) is
+    null. Unknown genes and classes are errors naming the key."""
+    from paintbench.synthetic import ground_truth
+
+    platemaps = ["JUMP-Target-1_compound_platemap", "JUMP-Target-1_crispr_platemap"]
+    truth = ground_truth(platemaps, 7, 0.4, 0.3, gene_classes={"BRD4": "null"}).set_index("Metadata_pert_iname")
+    drawn = ground_truth(platemaps, 7, 0.4, 0.3).set_index("Metadata_pert_iname")
+    assert drawn.loc["BI-2536", "direction"] == "mix:BRD4|PLK1"
+    assert truth.loc["BI-2536", "direction"] == "gene:PLK1" and truth.loc["BI-2536", "effect_class"] == "strong"
+    assert truth.loc["PFI-1", "effect_class"] == "null"
+    crispr = truth[truth["Metadata_modality"] == "crispr"].set_index("Metadata_gene")
+    assert set(crispr.loc[["BRD4"], "effect_class"]) == {"null"} and set(crispr.loc[["PLK1"], "effect_class"]) == {"strong"}
+    with pytest.raises(ValueError, match=r"synthetic.gene_classes: \['NOTAGENE'\]"):
+        ground_truth(platemaps, 7, 0.4, 0.3, gene_classes={"NOTAGENE": "null"})
+    with pytest.raises(ValueError, match="synthetic.gene_classes.*one of strong, weak, null"):
+        ground_truth(platemaps, 7, 0.4, 0.3, gene_classes={"BRD4": "medium"})
