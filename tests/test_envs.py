@@ -21,7 +21,7 @@ def test_analysis_lock_pins_the_stack_the_pipeline_needs():
     locked = dict(line.split("==") for line in (REPO / "envs" / "paintbench.lock.txt").read_text().split())
     assert locked["torch"] == "2.14.1" and locked["torchvision"] == "0.29.1"
     for package in ("snakemake", "snakemake-executor-plugin-slurm", "timm", "pandas", "pyarrow", "statsmodels",
-                    "matplotlib", "boto3", "tifffile", "imagecodecs", "tqdm", "moto", "copairs"):
+                    "matplotlib", "boto3", "tifffile", "imagecodecs", "tqdm", "moto", "copairs", "selenium"):
         assert package in locked, package
     cellprofiler = dict(line.split("==") for line in (REPO / "envs" / "cellprofiler.lock.txt").read_text().split())
     assert cellprofiler["numpy"] == "1.26.4" and cellprofiler["imagecodecs"] == "2024.12.30"
