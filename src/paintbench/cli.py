@@ -311,7 +311,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 def build_parser() -> argparse.ArgumentParser:
     from paintbench.cli_benchmark import add_commands as add_benchmark_commands
     from paintbench.cli_report import add_commands as add_report_commands
-    from paintbench.vit.cli import add_commands as add_vit_commands
+    from paintbench.cli_vit import add_commands as add_vit_commands
 
     parser = argparse.ArgumentParser(prog="paintbench", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")

@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger("paintbench")
 
 
 def cmd_profiles(args: argparse.Namespace) -> None:
+    import pandas as pd
+
     from paintbench.atomic import write_table
     from paintbench.profiles import build_profiles
 

@@ -26,7 +26,6 @@ from typing import Literal, Sequence
 import numpy as np
 import pandas as pd
 from scipy.special import gammaln
-from scipy.stats import norm
 
 PROTOCOLS = ("cpjump1", "copairs")
 Protocol = Literal["cpjump1", "copairs"]
@@ -188,6 +187,8 @@ def fraction_retrieved(scored: pd.DataFrame, threshold: float = 0.05) -> float:
 def wilson_interval(successes: np.ndarray | int, trials: np.ndarray | int, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """Wilson score interval of a proportion; NaN where there are no trials."""
     k, n = np.asarray(successes, np.float64), np.asarray(trials, np.float64)
+    from scipy.stats import norm  # scipy.stats costs ~1 s to import: only where an interval is asked for
+
     z = norm.ppf(0.5 + level / 2)
     with np.errstate(invalid="ignore", divide="ignore"):
         phat = k / n

@@ -1,4 +1,5 @@
-"""`paintbench vit-crops | vit-pretrain | vit-embed`: the ViT branch's commands (registered by paintbench.cli)."""
+"""`paintbench vit-crops | vit-pretrain | vit-embed`: the ViT branch's commands (registered by paintbench.cli; torch is
+imported by the commands, never at registration, so every other command starts without it)."""
 
 from __future__ import annotations
 
