@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import io
 import json
 import logging
@@ -181,7 +184,10 @@ def small_demo_run(tmp_path_factory):
     """(config path, results dir) of a finished small demo run, built once per test session (~4 min on 2 cores)."""
     from tests.helpers import snakemake
 
-    folder = tmp_path_factory.mktemp("small_demo")
+    # PAINTBENCH_SMALL_DEMO=DIR keeps the run in DIR between sessions: Snakemake then reruns only what changed.
+    kept = os.environ.get("PAINTBENCH_SMALL_DEMO")
+    folder = Path(kept) if kept else tmp_path_factory.mktemp("small_demo")
+    folder.mkdir(parents=True, exist_ok=True)
     config = small_demo_config(folder)
     snakemake(["--cores", "2", "--configfile", config], cwd=folder, timeout=1800)
     return config, folder / "results"
