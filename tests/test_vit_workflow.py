@@ -25,10 +25,11 @@ def demo_config(tmp_path, **vit) -> str:
 
 def test_vit_branch_pretrains_and_embeds_one_plate(tmp_path):
     target = str(tmp_path / "results" / "profiles" / "vitmae" / f"{PLATE}.parquet")
-    dry = snakemake([target, "-n", "--cores", "2", "--configfile", demo_config(tmp_path)], cwd=tmp_path)
-    for rule in ("vit_pretrain", "vit_embed"):
-        block = dry.stdout.split(f"rule {rule}:")[1].split("\n\n")[0]
-        assert "gpu=1" in block, f"{rule} must declare the gpu resource"
+    for device, gpus in (("auto", "gpu=1"), ("cpu", "gpu=0")):  # a CPU-only run's ViT jobs take no GPU slot
+        dry = snakemake([target, "-n", "--cores", "2", "--configfile", demo_config(tmp_path, device=device)], cwd=tmp_path)
+        for rule in ("vit_pretrain", "vit_embed"):
+            block = dry.stdout.split(f"rule {rule}:")[1].split("\n\n")[0]
+            assert gpus in block, f"{rule} on {device}: {block}"
     snakemake([target, "--cores", "2", "--configfile", demo_config(tmp_path)], cwd=tmp_path)
     wells = pd.read_parquet(target)
     crops = pd.read_parquet(tmp_path / "results" / "vit" / "crops" / f"{PLATE}.centres.parquet")

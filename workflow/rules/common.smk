@@ -50,6 +50,12 @@ if LOCAL_RUN and "mem_mb" not in workflow.global_resources:
     workflow.register_resource("mem_mb", MACHINE_MEM_MB)
 
 
+def gpu_request(gpus: int) -> int:
+    """GPUs a ViT job asks for: none when the run's ViTs are on the CPU (vit.device: cpu), so those jobs share the cores
+    like any other instead of queueing one at a time behind the workstation profile's gpu=1 cap."""
+    return 0 if VIT["device"] == "cpu" else gpus
+
+
 def mem_mb(request: int) -> int:
     return min(request, MACHINE_MEM_MB) if LOCAL_RUN else request
 

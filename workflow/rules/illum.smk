@@ -1,7 +1,10 @@
 # Stage 2: one illumination function per plate and fluorescent channel, shared by both feature branches.
 
 
+# A plate's illumination gates both of its branches, and its two threads wait for two free cores: first, so that a
+# single-thread CellProfiler shard holding one core never leaves the other idle while the next plate waits here.
 rule illum:
+    priority: 60
     input:
         load_data=f"{RESULTS}/load_data/{{plate}}.csv",
     output:

@@ -67,7 +67,7 @@ rule vit_pretrain:
         args=vit_train_args,
     threads: max(1, VIT["num_workers"])
     resources:
-        gpu=VIT["gpus"],
+        gpu=gpu_request(VIT["gpus"]),
         mem_mb=mem_mb(16000),
         runtime=24 * 60,
     conda:
@@ -102,7 +102,7 @@ rule vit_embed:
         device=VIT["device"],
     threads: max(1, VIT["num_workers"])
     resources:
-        gpu=1,
+        gpu=gpu_request(1),
         mem_mb=mem_mb(8000),
         runtime=120,
     conda:
