@@ -1,8 +1,8 @@
 # Stage 2: one illumination function per plate and fluorescent channel, shared by both feature branches.
 
 
-# A plate's illumination gates both of its branches, and its two threads wait for two free cores: first, so that a
-# single-thread CellProfiler shard holding one core never leaves the other idle while the next plate waits here.
+# A plate's illumination gates both of its branches: first, on one core, so that it never waits for two free cores
+# while single-thread CellProfiler shards hold them (reading the images is what it spends its time on).
 rule illum:
     priority: 60
     input:
@@ -21,7 +21,7 @@ rule illum:
         gallery_args=gallery_args,
         metadata_dir=METADATA_DIR,
         skip=SKIP_BAD_FIELDS,
-    threads: 2
+    threads: 1
     resources:
         mem_mb=mem_mb(2000),
         runtime=120,

@@ -68,7 +68,9 @@ rule vit_pretrain:
     threads: max(1, VIT["num_workers"])
     resources:
         gpu=gpu_request(VIT["gpus"]),
-        mem_mb=mem_mb(16000),
+        # Host memory of one pretraining job (GPU runs hold their batches on the device): 1.4 GB for the demo, ~5 GB
+        # for ViT-S DINO on the CPU (scripts/bench_methods.py). 16 GB made a workstation run them one at a time.
+        mem_mb=mem_mb(8000),
         runtime=24 * 60,
     conda:
         "../../envs/paintbench.yaml"
