@@ -46,7 +46,8 @@ def cpu_cluster_profile(folder: Path) -> Path:
     profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
     for rule in ("vit_pretrain", "vit_embed"):
         profile["set-resources"][rule] = {"gpu": 0, "mem_mb": 4000}
-        profile["set-threads"][rule] = 2  # the single node's cores, not a GPU node's cpus_per_gpu
+        # One core, as the demo's local ViT jobs take (vit.num_workers: 1): equal thread counts, equal floats.
+        profile["set-threads"][rule] = 1
     profile["slurm-init-seconds-before-status-checks"] = 2
     path = folder / "profile" / "config.yaml"
     path.parent.mkdir(parents=True)
@@ -55,7 +56,9 @@ def cpu_cluster_profile(folder: Path) -> Path:
 
 
 def tiny_config(folder: Path, **vit) -> str:
-    config = small_demo_config(folder, plates=TINY_PLATES, genes=["CSK"], negcon_wells=2)
+    # The two feature sets the tests compare (the ViT embedding job embeds every configured method).
+    config = small_demo_config(folder, plates=TINY_PLATES, genes=["CSK"], negcon_wells=2,
+                               feature_sets=["cellprofiler", "vitmae"])
     data = yaml.safe_load(Path(config).read_text())
     data["vit"].update(vit)
     Path(config).write_text(yaml.safe_dump(data))
@@ -114,10 +117,13 @@ def wait_for_running(env: dict, rule: str, process: subprocess.Popen, timeout: f
     raise AssertionError(f"no running {rule} job within {timeout} s")
 
 
+RETRY_STEPS = 500
+
+
 def encoder_target(folder: Path) -> tuple[str, str]:
-    # Long enough to be caught running and cancelled (~2 min with the demo ViT); checkpoints every 50 steps so a
-    # retry resumes.
-    return tiny_config(folder, steps=800, checkpoint_every=50), "results/vit/mae/encoder.pt"
+    # Long enough to be caught running and cancelled (~80 s with the demo ViT on one core); checkpoints every 50 steps
+    # so a retry resumes.
+    return tiny_config(folder, steps=RETRY_STEPS, checkpoint_every=50), "results/vit/mae/encoder.pt"
 
 
 def test_cancelled_job_is_retried_and_the_run_completes(cluster, tmp_path):
@@ -133,7 +139,7 @@ def test_cancelled_job_is_retried_and_the_run_completes(cluster, tmp_path):
     states = sacct_rules(cluster, since).query("rule == 'vit_pretrain'")["state"].tolist()
     assert states[0].startswith("CANCELLED") and states[-1] == "COMPLETED", states
     log = pd.read_csv(tmp_path / "results" / "vit" / "mae" / "train_log.tsv", sep="\t")
-    assert log["step"].is_unique and log["step"].max() == 800
+    assert log["step"].is_unique and log["step"].max() == RETRY_STEPS
 
 
 def test_killed_snakemake_recovers_with_the_documented_command(cluster, tmp_path):
@@ -156,4 +162,4 @@ def test_killed_snakemake_recovers_with_the_documented_command(cluster, tmp_path
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-5000:]
     assert encoder.exists()
     log = pd.read_csv(encoder.parent / "train_log.tsv", sep="\t")
-    assert log["step"].is_unique and log["step"].max() == 800
+    assert log["step"].is_unique and log["step"].max() == RETRY_STEPS
