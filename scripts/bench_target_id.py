@@ -31,18 +31,21 @@ sys.path.insert(0, str(ROOT / "src"))
 def tables_worker(args: argparse.Namespace, out: Path) -> None:
     from paintbench.atomic import write_table
     from paintbench.report.query import query
-    from paintbench.target_id import polypharmacology, shortlists, similarity_pairs
+    from paintbench.target_id import comparisons, polypharmacology, shortlists, similarity_pairs
 
     profiles, features = paper_scale_profiles(args.features)
     result: dict[str, float] = {}
     t0 = time.perf_counter()
-    summary, queries = shortlists(profiles, features, draws=args.draws)
+    compared = comparisons(profiles, features)
+    result["comparisons_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    summary, queries = shortlists(compared, draws=args.draws)
     result["shortlists_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    poly = polypharmacology(profiles, features)
+    poly = polypharmacology(compared)
     result["polypharmacology_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    pairs = similarity_pairs(profiles, features)
+    pairs = similarity_pairs(compared)
     write_table(pairs, out.with_suffix(".pairs.parquet"))
     result["pairs_s"] = time.perf_counter() - t0
     result.update(conditions=int(summary[["Metadata_cell_type", "Metadata_timepoint", "Metadata_matched_modality",

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from paintbench.target_id import (KS, Shortlist, _random_best_ranks, candidate_ranks, condition_summary,
-                                  polypharmacology, random_best_rank, random_precision, random_recall, shortlists)
+                                  comparisons, polypharmacology, random_best_rank, random_precision, random_recall,
+                                  shortlists)
 
 DIM = 50
 
@@ -101,7 +102,7 @@ def _profiles() -> pd.DataFrame:
 def test_shortlists_on_known_profiles():
     profiles = _profiles()
     features = [f"f{j}" for j in range(DIM)]
-    summary, queries = shortlists(profiles, features, draws=2000)
+    summary, queries = shortlists(comparisons(profiles, features), draws=2000)
     ti = queries[queries["task"] == "target_identification"].set_index("query_name")
     assert set(ti.index) == {"C_one", "C_poly", "C_both", "C_none"}
     assert ti.loc["C_one", "best_rank"] == 1 and ti.loc["C_one", "recall_at_1"] == 1
@@ -121,7 +122,7 @@ def test_shortlists_on_known_profiles():
 
 def test_polypharmacology_calls():
     profiles = _profiles()
-    table = polypharmacology(profiles, [f"f{j}" for j in range(DIM)])
+    table = polypharmacology(comparisons(profiles, [f"f{j}" for j in range(DIM)]))
     calls = table.groupby("Metadata_pert_iname")["call"].first().to_dict()
     assert calls == {"C_poly": "G4", "C_both": "several", "C_none": "none"}
     poly = table[table["Metadata_pert_iname"] == "C_poly"].set_index("target")

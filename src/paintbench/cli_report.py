@@ -63,13 +63,14 @@ def cmd_query(args: argparse.Namespace) -> None:
 def cmd_target_id(args: argparse.Namespace) -> None:
     from paintbench.atomic import read_table, write_table
     from paintbench.retrieval import scorable_features
-    from paintbench.target_id import polypharmacology, shortlists, similarity_pairs
+    from paintbench.target_id import comparisons, polypharmacology, shortlists, similarity_pairs
 
     profiles = read_table(args.profiles)
     features = scorable_features(profiles)
-    summary, queries = shortlists(profiles, features, draws=args.draws, seed=args.seed)
-    poly = polypharmacology(profiles, features, alpha=args.alpha)
-    pairs = similarity_pairs(profiles, features)
+    compared = comparisons(profiles, features)
+    summary, queries = shortlists(compared, draws=args.draws, seed=args.seed)
+    poly = polypharmacology(compared, alpha=args.alpha)
+    pairs = similarity_pairs(compared)
     for table, path in ((summary, args.output), (queries, args.queries_output), (poly, args.polypharmacology_output),
                         (pairs, args.pairs_output)):
         write_table(table, path)

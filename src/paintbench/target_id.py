@@ -145,11 +145,20 @@ def _query_row(task: str, condition: dict, query: str, name: str, partners: np.n
     return row, shortlist
 
 
-def shortlists(profiles: pd.DataFrame, features: list[str], draws: int = 10_000,
+# One condition's (condition, compound consensus, gene consensus, cosine matrix, annotated-pair mask).
+Comparison = tuple[dict, pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray]
+
+
+def comparisons(profiles: pd.DataFrame, features: list[str]) -> list[Comparison]:
+    """Consensus profiles and compound x gene cosines of every condition, computed once for the tables below."""
+    return list(condition_pairs(profiles, features))
+
+
+def shortlists(compared: list[Comparison], draws: int = 10_000,
                seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-condition summary, per-query table) of target identification and virtual screening."""
     queries, summaries = [], []
-    for condition, compounds, genes, cosine, annotated in condition_pairs(profiles, features):
+    for condition, compounds, genes, cosine, annotated in compared:
         place = _summary_condition(condition)
         scores = np.abs(cosine)
         gene_names = genes["Metadata_gene"].astype(str).to_numpy()
@@ -185,10 +194,10 @@ PAIR_COLUMNS = [*CONDITION, "Metadata_broad_sample", "Metadata_pert_iname", "Met
                 "cosine", "annotated"]
 
 
-def similarity_pairs(profiles: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+def similarity_pairs(compared: list[Comparison]) -> pd.DataFrame:
     """Every compound-gene pair of every condition with its consensus cosine: what the report's look-up ranks."""
     parts = []
-    for condition, compounds, genes, cosine, annotated in condition_pairs(profiles, features):
+    for condition, compounds, genes, cosine, annotated in compared:
         n_compounds, n_genes = cosine.shape
         part = compounds[[PERT, "Metadata_pert_iname", "Metadata_target_list"]].iloc[np.repeat(np.arange(n_compounds), n_genes)]
         part = part.reset_index(drop=True).assign(
@@ -198,10 +207,10 @@ def similarity_pairs(profiles: pd.DataFrame, features: list[str]) -> pd.DataFram
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=PAIR_COLUMNS)
 
 
-def polypharmacology(profiles: pd.DataFrame, features: list[str], alpha: float = 0.05) -> pd.DataFrame:
+def polypharmacology(compared: list[Comparison], alpha: float = 0.05) -> pd.DataFrame:
     """One row per (compound with >= 2 annotated targets among a condition's genes, condition, target)."""
     rows = []
-    for condition, compounds, genes, cosine, annotated in condition_pairs(profiles, features):
+    for condition, compounds, genes, cosine, annotated in compared:
         place = _summary_condition(condition)
         background = np.abs(cosine[~annotated])
         gene_names = genes["Metadata_gene"].astype(str).to_numpy()
