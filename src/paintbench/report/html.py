@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from paintbench.atomic import atomic_path, read_table
+from paintbench.citations import footer_html
 from paintbench.qc import read_fragment, summarize
 from paintbench.report.build import Figure, TASK_TITLES
 from paintbench.report.reference import planted_table
@@ -232,6 +233,7 @@ def render(summary: pd.DataFrame, figures_dir: Path, figures: list[Figure], resu
     body.append("<h2>Quality control</h2>" + qc_html(results_dir, plates))
     body.append("<h2>Configuration</h2><pre>" + html.escape(config_text) + "</pre>")
     body.append("<h2>Software</h2>" + pd.DataFrame(list(versions.items()), columns=["software", "version"]).to_html(index=False, border=0))
+    body.append(footer_html())
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>paintbench report</title>"
             f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>" + "\n".join(body) + "</body></html>")
 
