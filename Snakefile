@@ -1,6 +1,6 @@
 # paintbench: Cell Painting images -> CellProfiler and ViT-MAE profiles -> CPJUMP1 retrieval benchmarks.
 # Stages, one rule file each, data flowing one way: download -> illum -> (cellprofiler | vit) -> profiles
-# -> retrieval -> report. See README.md for the picture and the configuration keys.
+# -> retrieval -> report. See README.md for the picture, docs/config.md for the configuration keys.
 import os
 import sys
 

@@ -1,4 +1,4 @@
-"""Rerunning parts of a finished run (README "Rerunning one stage"): exactly the jobs a user expects, no more."""
+"""Rerunning parts of a finished run (docs/usage.md "Rerunning a stage"): exactly the jobs a user expects, no more."""
 
 from __future__ import annotations
 

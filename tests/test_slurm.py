@@ -66,7 +66,7 @@ def tiny_config(folder: Path, **vit) -> str:
 
 
 def cluster_command(folder: Path, config: str, targets: list[str]) -> list[str]:
-    """The README's cluster command (workflow profile off, so profiles/default does not override it)."""
+    """The cluster command of docs/usage.md (workflow profile off, so profiles/default does not override it)."""
     # results_dir in the config is absolute: so are the targets.
     return [sys.executable, "-m", "snakemake", *(str(folder / t) for t in targets), "--snakefile", str(REPO / "Snakefile"), "--directory", str(folder),
             "--profile", str(cpu_cluster_profile(folder)), "--workflow-profile", "none", "--configfile", config]
@@ -151,7 +151,7 @@ def test_killed_snakemake_recovers_with_the_documented_command(cluster, tmp_path
     job = wait_for_running(cluster, "vit_pretrain", process)
     os.killpg(process.pid, signal.SIGKILL)  # no chance to clean up or cancel its jobs
     process.wait()
-    # The README's recovery: cancel the orphaned job, unlock, then the same command (the profile has
+    # The recovery of docs/usage.md: cancel the orphaned job, unlock, then the same command (the profile has
     # rerun-incomplete, so the job that was in flight runs again and resumes from its last checkpoint).
     subprocess.run(["scancel", job], env=cluster, check=True)
     time.sleep(3)
