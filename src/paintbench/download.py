@@ -4,7 +4,8 @@ Layout (bucket `cellpainting-gallery`, prefix `cpg0000-jump-pilot/source_4`):
 `{prefix}/images/{batch}/images/{plate}__{timestamp}-Measurement1/Images/rRRcCCfFFp01-chNsk1fk1fl1.tiff`.
 The timestamp differs per plate, so the plate folder is discovered by listing.
 
-Files land flat in `dest_dir` under their Phenix names. Each is written to `.tmp-<name>.<random>`
+Files land flat in `dest_dir` under their names in the bucket; the keys are read with the run's image pattern
+(paintbench.image_pattern; the default is the Gallery's Phenix layout). Each is written to `.tmp-<name>.<random>`
 beside its target and renamed only when its size equals the listing's, so a killed job never
 leaves a partial file under a final name, and a rerun skips every file already complete.
 
@@ -34,7 +35,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from tqdm import tqdm
 
-from paintbench.layout import image_filename, parse_image_filename, parse_well
+from paintbench.image_pattern import DEFAULT_IMAGE_PATTERN, compile_pattern, is_field_image, parse_image_name
+from paintbench.layout import parse_well
 from paintbench.qc import record
 
 log = logging.getLogger(__name__)
@@ -157,23 +159,35 @@ def select_objects(
     sites: list[int],
     channels: list[int],
     dest_dir: str | os.PathLike = ".",
-) -> dict[str, RemoteObject]:
-    """The listed objects that are requested fields (file name -> object), plane 1 only.
+    plate: str = "",
+    image_pattern: str = DEFAULT_IMAGE_PATTERN,
+) -> dict[tuple[str, int, int], tuple[str, RemoteObject]]:
+    """The listed objects that are requested fields: (well, site, channel) -> (file name, object), plane 1 only.
 
-    Directory markers (keys ending in '/') are skipped; any other key that is not a plain name
-    under the prefix is refused (`local_path`).
+    Keys are read with `image_pattern`; names it does not match, or matches with an impossible well, are not
+    fields (a plate folder also holds e.g. Index.idx.xml). Directory markers (keys ending in '/') are skipped; any
+    other key that is not a plain name under the prefix is refused (`local_path`).
     """
+    pattern = compile_pattern(image_pattern)
     wanted = {(w, int(s), int(c)) for w in wells for s in sites for c in channels}
-    selected: dict[str, RemoteObject] = {}
+    selected: dict[tuple[str, int, int], tuple[str, RemoteObject]] = {}
     for obj in objects:
         if obj.key.endswith("/"):
             continue
         name = local_path(dest_dir, images_prefix, obj.key).name
-        parsed = parse_image_filename(name)
-        if parsed is None or (parsed.well, parsed.site, parsed.channel) not in wanted:
+        try:
+            parsed = parse_image_name(name, pattern)
+        except ValueError:
             continue
-        if name == image_filename(parsed.well, parsed.site, parsed.channel):
-            selected[name] = obj
+        if parsed is None or not is_field_image(parsed, plate or parsed.plate):
+            continue
+        key = (parsed.well, parsed.site, parsed.channel)
+        if key not in wanted:
+            continue
+        if key in selected:
+            raise DownloadError(f"plate {plate}: s3 keys {selected[key][1].key} and {obj.key} are both well "
+                                f"{key[0]}, site {key[1]}, channel {key[2]} under the image pattern {image_pattern!r}")
+        selected[key] = (name, obj)
     return selected
 
 
@@ -249,6 +263,7 @@ def download_plate(
     max_attempts: int = 6,
     anonymous: bool = True,
     progress: bool = True,
+    image_pattern: str = DEFAULT_IMAGE_PATTERN,
 ) -> DownloadSummary:
     """Download the requested wells x sites x channels of one plate flat into `dest_dir`.
 
@@ -271,18 +286,16 @@ def download_plate(
     folder = find_plate_folder(client, bucket, gallery_prefix, batch, plate)
     images_prefix = f"{folder}Images/"
     listed = list_objects(client, bucket, images_prefix)
-    selected = select_objects(listed, images_prefix, wells, sites, channel_numbers, dest)
+    by_field = select_objects(listed, images_prefix, wells, sites, channel_numbers, dest, plate, image_pattern)
 
-    missing = [(w, s, c) for w in wells for s in sites for c in channel_numbers
-               if image_filename(w, s, c) not in selected]
+    missing = [(w, s, c) for w in wells for s in sites for c in channel_numbers if (w, s, c) not in by_field]
     incomplete = {(w, s) for w, s, _ in missing}
     if missing:
         log.warning("plate %s: %d requested image(s) of %d field(s) not in s3://%s/%s: those fields are left out",
                     plate, len(missing), len(incomplete), bucket, images_prefix)
     reason = f"not in s3://{bucket}/{images_prefix}"
     records = [record(plate, w, s, "download", reason, channel=f"ch{c}") for w, s, c in missing]
-    selected = {name: obj for name, obj in selected.items()
-                if (parse_image_filename(name).well, parse_image_filename(name).site) not in incomplete}
+    selected = {name: obj for (well, site, _), (name, obj) in by_field.items() if (well, site) not in incomplete}
 
     _clean_temp_files(dest, set(selected))
     todo = []

@@ -7,6 +7,7 @@ images the same way whatever their origin.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping
 
 import pandas as pd
 
@@ -14,14 +15,24 @@ from paintbench.layout import image_filename
 from paintbench.qc import record
 
 
+FileIndex = Mapping[tuple[str, int, int], str]  # (well, site, channel) -> file name (paintbench.image_pattern)
+
+
 class MissingImageError(FileNotFoundError):
     """A field lacks a channel file; the message names plate, well, site and file."""
 
 
+def _file_name(files: FileIndex | None, well: str, site: int, channel: int) -> str | None:
+    """The file of one channel of one field: from the folder's index, or its Phenix name when there is no index
+    (None when the index has no such file)."""
+    return image_filename(well, site, channel) if files is None else files.get((well, site, channel))
+
+
 def field_problems(plate: str, image_dir: str | Path, wells: list[str], sites: list[int], channels: dict[str, int],
-                   known: set[tuple[str, int]] = frozenset()) -> list[dict]:
+                   known: set[tuple[str, int]] = frozenset(), files: FileIndex | None = None) -> list[dict]:
     """QC records of every channel file of the selected fields that is missing or damaged (TIFF structure only);
-    fields in `known` (already recorded, e.g. not in the bucket) are not looked at again."""
+    fields in `known` (already recorded, e.g. not in the bucket) are not looked at again. `files` is the folder's
+    index under the run's image pattern; without it, files have Phenix names."""
     from paintbench.images import tiff_problem  # images reads LoadData rows: imported here, not at the top
 
     folder = Path(image_dir)
@@ -31,7 +42,12 @@ def field_problems(plate: str, image_dir: str | Path, wells: list[str], sites: l
             if (well, site) in known:
                 continue
             for name, number in channels.items():
-                path = folder / image_filename(well, site, number)
+                filename = _file_name(files, well, site, number)
+                if filename is None:
+                    problems.append(record(plate, well, site, "download", f"missing file: no file of channel {number} "
+                                           f"in {folder} matches the image pattern", channel=name))
+                    continue
+                path = folder / filename
                 problem = "missing file" if not path.is_file() else tiff_problem(path)
                 if problem:
                     problems.append(record(plate, well, site, "download", f"{problem}: {path}", channel=name))
@@ -46,11 +62,13 @@ def load_data_table(
     channels: dict[str, int],
     check_files: bool = True,
     exclude: set[tuple[str, int]] = frozenset(),
+    files: FileIndex | None = None,
 ) -> pd.DataFrame:
     """The LoadData table of the selected fields of one plate, less the (well, site) fields in `exclude`.
 
     `channels` maps Cell Painting names (DNA, ER, ...) to file channel numbers. Paths are absolute
-    so the table works from any working directory (CellProfiler resolves PathName_ as given).
+    so the table works from any working directory (CellProfiler resolves PathName_ as given). `files` is the
+    folder's index under the run's image pattern; without it, files have Phenix names.
     """
     folder = Path(image_dir).resolve()
     rows = []
@@ -60,10 +78,11 @@ def load_data_table(
                 continue
             row: dict[str, object] = {"Metadata_Plate": plate, "Metadata_Well": well, "Metadata_Site": site}
             for name, number in channels.items():
-                filename = image_filename(well, site, number)
-                if check_files and not (folder / filename).is_file():
+                filename = _file_name(files, well, site, number)
+                if filename is None or (check_files and not (folder / filename).is_file()):
                     raise MissingImageError(
-                        f"plate {plate}, well {well}, site {site}: channel {name} (ch{number}) missing: {folder / filename}"
+                        f"plate {plate}, well {well}, site {site}: channel {name} (ch{number}) missing: "
+                        f"{folder / filename if filename else f'no file in {folder} matches the image pattern'}"
                     )
                 row[f"FileName_Orig{name}"] = filename
                 row[f"PathName_Orig{name}"] = str(folder)
