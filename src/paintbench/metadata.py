@@ -13,10 +13,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from paintbench.layout import all_wells
+from paintbench.layout import PLATE_FORMATS, all_wells, in_plate_format, infer_plate_format
 
 DEFAULT_METADATA_DIR = Path(__file__).resolve().parents[2] / "config" / "metadata"
 PLATES_FILE = "experiment-metadata.tsv"
+# Optional columns of PLATES_FILE for plates other than CPJUMP1's: 96 or 384 (else inferred from the platemap),
+# and the fields imaged per well (else guessed from Number_of_images).
+FORMAT_COLUMN = "Plate_format"
+SITES_COLUMN = "Sites_per_well"
 MODALITIES = ("compound", "crispr", "orf")
 NEGCON = "negcon"
 EMPTY = "empty"
@@ -45,6 +49,7 @@ class Plate:
     timepoint: int
     sites_per_well: int
     group: str = BENCHMARK_GROUP  # how the plate departs from the benchmark conditions; never pooled across groups
+    format: int = 384  # wells per plate: 96 (A01 ... H12) or 384 (A01 ... P24)
 
 
 def plate_group(row: pd.Series) -> str:
@@ -106,19 +111,82 @@ def plate_info(barcode: str, metadata_dir: str | Path | None = None) -> Plate:
     if rows.empty:
         raise MetadataError(unknown_name_message("plate", barcode, table["Assay_Plate_Barcode"].tolist()))
     row = rows.iloc[0]
-    n_images = row.get("Number_of_images")
-    # Gallery plates carry 8 channels; 16-site plates have ~49k images, 9-site plates ~27k.
-    sites = 16 if pd.notna(n_images) and int(n_images) > 384 * 8 * 12 else 9
+    platemap = str(row["Plate_Map_Name"])
+    plate_format = plate_format_of(row, metadata_dir)
+    check_platemap_wells(platemap, plate_format, barcode, metadata_dir)
     return Plate(
         barcode=barcode,
         batch=str(row["Batch"]),
-        platemap=str(row["Plate_Map_Name"]),
+        platemap=platemap,
         modality=str(row["Perturbation"]).lower(),
         cell_type=str(row["Cell_type"]),
         timepoint=int(row["Time"]),
-        sites_per_well=sites,
+        sites_per_well=sites_per_well(row, plate_format, metadata_dir),
         group=plate_group(row),
+        format=plate_format,
     )
+
+
+def _positive_int(row: pd.Series, column: str, metadata_dir: str | Path | None) -> int | None:
+    """An optional whole-number column of a plate's row; None when the table lacks it or the cell is empty."""
+    value = row.get(column)
+    if value is None or pd.isna(value):
+        return None
+    number = pd.to_numeric(value, errors="coerce")
+    if pd.isna(number) or number != int(number) or number < 1:
+        raise MetadataError(f"{_dir(metadata_dir) / PLATES_FILE}: plate {row['Assay_Plate_Barcode']}: column "
+                            f"{column} is {value!r}, not a whole number >= 1")
+    return int(number)
+
+
+def plate_format_of(row: pd.Series, metadata_dir: str | Path | None = None) -> int:
+    """The Plate_format column (96 or 384), else 96 when every well of the platemap lies within A01 ... H12."""
+    given = _positive_int(row, FORMAT_COLUMN, metadata_dir)
+    if given is None:
+        return infer_plate_format(list(platemap_wells(str(row["Plate_Map_Name"]), metadata_dir)))
+    if given not in PLATE_FORMATS:
+        raise MetadataError(f"{_dir(metadata_dir) / PLATES_FILE}: plate {row['Assay_Plate_Barcode']}: column "
+                            f"{FORMAT_COLUMN} is {given}; allowed: {sorted(PLATE_FORMATS)}")
+    return given
+
+
+def sites_per_well(row: pd.Series, plate_format: int, metadata_dir: str | Path | None = None) -> int:
+    """The Sites_per_well column, else CPJUMP1's rule: Gallery plates carry 8 channels, so a plate with more than
+    12 fields' worth of images per well has 16 fields (~49k images on 384 wells), otherwise 9 (~27k)."""
+    given = _positive_int(row, SITES_COLUMN, metadata_dir)
+    if given is not None:
+        return given
+    n_images = row.get("Number_of_images")
+    return 16 if n_images is not None and pd.notna(n_images) and int(n_images) > plate_format * 8 * 12 else 9
+
+
+def _platemap_file(platemap: str, metadata_dir: str | Path | None) -> Path:
+    folder = _dir(metadata_dir) / "jump_target"
+    path = folder / f"{platemap}.tsv"
+    if not path.exists():
+        known = sorted(p.stem for p in folder.glob("*_platemap.tsv"))
+        raise MetadataError(f"{path}: " + unknown_name_message("platemap", platemap, known))
+    return path
+
+
+@lru_cache(maxsize=64)
+def platemap_wells(platemap: str, metadata_dir: str | Path | None = None) -> tuple[str, ...]:
+    """The well_position column of a platemap (cached: the DAG asks for every plate's format)."""
+    path = _platemap_file(platemap, metadata_dir)
+    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    if "well_position" not in table:
+        raise MetadataError(f"{path}: no well_position column (columns: {list(table.columns)})")
+    return tuple(table["well_position"])
+
+
+def check_platemap_wells(platemap: str, plate_format: int, barcode: str, metadata_dir: str | Path | None = None) -> None:
+    """Every well of the platemap must be a position of the plate's format."""
+    outside = [w for w in platemap_wells(platemap, metadata_dir) if not in_plate_format(w, plate_format)]
+    if outside:
+        first, last = all_wells(plate_format)[0], all_wells(plate_format)[-1]
+        raise MetadataError(f"{_platemap_file(platemap, metadata_dir)}: well {outside[0]!r} is not a position of a "
+                            f"{plate_format}-well plate ({first} ... {last}; plate {barcode}, column {FORMAT_COLUMN} "
+                            f"of {PLATES_FILE} or inferred){f' ({len(outside)} such wells)' if len(outside) > 1 else ''}")
 
 
 @lru_cache(maxsize=16)
@@ -216,5 +284,5 @@ def select_wells(
     if negcon_wells is not None:
         negcon = chosen[chosen["Metadata_control_type"] == NEGCON]
         chosen = chosen.drop(negcon.index[negcon_wells:])
-    order = {well: i for i, well in enumerate(all_wells())}
+    order = {well: i for i, well in enumerate(all_wells())}  # a 96-well plate's wells keep this order too
     return sorted(chosen["Metadata_Well"], key=order.__getitem__)
