@@ -95,13 +95,14 @@ def _target_figures(results_dir: Path, feature_sets: list[str], summary: pd.Data
     return figures
 
 
-def _plate_figures(results_dir: Path, feature_sets: list[str], plates: list[str], out: Path) -> list[Figure]:
+def _plate_figures(results_dir: Path, feature_sets: list[str], plates: list[str], out: Path,
+                   plate_formats: dict[str, int] | None = None) -> list[Figure]:
     figures = []
     counts = [results_dir / "profiles" / "cellprofiler" / f"{plate}.parquet" for plate in plates]
     if all(path.exists() for path in counts):
         wells = pd.concat([pd.read_parquet(p, columns=["Metadata_Plate", "Metadata_Well", "Metadata_Object_Count"])
                            for p in counts])
-        plate_heatmaps_figure(wells, out / "plate_cell_counts", "Metadata_Object_Count", "cells per well")
+        plate_heatmaps_figure(wells, out / "plate_cell_counts", "Metadata_Object_Count", "cells per well", plate_formats)
         figures.append(Figure("plate_cell_counts", "Plates", "Cells per well (CellProfiler)",
                               "Cells segmented per well on each plate's layout: edge, row or column patterns point "
                               "to plating or imaging artefacts rather than biology."))
@@ -110,7 +111,8 @@ def _plate_figures(results_dir: Path, feature_sets: list[str], plates: list[str]
         if ap.empty:
             continue
         wells = ap.groupby(["Metadata_Plate", "Metadata_Well"], as_index=False)["average_precision"].mean()
-        plate_heatmaps_figure(wells, out / f"plate_replicate_ap_{fs}", "average_precision", f"replicate AP ({fs})")
+        plate_heatmaps_figure(wells, out / f"plate_replicate_ap_{fs}", "average_precision", f"replicate AP ({fs})",
+                              plate_formats)
         figures.append(Figure(f"plate_replicate_ap_{fs}", "Plates", f"Replicate AP per well ({fs})",
                               "Average precision of each treated well in replicate retrieval, on the plate layout: "
                               "low values clustered at edges suggest position effects."))
@@ -199,14 +201,16 @@ def _image_figures(results_dir: Path, plates: list[str], train_dirs: list[Path],
 
 
 def make_figures(results_dir: str | Path, feature_sets: list[str], plates: list[str], summary: pd.DataFrame,
-                 out_dir: str | Path, train_dirs: list[str | Path] | None = None) -> list[Figure]:
-    """Write every figure (PNG + SVG) into out_dir and the manifest figures.json; returns the manifest."""
+                 out_dir: str | Path, train_dirs: list[str | Path] | None = None,
+                 plate_formats: dict[str, int] | None = None) -> list[Figure]:
+    """Write every figure (PNG + SVG) into out_dir and the manifest figures.json; returns the manifest.
+    `plate_formats` (plate -> 96 or 384) shapes the plate maps; 384 for plates it lacks."""
     results, out = Path(results_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     scored = [fs for fs in feature_sets if fs != REFERENCE]
     retrieval = summary[summary["task"].isin(TASKS)]
     figures = [*_retrieval_figures(results, scored, retrieval, out), *_target_figures(results, scored, summary, out),
-               *_plate_figures(results, scored, plates, out),
+               *_plate_figures(results, scored, plates, out, plate_formats),
                *_example_figure(results, scored, out),
                *_image_figures(results, plates, [Path(d) for d in train_dirs or []], out)]
     with atomic_path(out / MANIFEST) as tmp:

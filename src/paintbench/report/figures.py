@@ -42,7 +42,7 @@ MERGE_KEYS = ["Metadata_cell_type", "Metadata_modality", "Metadata_timepoint", "
 LABEL_COLUMNS = ("Metadata_pert_iname", "Metadata_gene", "Metadata_broad_sample")
 Q_THRESHOLD = 0.05
 P_FLOOR = 1e-6
-PLATE_ROWS, PLATE_COLS = 16, 24  # 384-well plates, the only format in CPJUMP1
+PLATE_SHAPES = {96: (8, 12), 384: (16, 24)}  # wells -> (rows, columns); CPJUMP1 has 384-well plates only
 # Sizes in points; 9 is the smallest that stays legible when the PNG is scaled down in the HTML report.
 STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": 9, "ytick.labelsize": 9,
          "legend.fontsize": 9, "figure.titlesize": 12, "svg.hashsalt": "paintbench"}
@@ -269,35 +269,55 @@ def comparison_figure(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str
 WELL = re.compile(r"^([A-Pa-p])(\d{1,2})$")
 
 
-def plate_grid(wells: pd.DataFrame, value: str) -> np.ndarray:
-    """16 x 24 array of `value` for one plate; wells without a value are NaN, repeated wells are averaged."""
-    grid = np.full((PLATE_ROWS, PLATE_COLS), np.nan)
+def plate_grid(wells: pd.DataFrame, value: str, plate_format: int = 384) -> np.ndarray:
+    """rows x columns array of `value` for one plate (16 x 24 or 8 x 12); wells without a value are NaN, repeated
+    wells are averaged."""
+    n_rows, n_cols = PLATE_SHAPES[plate_format]
+    grid = np.full((n_rows, n_cols), np.nan)
     means = wells.groupby("Metadata_Well")[value].mean()
     for well, number in means.items():
         match = WELL.match(str(well))
-        if not match or not 1 <= int(match.group(2)) <= PLATE_COLS:
-            raise ValueError(f"plate_heatmaps_figure: well {well!r} is not a 384-well position (A01..P24)")
-        grid[ord(match.group(1).upper()) - ord("A"), int(match.group(2)) - 1] = number
+        row = ord(match.group(1).upper()) - ord("A") if match else -1
+        if not match or not 0 <= row < n_rows or not 1 <= int(match.group(2)) <= n_cols:
+            last = f"{chr(ord('A') + n_rows - 1)}{n_cols:02d}"
+            raise ValueError(f"plate_heatmaps_figure: well {well!r} is not a {plate_format}-well position (A01..{last})")
+        grid[row, int(match.group(2)) - 1] = number
     return grid
 
 
-def _plate_axes(ax: plt.Axes, plate: str) -> None:
+def _plate_axes(ax: plt.Axes, plate: str, plate_format: int = 384) -> None:
     ax.set_title(str(plate), fontsize=10)
-    # Every other row letter and a few column numbers: enough to find a well without crowding a small panel.
-    ax.set_yticks(range(0, PLATE_ROWS, 3), [chr(ord("A") + i) for i in range(0, PLATE_ROWS, 3)])
-    ax.set_xticks([0, 5, 11, 17, 23], ["1", "6", "12", "18", "24"])
+    # A few row letters and column numbers: enough to find a well without crowding a small panel.
+    n_rows, n_cols = PLATE_SHAPES[plate_format]
+    row_step = 3 if n_rows > 8 else 1
+    ax.set_yticks(range(0, n_rows, row_step), [chr(ord("A") + i) for i in range(0, n_rows, row_step)])
+    columns = [1, 6, 12, 18, 24] if n_cols > 12 else [1, 4, 8, 12]
+    ax.set_xticks([c - 1 for c in columns], [str(c) for c in columns])
     ax.tick_params(length=2, pad=1)
 
 
-def plate_heatmaps_figure(wells: pd.DataFrame, stem: Path, value: str, label: str) -> list[Path]:
-    """One 16 x 24 well map per plate (up to 4 per row) sharing one colour scale; missing wells light grey."""
+def plate_format_of(wells: pd.DataFrame, plate: str, plate_formats: Mapping[str, int] | None) -> int:
+    """The plate's format: from `plate_formats` (the metadata), else a Metadata_Plate_format column, else 384."""
+    if plate_formats and plate in plate_formats:
+        return int(plate_formats[plate])
+    if "Metadata_Plate_format" in wells and wells["Metadata_Plate_format"].notna().any():
+        return int(wells["Metadata_Plate_format"].dropna().iloc[0])
+    return 384
+
+
+def plate_heatmaps_figure(wells: pd.DataFrame, stem: Path, value: str, label: str,
+                          plate_formats: Mapping[str, int] | None = None) -> list[Path]:
+    """One well map per plate (16 x 24, or 8 x 12 for a 96-well plate; up to 4 per row) sharing one colour scale;
+    missing wells light grey. `plate_formats` maps plates to 96 or 384 (see `plate_format_of`)."""
     missing = [c for c in ("Metadata_Plate", "Metadata_Well", value) if c not in wells]
     if missing:
         raise ValueError(f"plate_heatmaps_figure: the well table lacks column(s) {missing}")
     plates = sorted(wells["Metadata_Plate"].dropna().astype(str).unique())
     if not plates:
         raise ValueError(f"plate_heatmaps_figure: no plates with {value}")
-    grids = [plate_grid(wells[wells["Metadata_Plate"].astype(str) == p], value) for p in plates]
+    tables = {p: wells[wells["Metadata_Plate"].astype(str) == p] for p in plates}
+    formats = {p: plate_format_of(tables[p], p, plate_formats) for p in plates}
+    grids = [plate_grid(tables[p], value, formats[p]) for p in plates]
     finite = np.concatenate([g[np.isfinite(g)] for g in grids])
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     cmap = matplotlib.colormaps[HEATMAP_CMAP].with_extremes(bad=MISSING_WELL)
@@ -310,7 +330,7 @@ def plate_heatmaps_figure(wells: pd.DataFrame, stem: Path, value: str, label: st
         for ax, plate, grid in zip(axes.flat, plates, grids):
             image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=vmax, aspect="equal",
                               interpolation="nearest")
-            _plate_axes(ax, plate)
+            _plate_axes(ax, plate, formats[plate])
         for ax in axes.flat[len(plates):]:
             ax.set_axis_off()
         fig.colorbar(image, ax=axes, label=label, shrink=0.9)

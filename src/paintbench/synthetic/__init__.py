@@ -17,8 +17,8 @@ import tifffile
 
 from paintbench import CHANNELS
 from paintbench.atomic import atomic_path
-from paintbench.layout import N_COLUMNS, ROWS, image_filename, parse_well
-from paintbench.metadata import plate_layout
+from paintbench.layout import PLATE_FORMATS, image_filename, parse_well
+from paintbench.metadata import plate_info, plate_layout
 from paintbench.synthetic.cells import BRIGHTFIELD_CHANNELS, cell_geometry, nuclei_in_field, render_field
 from paintbench.synthetic.phenotypes import (
     EFFECT_COLUMNS,
@@ -43,7 +43,7 @@ PLATE_SHIFT_SD = 0.25
 WELL_SHIFT_SD = 0.2
 PLATE_INTENSITY_SD = 0.12  # log-normal per plate and channel
 WELL_DENSITY_SD = 0.12  # log-normal per well
-EDGE_BRIGHTNESS, EDGE_DENSITY = 1.06, 0.85  # outer ring of the 384-well plate
+EDGE_BRIGHTNESS, EDGE_DENSITY = 1.06, 0.85  # outer ring of the plate
 # Cells between 1 and 2 sizes fewer per field: bigger cells crowd, perturbations can thin wells.
 COUNT_PER_CELL_AREA_SD = -0.15
 # Parameters shared by the size of the cell: a latent size factor ties nucleus and cell area.
@@ -73,9 +73,11 @@ def plate_nuisance(plate: str, seed: int, field_size: int, channels: list[str]) 
     return {"shift": shift, "gain": gains}
 
 
-def is_edge_well(well: str) -> bool:
+def is_edge_well(well: str, plate_format: int = 384) -> bool:
+    """A well of the outer ring of its plate (96- or 384-well)."""
+    rows, columns = PLATE_FORMATS[plate_format]
     row, column = parse_well(well)
-    return row in (1, len(ROWS)) or column in (1, N_COLUMNS)
+    return row in (1, rows) or column in (1, columns)
 
 
 def well_mean(effect: np.ndarray, plate_shift: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -132,6 +134,7 @@ def generate_plate(
     if unknown:
         raise ValueError(f"cannot synthesize channel(s) {unknown}: known {list(CHANNELS + BRIGHTFIELD_CHANNELS)}")
     layout = plate_layout(plate, metadata_dir).set_index("Metadata_Well")
+    plate_format = plate_info(plate, metadata_dir).format
     effects = effect_lookup(truth)
     nuisance = plate_nuisance(plate, seed, field_size, list(channels))
     out = Path(out_dir)
@@ -148,7 +151,7 @@ def generate_plate(
         row, column = parse_well(well)
         well_rng = seeded_rng(seed, TAG_WELL, plate, row, column)
         mean_z = well_mean(effect, nuisance["shift"], well_rng)
-        edge = is_edge_well(well)
+        edge = is_edge_well(well, plate_format)
         n_mean = expected_cells(cells_per_field, effect, edge, well_rng)
         brightness = EDGE_BRIGHTNESS if edge else 1.0
         gain = {name: g * (brightness if name in CHANNELS else 1.0) for name, g in nuisance["gain"].items()}
