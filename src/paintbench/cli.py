@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from paintbench.cli_format import METADATA_HELP, HelpFormatter, add_command, add_s3_options
+
 log = logging.getLogger("paintbench")
 
 
@@ -164,103 +166,82 @@ def cmd_plate_qc(args: argparse.Namespace) -> None:
     log.info("%d QC record(s) -> %s", len(table), args.output)
 
 
-def cmd_plan(args: argparse.Namespace) -> None:
-    """Counts, hours and disk of a configured run, from measured or published rates (with their sources)."""
-    import pandas as pd
-    import yaml
-
-    from paintbench.atomic import write_table
-    from paintbench.config import load_config, resolve_path
-    from paintbench.plan import estimate
-
-    overrides = {}
-    for item in args.config or []:
-        key, _, value = item.partition("=")
-        overrides[key] = yaml.safe_load(value)
-    config = load_config(args.configfile, overrides)
-    table = pd.DataFrame(estimate(config, str(resolve_path(config["metadata_dir"])), args.cells_per_field), dtype=object)
-    shown = table.assign(value=table["value"].map(lambda v: f"{v:,}"))
-    with pd.option_context("display.max_colwidth", 90, "display.width", 200):
-        print(f"{args.configfile}: {len(config['plates'])} plate(s), feature sets {', '.join(config['feature_sets'])}")
-        print(shown.to_string(index=False))
-    if args.output:
-        write_table(table, args.output)
-
-
-def cmd_check_config(args: argparse.Namespace) -> None:
-    from paintbench.config import load_config
-
-    config = load_config(args.configfile)
-    print(f"{args.configfile}: valid ({len(config['plates'])} plates, source {config['source']})")
-
-
 def _add_download(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("download", help="fetch or generate one plate's images and write its LoadData table")
-    p.add_argument("--source", choices=["s3", "local", "synthetic"], required=True)
-    p.add_argument("--plate", required=True)
+    p = add_command(sub, "download", "fetch, find or generate one plate's images and write its LoadData table",
+                    ["paintbench download --source s3 --plate BR00116991 --wells all --sites 1 "
+                     "--channels DNA=5,ER=4,RNA=3,AGP=2,Mito=1 --image-dir data/images/BR00116991 "
+                     "--qc-output results/qc/BR00116991/download.tsv --output results/load_data/BR00116991.csv"])
+    p.add_argument("--source", choices=["s3", "local", "synthetic"], required=True,
+                   help="s3: fetch from the Gallery; local: images already in --image-dir; synthetic: generate them")
+    p.add_argument("--plate", required=True, help="plate barcode, e.g. BR00116991")
     p.add_argument("--wells", type=_csv_list, default=["all"], help="comma-separated wells, or 'all'")
     p.add_argument("--sites", type=_sites, default="all", help="comma-separated field numbers, or 'all'")
     p.add_argument("--channels", type=_channel_map, required=True, help="channel map, e.g. DNA=5,ER=4,RNA=3,AGP=2,Mito=1")
     p.add_argument("--image-dir", required=True, help="folder of the plate's images (written for s3/synthetic)")
-    p.add_argument("--metadata-dir", default=None)
+    p.add_argument("--metadata-dir", default=None, help=METADATA_HELP)
     p.add_argument("--output", required=True, help="LoadData CSV to write")
     p.add_argument("--qc-output", default=None, help="TSV of the missing or damaged images (plate, well, site, channel)")
     p.add_argument("--max-missing-fraction", type=float, default=0.05,
                    help="fail when more than this share of the requested fields is missing or damaged")
     s3 = p.add_argument_group("s3 source")
-    s3.add_argument("--bucket", default="cellpainting-gallery")
-    s3.add_argument("--gallery-prefix", default="cpg0000-jump-pilot/source_4")
-    s3.add_argument("--endpoint-url", default=None)
-    s3.add_argument("--workers", type=int, default=8)
-    s3.add_argument("--max-attempts", type=int, default=6)
-    s3.add_argument("--signed", action="store_true", help="use AWS credentials instead of anonymous requests")
+    add_s3_options(s3)
+    s3.add_argument("--workers", type=int, default=8, help="parallel S3 transfers")
+    s3.add_argument("--max-attempts", type=int, default=6, help="tries per request, with exponential backoff")
     syn = p.add_argument_group("synthetic source")
-    syn.add_argument("--ground-truth", default=None)
-    syn.add_argument("--seed", type=int, default=0)
-    syn.add_argument("--field-size", type=int, default=320)
-    syn.add_argument("--cells-per-field", type=int, default=24)
+    syn.add_argument("--ground-truth", default=None,
+                     help="required with --source synthetic: results/synthetic/ground_truth.parquet")
+    syn.add_argument("--seed", type=int, default=0, help="seed of the generator")
+    syn.add_argument("--field-size", type=int, default=320, help="field width and height in pixels")
+    syn.add_argument("--cells-per-field", type=int, default=24, help="mean cells in a negative-control field")
     p.set_defaults(func=cmd_download)
 
 
 def _add_ground_truth(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ground-truth", help="planted phenotypes of the synthetic plates")
-    p.add_argument("--platemaps", type=_csv_list, required=True)
-    p.add_argument("--metadata-dir", default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--strong-fraction", type=float, default=0.4)
-    p.add_argument("--null-fraction", type=float, default=0.3)
+    p = add_command(sub, "ground-truth", "planted phenotypes of the synthetic plates",
+                    ["paintbench ground-truth --platemaps JUMP-Target-1_compound_platemap,JUMP-Target-1_crispr_platemap "
+                     "--seed 7 --gene-classes BRD4=null --output results/synthetic/ground_truth.parquet"])
+    p.add_argument("--platemaps", type=_csv_list, required=True, help="comma-separated platemap names")
+    p.add_argument("--metadata-dir", default=None, help=METADATA_HELP)
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws of gene classes and effect directions")
+    p.add_argument("--strong-fraction", type=float, default=0.4, help="share of target directions with a strong phenotype")
+    p.add_argument("--null-fraction", type=float, default=0.3, help="share of perturbations with no phenotype")
     p.add_argument("--effect-scale", type=float, default=1.0, help="multiplies every planted effect")
     p.add_argument("--gene-classes", nargs="*", default=[], metavar="GENE=CLASS",
                    help="set named genes' classes (strong, weak, null), e.g. BRD4=null")
-    p.add_argument("--output", required=True)
+    p.add_argument("--output", required=True, help="ground truth table (Parquet)")
     p.set_defaults(func=cmd_ground_truth)
 
 
 def _add_illum(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("illum", help="illumination function per channel of one plate (<plate>_Illum<Channel>.npy)")
+    p = add_command(sub, "illum", "illumination function per channel of one plate (<plate>_Illum<Channel>.npy)",
+                    ["paintbench illum --load-data results/load_data/BR00116991.csv --output-dir results/illum/BR00116991 "
+                     "--qc-output results/qc/BR00116991/illum.tsv"])
     p.add_argument("--load-data", required=True, help="the plate's LoadData CSV")
-    p.add_argument("--output-dir", required=True)
+    p.add_argument("--output-dir", required=True, help="folder of the <plate>_Illum<Channel>.npy files")
     p.add_argument("--source", choices=["computed", "gallery"], default="computed",
                    help="compute from the plate's images, or fetch the Gallery's precomputed functions")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--smoothing-fraction", type=float, default=500 / 1080, help="median filter size / field width")
+    p.add_argument("--threads", type=int, default=2, help="threads reading the images")
+    p.add_argument("--smoothing-fraction", type=float, default=500 / 1080,
+                   help="median filter size / field width (default: 500/1080, the consortium's 500 px at 1080 px)")
     p.add_argument("--skip-bad-fields", action="store_true", help="leave unreadable fields out and record them")
     p.add_argument("--qc-output", default=None, help="TSV of the fields left out")
-    p.add_argument("--metadata-dir", default=None)
-    p.add_argument("--bucket", default="cellpainting-gallery")
-    p.add_argument("--gallery-prefix", default="cpg0000-jump-pilot/source_4")
-    p.add_argument("--endpoint-url", default=None)
-    p.add_argument("--signed", action="store_true")
+    p.add_argument("--metadata-dir", default=None, help=METADATA_HELP)
+    add_s3_options(p.add_argument_group("gallery source"))
     p.set_defaults(func=cmd_illum)
 
 
 def _add_cellprofiler(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("cellprofiler", help="run CellProfiler on one shard (plate x wells) -> single-cell Parquet")
+    p = add_command(sub, "cellprofiler", "run CellProfiler on one shard (plate x wells) -> single-cell Parquet",
+                    ["paintbench cellprofiler --load-data results/load_data/BR00116991.csv --wells A01,A02 "
+                     "--illum-dir results/illum/BR00116991 --pipeline config/cellprofiler/analysis.cppipe "
+                     "--executable .venvs/cellprofiler/bin/cellprofiler "
+                     "--output results/cellprofiler/BR00116991/shards/s000.parquet "
+                     "--qc-output results/cellprofiler/BR00116991/shards/s000.qc.parquet"])
     p.add_argument("--load-data", required=True, help="the plate's LoadData CSV")
-    p.add_argument("--wells", type=_csv_list, required=True)
+    p.add_argument("--wells", type=_csv_list, required=True, help="comma-separated wells of the shard")
     p.add_argument("--illum-dir", required=True, help="folder with <plate>_Illum<Channel>.npy")
     p.add_argument("--pipeline", required=True, help="analysis .cppipe")
-    p.add_argument("--executable", default="cellprofiler")
+    p.add_argument("--executable", default="cellprofiler", help="CellProfiler 5 command or path")
     p.add_argument("--skip-bad-fields", action="store_true", help="skip and record unreadable fields instead of failing")
     p.add_argument("--output", required=True, help="single-cell Parquet of the shard")
     p.add_argument("--qc-output", required=True, help="Parquet of the fields skipped")
@@ -268,55 +249,53 @@ def _add_cellprofiler(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_well_profiles(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("well-profiles", help="aggregate single cells (or crops) to well profiles, streaming")
+    p = add_command(sub, "well-profiles", "aggregate single cells (or crops) to well profiles, streaming",
+                    ["paintbench well-profiles --single-cells results/cellprofiler/BR00116991/shards/s000.parquet "
+                     "--qc results/cellprofiler/BR00116991/shards/s000.qc.parquet "
+                     "--merged-single-cells results/cellprofiler/BR00116991/single_cells.parquet "
+                     "--qc-output results/cellprofiler/BR00116991/skipped_fields.tsv "
+                     "--output results/profiles/cellprofiler/BR00116991.parquet"])
     p.add_argument("--single-cells", nargs="+", required=True, help="Parquet files, wells consecutive")
-    p.add_argument("--operation", choices=["median", "mean"], default="median")
+    p.add_argument("--operation", choices=["median", "mean"], default="median", help="aggregation of a well's rows")
     p.add_argument("--merged-single-cells", default=None, help="also write all single cells into one Parquet")
     p.add_argument("--qc", nargs="*", default=[], help="QC Parquet files of the shards")
     p.add_argument("--qc-output", default=None, help="TSV of every skipped field")
-    p.add_argument("--output", required=True)
+    p.add_argument("--output", required=True, help="well profiles (Parquet)")
     p.set_defaults(func=cmd_well_profiles)
 
 
 def _add_plate_qc(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plate-qc", help="join the QC records of a plate's stages (missing, damaged, skipped fields)")
+    p = add_command(sub, "plate-qc", "join the QC records of a plate's stages (missing, damaged, skipped fields)",
+                    ["paintbench plate-qc --load-data results/load_data/BR00116991.csv --fragments "
+                     "results/qc/BR00116991/download.tsv results/qc/BR00116991/illum.tsv --wells A01,A02 "
+                     "--output results/qc/BR00116991.tsv",
+                     "paintbench plate-qc --fragments results/qc/BR00116991/download.tsv results/qc/BR00116992/download.tsv "
+                     "--output results/qc/missing_fields.tsv"])
     p.add_argument("--fragments", nargs="+", required=True, help="QC tables written by the stages (TSV or Parquet)")
     p.add_argument("--load-data", default=None, help="the plate's LoadData CSV (its complete fields)")
     p.add_argument("--wells", type=_csv_list, default=[], help="the plate's requested wells (with --load-data)")
-    p.add_argument("--output", required=True)
+    p.add_argument("--output", required=True, help="QC table (TSV)")
     p.set_defaults(func=cmd_plate_qc)
 
 
-def _add_plan(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plan", help="fields, download, CPU/GPU hours and disk of a run, before it starts")
-    p.add_argument("--configfile", required=True)
-    p.add_argument("--config", nargs="*", help="overrides as for snakemake: key=value (YAML values)")
-    p.add_argument("--cells-per-field", type=float, default=150.0, help="assumed density (real CPJUMP1: 100-300)")
-    p.add_argument("--output", default=None, help="also write the table (TSV)")
-    p.set_defaults(func=cmd_plan)
-
-
-def _add_check_config(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("check-config", help="validate a configuration file without running anything")
-    p.add_argument("configfile")
-    p.set_defaults(func=cmd_check_config)
-
-
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_download, _add_ground_truth, _add_illum, _add_cellprofiler, _add_well_profiles, _add_plate_qc, _add_plan,
-    _add_check_config,
+    _add_download, _add_ground_truth, _add_illum, _add_cellprofiler, _add_well_profiles, _add_plate_qc,
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from paintbench import __version__
     from paintbench.cli_benchmark import add_commands as add_benchmark_commands
+    from paintbench.cli_config import add_commands as add_config_commands
     from paintbench.cli_report import add_commands as add_report_commands
     from paintbench.cli_vit import add_commands as add_vit_commands
 
-    parser = argparse.ArgumentParser(prog="paintbench", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="stage", required=True)
-    for add in [*SUBCOMMANDS, add_vit_commands, add_benchmark_commands, add_report_commands]:
+    parser = argparse.ArgumentParser(prog="paintbench", description=__doc__, formatter_class=HelpFormatter,
+                                     epilog="`paintbench COMMAND --help` describes a command, with an example.")
+    parser.add_argument("--version", action="version", version=f"paintbench {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="COMMAND", help="the stage to run")
+    for add in [*SUBCOMMANDS, add_vit_commands, add_benchmark_commands, add_report_commands, add_config_commands]:
         add(sub)
     return parser
 

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
+from paintbench.cli_format import METADATA_HELP, add_command, add_s3_options
+
 log = logging.getLogger("paintbench")
 
 
@@ -23,11 +25,11 @@ def cmd_profiles(args: argparse.Namespace) -> None:
     normalized, selected = build_profiles(tables, args.metadata_dir, args.feature_selection, args.spherize)
     write_table(normalized, args.output)
     log.info("%d wells x %d features -> %s", len(normalized), normalized.shape[1], args.output)
-    if args.selected_output:
+    if args.scored_output:
         # The table retrieval scores: feature-selected where selection applies, else the normalized one.
         scored = normalized if selected is None else selected
-        write_table(scored, args.selected_output)
-        log.info("scored profiles: %d columns -> %s", scored.shape[1], args.selected_output)
+        write_table(scored, args.scored_output)
+        log.info("scored profiles: %d columns -> %s", scored.shape[1], args.scored_output)
 
 
 def cmd_published_profiles(args: argparse.Namespace) -> None:
@@ -74,22 +76,28 @@ def cmd_retrieval(args: argparse.Namespace) -> None:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("profiles", help="annotate, normalize (and feature-select) the well profiles of one feature set")
+    p = add_command(sub, "profiles", "annotate, normalize (and feature-select) the well profiles of one feature set",
+                    ["paintbench profiles --wells results/profiles/cellprofiler/BR00116991.parquet "
+                     "results/profiles/cellprofiler/BR00116992.parquet --feature-selection "
+                     "--output results/profiles/cellprofiler/normalized.parquet "
+                     "--scored-output results/profiles/cellprofiler/scored.parquet"])
     p.add_argument("--wells", nargs="+", required=True, help="well-level Parquet files (one per plate)")
-    p.add_argument("--metadata-dir", default=None)
+    p.add_argument("--metadata-dir", default=None, help=METADATA_HELP)
     p.add_argument("--feature-selection", action="store_true", help="variance, correlation 0.9, NA, blocklist")
     p.add_argument("--spherize", action="store_true", help="ZCA whitening on the negative controls")
-    p.add_argument("--output", required=True, help="normalized.parquet")
-    p.add_argument("--selected-output", default=None, help="normalized_feature_select.parquet")
+    p.add_argument("--output", required=True, help="normalized.parquet: annotated, normalized per plate")
+    p.add_argument("--scored-output", default=None,
+                   help="scored.parquet: the table the retrieval tasks score (feature-selected with --feature-selection)")
+    # 0.1's name of --scored-output, kept working for old command lines but not shown.
+    p.add_argument("--selected-output", dest="scored_output", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_profiles)
 
-    p = sub.add_parser("published-profiles", help="the consortium's published CellProfiler profiles as a feature set")
-    p.add_argument("--plates", nargs="+", required=True)
-    p.add_argument("--metadata-dir", default=None)
-    p.add_argument("--bucket", default="cellpainting-gallery")
-    p.add_argument("--gallery-prefix", default="cpg0000-jump-pilot/source_4")
-    p.add_argument("--endpoint-url", default=None)
-    p.add_argument("--signed", action="store_true")
+    p = add_command(sub, "published-profiles", "the consortium's published CellProfiler profiles as a feature set",
+                    ["paintbench published-profiles --plates BR00116991 BR00116992 "
+                     "--cache-dir data/published_profiles --output results/profiles/published_cellprofiler/scored.parquet"])
+    p.add_argument("--plates", nargs="+", required=True, help="plate barcodes")
+    p.add_argument("--metadata-dir", default=None, help=METADATA_HELP)
+    add_s3_options(p)
     p.add_argument("--cache-dir", default=None, help="where the downloaded csv.gz files are kept")
     p.add_argument("--output", required=True, help="scored.parquet of the published_cellprofiler feature set")
     p.set_defaults(func=cmd_published_profiles)
@@ -97,21 +105,29 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     from paintbench.retrieval import COMPOUND_GENE_NEGATIVES, TASKS
     from paintbench.significance import PROTOCOLS
 
-    p = sub.add_parser("retrieval", help="mAP, p, q and fraction retrieved for one task, on any well-level table")
+    p = add_command(sub, "retrieval", "mAP, p, q and fraction retrieved for one task, on any well-level table",
+                    ["paintbench retrieval --profiles results/profiles/cellprofiler/scored.parquet "
+                     "--task replicate_retrieval --output results/retrieval/cellprofiler/replicate_retrieval.parquet "
+                     "--ap-output results/retrieval/cellprofiler/replicate_retrieval_ap.parquet",
+                     "paintbench retrieval --profiles results/profiles/cellprofiler/scored.parquet "
+                     "--task compound_gene_matching "
+                     "--replicate-results results/retrieval/cellprofiler/replicate_retrieval.parquet "
+                     "--output results/retrieval/cellprofiler/compound_gene_matching.parquet"])
     p.add_argument("--profiles", required=True, help="Parquet, CSV or CSV.GZ with Metadata_ columns and features")
-    p.add_argument("--task", choices=TASKS, required=True)
+    p.add_argument("--task", choices=TASKS, required=True, help="the retrieval task")
     p.add_argument("--output", required=True, help="per-perturbation table (Parquet)")
     p.add_argument("--ap-output", default=None, help="per-query AP table (default: <output>_ap.parquet)")
-    p.add_argument("--replicate-results", default=None, help="sister_matching: the replicate_retrieval output")
+    p.add_argument("--replicate-results", default=None, help="sister_matching and compound_gene_matching: the replicate_retrieval table "
+                        "(replicate_retrieval.parquet)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="cpjump1",
                    help="cpjump1: per-query p-values, geometric mean per perturbation (the paper's); copairs: mAP null")
     p.add_argument("--compound-gene-negatives", choices=COMPOUND_GENE_NEGATIVES, default="disjoint",
                    help="disjoint: the other modality's profiles sharing no target (the paper's definition); "
                         "paper_code: all of them, true matches included (what the paper's code computed)")
-    p.add_argument("--null-size", type=int, default=100_000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--null-size", type=int, default=100_000, help="random rank lists per null distribution")
+    p.add_argument("--seed", type=int, default=0, help="seed of the permutation nulls")
     p.add_argument("--pert-col", default="Metadata_broad_sample", help="column naming the perturbation")
-    p.add_argument("--plate-col", default="Metadata_Plate")
+    p.add_argument("--plate-col", default="Metadata_Plate", help="column naming the plate")
     p.add_argument("--control-col", default="Metadata_control_type",
                    help="column marking negative controls (with --control-value); empty: compare --pert-col")
     p.add_argument("--control-value", default="negcon", help="e.g. DMSO")

@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from paintbench.cli_format import add_command
+
 log = logging.getLogger(__name__)
 
 
@@ -24,9 +26,9 @@ def cmd_report_figures(args: argparse.Namespace) -> None:
     from paintbench.report.build import make_figures
     from paintbench.report.summary import read_summary
 
-    figures = make_figures(args.results_dir, args.feature_sets, args.plates, read_summary(args.summary), args.out_dir,
-                           args.train_dirs)
-    log.info("%d figures -> %s", len(figures), args.out_dir)
+    figures = make_figures(args.results_dir, args.feature_sets, args.plates, read_summary(args.summary),
+                           args.figures_dir, args.train_dirs)
+    log.info("%d figures -> %s", len(figures), args.figures_dir)
 
 
 def cmd_report_html(args: argparse.Namespace) -> None:
@@ -83,56 +85,73 @@ def cmd_target_id(args: argparse.Namespace) -> None:
 
 def _finished_run_options(p: argparse.ArgumentParser) -> None:
     """What report-figures and report-html both read: the run's results, its plates and summary.tsv."""
-    p.add_argument("--results-dir", required=True)
-    p.add_argument("--plates", nargs="+", required=True)
-    p.add_argument("--summary", required=True)
+    p.add_argument("--results-dir", required=True, help="the run's results_dir")
+    p.add_argument("--plates", nargs="+", required=True, help="the run's plate barcodes")
+    p.add_argument("--summary", required=True, help="the run's reports/summary.tsv")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report-summary", help="summary.tsv: feature set x task x condition, with published values")
-    p.add_argument("--results-dir", required=True)
-    p.add_argument("--feature-sets", nargs="+", required=True)
+    p = add_command(sub, "report-summary", "summary.tsv: feature set x task x condition, with published values",
+                    ["paintbench report-summary --results-dir results --feature-sets cellprofiler vitmae "
+                     "--published config/metadata/cpjump1_published_cellprofiler.tsv --target-id "
+                     "--output results/reports/summary.tsv"])
+    p.add_argument("--results-dir", required=True, help="the run's results_dir")
+    p.add_argument("--feature-sets", nargs="+", required=True, help="feature sets to summarize, in report order")
     p.add_argument("--published", required=True, help="TSV of the CPJUMP1 paper's CellProfiler values per task and condition")
     p.add_argument("--synthetic", action="store_true",
                    help="the run's plates are synthetic: the paper's values are a reference for other data")
     p.add_argument("--target-id", action="store_true",
                    help="add the shortlist rows of results_dir/target_id/<feature set>.parquet")
-    p.add_argument("--output", required=True)
+    p.add_argument("--output", required=True, help="summary table (TSV)")
     p.set_defaults(func=cmd_report_summary)
 
-    p = sub.add_parser("report-figures", help="the report's figures (PNG + SVG) and their manifest")
+    p = add_command(sub, "report-figures", "the report's figures (PNG + SVG) and their manifest",
+                    ["paintbench report-figures --results-dir results --plates BR00116991 BR00116992 "
+                     "--summary results/reports/summary.tsv --feature-sets cellprofiler vitmae "
+                     "--train-dirs results/vit/mae --figures-dir results/reports/figures"])
     _finished_run_options(p)
-    p.add_argument("--feature-sets", nargs="+", required=True)
+    p.add_argument("--feature-sets", nargs="+", required=True, help="feature sets to show, in report order")
     p.add_argument("--train-dirs", nargs="*", default=[],
                    help="pretraining folders results_dir/vit/<method> (train_log.tsv; MAE: checkpoint.pt)")
-    p.add_argument("--out-dir", required=True)
+    figures_dir = p.add_mutually_exclusive_group(required=True)
+    figures_dir.add_argument("--figures-dir", help="folder of the figures and their manifest (read by report-html)")
+    # 0.1's name of --figures-dir, kept working for old command lines but not shown.
+    figures_dir.add_argument("--out-dir", dest="figures_dir", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_report_figures)
 
-    p = sub.add_parser("report-html", help="self-contained reports/index.html")
+    p = add_command(sub, "report-html", "self-contained reports/index.html",
+                    ["paintbench report-html --results-dir results --plates BR00116991 BR00116992 "
+                     "--summary results/reports/summary.tsv --figures-dir results/reports/figures "
+                     "--output results/reports/index.html"])
     _finished_run_options(p)
-    p.add_argument("--figures-dir", required=True)
+    p.add_argument("--figures-dir", required=True, help="the folder report-figures wrote")
     p.add_argument("--config-text", default=None, help="the run's configuration (YAML text) to show")
     p.add_argument("--cellprofiler", default=None, help="CellProfiler executable (for its version)")
-    p.add_argument("--output", required=True)
+    p.add_argument("--output", required=True, help="the HTML report")
     p.set_defaults(func=cmd_report_html)
 
-    p = sub.add_parser("target-id", help="shortlist quality of target identification and virtual screening, and "
-                       "polypharmacology calls, for one feature set", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       epilog="example: paintbench target-id --profiles results/profiles/cellprofiler/scored.parquet "
-                              "--output results/target_id/cellprofiler.parquet ...")
+    p = add_command(sub, "target-id", "shortlist quality of target identification and virtual screening, and "
+                    "polypharmacology calls, for one feature set",
+                    ["paintbench target-id --profiles results/profiles/cellprofiler/scored.parquet "
+                     "--output results/target_id/cellprofiler.parquet "
+                     "--queries-output results/target_id/cellprofiler_queries.parquet "
+                     "--polypharmacology-output results/target_id/cellprofiler_polypharmacology.parquet "
+                     "--pairs-output results/target_id/cellprofiler_pairs.parquet"])
     p.add_argument("--profiles", required=True, help="the feature set's scored.parquet")
     p.add_argument("--alpha", type=float, default=0.05, help="q threshold of a polypharmacology call")
     p.add_argument("--draws", type=int, default=10_000, help="random shortlists per query for the p-values")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random shortlists")
     p.add_argument("--output", required=True, help="per task x condition x k: recall@k, precision@k, best rank, p")
     p.add_argument("--queries-output", required=True, help="per query: best rank, hits / recall / precision @k")
     p.add_argument("--polypharmacology-output", required=True, help="per multi-target compound x target: rank, q, call")
     p.add_argument("--pairs-output", required=True, help="every compound-gene pair's cosine (the report's look-up)")
     p.set_defaults(func=cmd_target_id)
 
-    p = sub.add_parser("query", help="genes like a compound (--compound) or compounds like a gene (--gene)")
+    p = add_command(sub, "query", "genes like a compound (--compound) or compounds like a gene (--gene)",
+                    ["paintbench query --results-dir results --compound BI-2536",
+                     "paintbench query --results-dir results --feature-set vitdino --gene PLK1 --top 20"])
     p.add_argument("--results-dir", required=True, help="a finished run's results_dir")
-    p.add_argument("--feature-set", default="cellprofiler")
+    p.add_argument("--feature-set", default="cellprofiler", help="the feature set whose profiles are compared")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--compound", help="broad_sample or compound name")
     what.add_argument("--gene", help="gene symbol")

@@ -8,6 +8,8 @@ import json
 import logging
 from pathlib import Path
 
+from paintbench.cli_format import METADATA_HELP, add_command
+
 log = logging.getLogger("paintbench")
 
 
@@ -117,32 +119,35 @@ def cmd_vit_embed(args: argparse.Namespace) -> None:
 
 def _model_options(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--model", required=required, help="timm model name, e.g. vit_small_patch16_224")
-    p.add_argument("--input-size", type=int, default=224)
-    p.add_argument("--patch-size", type=int, default=16)
+    p.add_argument("--input-size", type=int, default=224, help="model input size in pixels (crops are resized to it)")
+    p.add_argument("--patch-size", type=int, default=16, help="ViT patch size in pixels")
     p.add_argument("--model-kwargs", default="{}", help="JSON of extra timm.create_model arguments")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("vit-crops", help="one plate's crop centres, normalization and pretraining sample of crops")
-    p.add_argument("--load-data", required=True)
-    p.add_argument("--illum-dir", required=True)
-    p.add_argument("--mode", choices=["tiles", "nuclei"], default="nuclei")
-    p.add_argument("--crop-size", type=int, default=160)
+    p = add_command(sub, "vit-crops", "one plate's crop centres, normalization and pretraining sample of crops",
+                    ["paintbench vit-crops --load-data results/load_data/BR00116991.csv "
+                     "--illum-dir results/illum/BR00116991 --sample-per-field 16 "
+                     "--qc-output results/qc/BR00116991/vit_crops.tsv --output-prefix results/vit/crops/BR00116991"])
+    p.add_argument("--load-data", required=True, help="the plate's LoadData CSV")
+    p.add_argument("--illum-dir", required=True, help="folder with <plate>_Illum<Channel>.npy")
+    p.add_argument("--mode", choices=["tiles", "nuclei"], default="nuclei",
+                   help="a grid of tiles, or single-cell crops centred on nuclei")
+    p.add_argument("--crop-size", type=int, default=160, help="crop (tile) size in field pixels")
     p.add_argument("--max-crops-per-field", type=int, default=None, help="cap on every field's crops (embedding too)")
     p.add_argument("--sample-per-field", type=int, default=None,
                    help="crops per field kept on disk for pretraining (default: all)")
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-workers", type=int, default=2, help="processes reading the fields")
+    p.add_argument("--seed", type=int, default=0, help="seed of the crop subsets")
     p.add_argument("--skip-bad-fields", action="store_true", help="leave unreadable fields out and record them")
     p.add_argument("--qc-output", default=None, help="TSV of the fields left out")
     p.add_argument("--output-prefix", required=True,
                    help="writes PREFIX.npy/.parquet (sample), PREFIX.centres.parquet, PREFIX.norm.json")
     p.set_defaults(func=cmd_vit_crops)
 
-    p = sub.add_parser("vit-pretrain", help="self-supervised pretraining (MAE, DINO or SimCLR) on crop caches",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       epilog="example: paintbench vit-pretrain --crops results/vit/crops/BR00116991 --method dino "
-                              "--model vit_small_patch16_224 --steps 20000 --out-dir results/vit/dino")
+    p = add_command(sub, "vit-pretrain", "self-supervised pretraining (MAE, DINO or SimCLR) on crop caches",
+                    ["paintbench vit-pretrain --crops results/vit/crops/BR00116991 results/vit/crops/BR00116992 "
+                     "--method dino --model vit_small_patch16_224 --steps 20000 --out-dir results/vit/dino"])
     p.add_argument("--crops", nargs="+", required=True, help="crop cache prefixes")
     p.add_argument("--out-dir", required=True, help="checkpoint.pt, encoder.pt, train_log.tsv, train_loss.png")
     p.add_argument("--method", choices=["mae", "dino", "simclr"], default="mae", help="self-supervised objective")
@@ -160,10 +165,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, required=True, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=256, help="global batch (split over --gpus processes)")
     p.add_argument("--lr", type=float, default=1.5e-4, help="peak learning rate (AdamW, warmup then cosine)")
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--warmup-steps", type=int, default=1000)
+    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
+    p.add_argument("--warmup-steps", type=int, default=1000, help="steps of the linear learning-rate warmup")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between resumable checkpoints")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of initialization, sampling and views")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda[:N]")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="auto: bf16 autocast on CUDA, fp32 on CPU")
@@ -175,10 +180,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--track-every", type=int, default=0,
                    help="every N steps, replicate-retrieval mAP of a fixed crop sample (log only; 0 = off)")
     p.add_argument("--track-crops-per-well", type=int, default=8, help="crops per well in the tracked sample")
-    p.add_argument("--metadata-dir", default=None, help="CPJUMP1 metadata for tracking (default: the bundled)")
+    p.add_argument("--metadata-dir", default=None, help="CPJUMP1 metadata for tracking; default: the bundled config/metadata")
     p.set_defaults(func=cmd_vit_pretrain)
 
-    p = sub.add_parser("vit-embed", help="well-level embeddings of every crop of one plate")
+    p = add_command(sub, "vit-embed", "well-level embeddings of every crop of one plate",
+                    ["paintbench vit-embed --crops results/vit/crops/BR00116991 "
+                     "--load-data results/load_data/BR00116991.csv --illum-dir results/illum/BR00116991 "
+                     "--encoder results/vit/mae/encoder.pt results/vit/dino/encoder.pt "
+                     "--qc-output results/qc/BR00116991/vit_embed.tsv "
+                     "--output results/profiles/vitmae/BR00116991.parquet results/profiles/vitdino/BR00116991.parquet"])
     p.add_argument("--crops", required=True, help="crop prefix (its .centres.parquet and .norm.json, or a full cache)")
     p.add_argument("--load-data", default=None,
                    help="the plate's LoadData CSV: crops are cut from the images (else read from the cache)")
@@ -189,9 +199,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="encoder.pt / checkpoint.pt, or a timm state_dict (give --model); several embed the same "
                         "decoded crops")
     _model_options(p, required=False)
-    p.add_argument("--pooling", choices=["cls", "mean"], default="mean")
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--pooling", choices=["cls", "mean"], default="mean",
+                   help="crop embedding: mean of the patch tokens or the CLS token (as pretrained)")
+    p.add_argument("--batch-size", type=int, default=512, help="crops per forward pass")
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda[:N]")
+    p.add_argument("--num-workers", type=int, default=2, help="processes decoding the images")
     p.add_argument("--output", nargs="+", required=True, help="well-level Parquet per --encoder, in the same order")
     p.set_defaults(func=cmd_vit_embed)

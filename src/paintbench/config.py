@@ -87,19 +87,33 @@ def validate_schema(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def resolve_path(path: str, base: Path = WORKFLOW_DIR) -> Path:
+PATH_RULE = (
+    "A relative path is taken relative to the working directory (where snakemake runs, or its --directory). "
+    "For the input paths metadata_dir, cellprofiler.pipeline, cellprofiler.executable and vit.<method>.checkpoint, "
+    "a relative path that does not exist there is taken from the workflow folder (the one holding the Snakefile) "
+    "instead: that is how the bundled defaults (config/metadata, config/cellprofiler/*.cppipe, "
+    ".venvs/cellprofiler/bin/cellprofiler) work from any directory. Absolute paths are used as given."
+)
+
+
+def resolve_input_path(path: str | Path, workdir: Path | None = None, workflow_dir: Path = WORKFLOW_DIR) -> Path:
+    """The one rule for relative input paths (PATH_RULE): the working directory's copy wins, else the workflow
+    folder's. `workdir` defaults to the current directory, which is snakemake's --directory while it runs."""
     candidate = Path(path)
-    return candidate if candidate.is_absolute() else base / candidate
+    if candidate.is_absolute():
+        return candidate
+    in_workdir = (workdir if workdir is not None else Path.cwd()) / candidate
+    return in_workdir if in_workdir.exists() else workflow_dir / candidate
 
 
-def resolve_command(command: str, base: Path = WORKFLOW_DIR) -> str:
-    """A bare command name is looked up on PATH at run time; a path is relative to the workflow folder."""
-    return str(resolve_path(command, base)) if Path(command).name != command else command
+def resolve_command(command: str, workdir: Path | None = None, workflow_dir: Path = WORKFLOW_DIR) -> str:
+    """A bare command name (no '/') is looked up on PATH at run time; a path follows resolve_input_path."""
+    return str(resolve_input_path(command, workdir, workflow_dir)) if Path(command).name != command else command
 
 
 def check_semantics(config: dict[str, Any]) -> None:
     """Checks across keys and against the bundled metadata."""
-    numbers = {name: number for name, number in config["channels"].items()}
+    numbers = {name: number for name, number in config["channels"].items() if number is not None}  # null: unused
     duplicated = {n for n in numbers.values() if list(numbers.values()).count(n) > 1}
     if duplicated:
         clash = {name: n for name, n in numbers.items() if n in duplicated}
@@ -107,10 +121,12 @@ def check_semantics(config: dict[str, Any]) -> None:
     missing = [c for c in CHANNELS if c not in numbers]
     if missing:
         raise ConfigError(f"config key 'channels': missing {missing} (required: {list(CHANNELS)})")
+    check_image_pattern(config)
 
-    metadata_dir = resolve_path(config["metadata_dir"])
+    metadata_dir = resolve_input_path(config["metadata_dir"])
     if not (metadata_dir / "experiment-metadata.tsv").exists():
-        raise ConfigError(f"config key 'metadata_dir': {metadata_dir} has no experiment-metadata.tsv")
+        raise ConfigError(f"config key 'metadata_dir': {metadata_dir} has no experiment-metadata.tsv (a relative "
+                          "metadata_dir is looked up in the working directory, then in the workflow folder)")
     known = known_plates(metadata_dir)
     if config["plates"] == "all":
         config["plates"] = list(known)
@@ -153,6 +169,19 @@ def check_semantics(config: dict[str, Any]) -> None:
         raise ConfigError("config key 'illum.source': 'gallery' needs source: s3 (allowed here: computed)")
     if config["source"] == "local" and "{plate}" not in config["local"]["image_dir"] and len(config["plates"]) > 1:
         raise ConfigError("config key 'local.image_dir': must contain '{plate}' when several plates are configured")
+
+
+def check_image_pattern(config: dict[str, Any]) -> None:
+    """The image pattern compiles and has the groups a field needs; the synthetic source writes Phenix names only."""
+    from paintbench.image_pattern import DEFAULT_IMAGE_PATTERN, pattern_problem
+
+    pattern = config["image_pattern"]
+    problem = pattern_problem(pattern)
+    if problem:
+        raise ConfigError(f"config key 'image_pattern': {problem}")
+    if config["source"] == "synthetic" and pattern != DEFAULT_IMAGE_PATTERN:
+        raise ConfigError("config key 'image_pattern': source: synthetic writes Phenix file names; leave image_pattern "
+                          f"at its default {DEFAULT_IMAGE_PATTERN!r}")
 
 
 def vit_method(config: dict[str, Any], method: str) -> dict[str, Any]:
@@ -211,8 +240,45 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def parse_config_value(text: str) -> Any:
+    """One `--config key=value` value typed as Snakemake types it (int, float, True/False, YAML with strings kept as
+    strings, else the text); check_config then converts what the schema wants (coerce_to_schema)."""
+    if text == "":
+        return None
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        return yaml.load(text, Loader=yaml.BaseLoader)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_config_overrides(entries: list[str]) -> dict[str, Any]:
+    """`--config` entries (KEY=VALUE) as a dict."""
+    overrides: dict[str, Any] = {}
+    for entry in entries:
+        key, equals, value = entry.partition("=")
+        if not equals or not key:
+            raise ConfigError(f"--config entry {entry!r}: expected KEY=VALUE, e.g. plates=paper")
+        overrides[key] = parse_config_value(value)
+    return overrides
+
+
+def merge_config(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Overrides merged into config recursively, section by section, as Snakemake's --config does."""
+    merged = dict(config)
+    for key, value in overrides.items():
+        both_sections = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = merge_config(merged[key], value) if both_sections else value
+    return merged
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Read a YAML config file, apply overrides (like `--config k=v`), validate."""
+    """Read a YAML config file, merge overrides (like `--config k=v`), validate."""
     config = yaml.safe_load(Path(path).read_text()) or {}
-    config.update(overrides or {})
-    return check_config(config)
+    return check_config(merge_config(config, overrides or {}))

@@ -7,19 +7,21 @@ from pathlib import Path
 import yaml
 
 from paintbench.cellprofiler import shard_wells
-from paintbench.config import VIT_FEATURE_SETS, resolve_command, resolve_path, vit_method
+from paintbench.config import VIT_FEATURE_SETS, resolve_command, resolve_input_path, vit_method
 from paintbench.metadata import plate_info, plate_layout, select_wells
 from paintbench.plan import plate_disk_mb
 
 RESULTS = config["results_dir"]
 DATA = config["data_dir"]
-METADATA_DIR = str(resolve_path(config["metadata_dir"], Path(workflow.basedir)))
+# Relative input paths: the working directory's copy, else the workflow folder's (paintbench.config.PATH_RULE).
+WORKFLOW_DIR = Path(workflow.basedir)
+METADATA_DIR = str(resolve_input_path(config["metadata_dir"], workflow_dir=WORKFLOW_DIR))
 PLATES = config["plates"]
 FLUORESCENT = ["DNA", "ER", "RNA", "AGP", "Mito"]
 CELLPROFILER = {
     **config["cellprofiler"],
-    "pipeline": str(resolve_path(config["cellprofiler"]["pipeline"], Path(workflow.basedir))),
-    "executable": resolve_command(config["cellprofiler"]["executable"], Path(workflow.basedir)),
+    "pipeline": str(resolve_input_path(config["cellprofiler"]["pipeline"], workflow_dir=WORKFLOW_DIR)),
+    "executable": resolve_command(config["cellprofiler"]["executable"], workflow_dir=WORKFLOW_DIR),
 }
 
 # published_cellprofiler: the consortium's own profiles of the same plates (s3 source), scored side by side;
@@ -39,7 +41,7 @@ PRETRAINED = [m for m in VIT_METHODS if not METHOD[m]["checkpoint"]]  # methods 
 def vit_encoder(method: str) -> str:
     """A user-supplied encoder (vit.<method>.checkpoint) skips pretraining; otherwise the run pretrains its own."""
     given = METHOD[method]["checkpoint"]
-    return str(resolve_path(given, Path(workflow.basedir))) if given else f"{RESULTS}/vit/{method}/encoder.pt"
+    return str(resolve_input_path(given, workflow_dir=WORKFLOW_DIR)) if given else f"{RESULTS}/vit/{method}/encoder.pt"
 
 
 # Workstation runs: the rules' mem_mb add up to at most the machine's memory (so they are enforced, not just
@@ -97,7 +99,7 @@ def plate_shard_wells(plate: str) -> list[list[str]]:
 
 
 def channel_arg() -> str:
-    return ",".join(f"{name}={number}" for name, number in config["channels"].items())
+    return ",".join(f"{name}={number}" for name, number in config["channels"].items() if number is not None)
 
 
 def plate_image_dir(plate: str) -> str:

@@ -26,7 +26,7 @@ rule profiles:
     shell:
         # scored.parquet = the table the retrieval tasks use (feature-selected where selection applies).
         "python -m paintbench profiles --wells {input.wells} --metadata-dir {params.metadata_dir}"
-        " {params.selection} {params.spherize} --output {output.normalized} --selected-output {output.scored}"
+        " {params.selection} {params.spherize} --output {output.normalized} --scored-output {output.scored}"
         " > {log} 2>&1"
 
 

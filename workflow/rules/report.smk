@@ -55,7 +55,7 @@ rule report_figures:
         "../../envs/paintbench.yaml"
     shell:
         "python -m paintbench report-figures --results-dir {params.results_dir} --feature-sets {params.feature_sets}"
-        " --plates {params.plates} --summary {input.summary} {params.train_dirs} --out-dir {output.figures} > {log} 2>&1"
+        " --plates {params.plates} --summary {input.summary} {params.train_dirs} --figures-dir {output.figures} > {log} 2>&1"
 
 
 rule report_html:
