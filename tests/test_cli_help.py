@@ -65,3 +65,25 @@ def test_every_command_help_runs_as_a_process():
     for name in ("download", "check-config", "vit-pretrain", "report-figures"):
         done = subprocess.run([sys.executable, "-m", "paintbench", name, "--help"], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
+
+
+def test_renamed_options_keep_their_old_names_hidden():
+    """profiles --scored-output and report-figures --figures-dir are named after what the workflow calls the files;
+    0.1's names still parse (hidden from --help)."""
+    parser = build_parser()
+    old = parser.parse_args(["profiles", "--wells", "w.parquet", "--output", "n.parquet", "--selected-output", "s.parquet"])
+    new = parser.parse_args(["profiles", "--wells", "w.parquet", "--output", "n.parquet", "--scored-output", "s.parquet"])
+    assert old.scored_output == new.scored_output == "s.parquet"
+    figures = ["report-figures", "--results-dir", "r", "--plates", "P", "--summary", "s.tsv", "--feature-sets", "cellprofiler"]
+    assert parser.parse_args([*figures, "--out-dir", "f"]).figures_dir == "f"
+    assert parser.parse_args([*figures, "--figures-dir", "f"]).figures_dir == "f"
+    assert "--selected-output" not in COMMANDS["profiles"].format_help()
+    assert "--out-dir" not in COMMANDS["report-figures"].format_help()
+
+
+def test_check_config_keeps_its_positional_form():
+    from tests.helpers import REPO
+
+    done = subprocess.run([sys.executable, "-m", "paintbench", "check-config", str(REPO / "config" / "demo.yaml")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "source: synthetic" in done.stdout, done.stderr
