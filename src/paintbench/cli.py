@@ -30,6 +30,12 @@ def _channel_map(text: str) -> dict[str, int]:
     return {name: int(number) for name, number in pairs}
 
 
+def _default_image_pattern() -> str:
+    from paintbench.image_pattern import DEFAULT_IMAGE_PATTERN
+
+    return DEFAULT_IMAGE_PATTERN
+
+
 def _sites(text: str) -> list[int] | str:
     return "all" if text == "all" else [int(s) for s in _csv_list(text)]
 
@@ -38,13 +44,14 @@ def cmd_download(args: argparse.Namespace) -> None:
     """Images of one plate (fetched, found or generated), then the LoadData table of its complete fields and the
     QC table of what is missing or damaged (a plate missing more than --max-missing-fraction fails)."""
     from paintbench.atomic import write_table
+    from paintbench.image_pattern import index_image_folder
     from paintbench.layout import all_wells
     from paintbench.loaddata import field_problems, load_data_table
     from paintbench.metadata import plate_info
     from paintbench.qc import check_missing_fraction, qc_table
 
     plate = plate_info(args.plate, args.metadata_dir)
-    wells = all_wells() if args.wells == ["all"] else args.wells
+    wells = all_wells(plate.format) if args.wells == ["all"] else args.wells
     sites = list(range(1, plate.sites_per_well + 1)) if args.sites == "all" else args.sites
     image_dir = Path(args.image_dir)
     records: list[dict] = []
@@ -55,6 +62,7 @@ def cmd_download(args: argparse.Namespace) -> None:
             plate.barcode, plate.batch, wells, sites, sorted(args.channels.values()), image_dir,
             bucket=args.bucket, gallery_prefix=args.gallery_prefix, endpoint_url=args.endpoint_url,
             workers=args.workers, max_attempts=args.max_attempts, anonymous=not args.signed,
+            image_pattern=args.image_pattern,
         )
         names = {f"ch{number}": name for name, number in args.channels.items()}
         records = [{**r, "channel": names.get(r["channel"], r["channel"])} for r in summary.missing]
@@ -74,10 +82,11 @@ def cmd_download(args: argparse.Namespace) -> None:
         write_table(fields, image_dir / "synthetic_fields.parquet")
         log.info("plate %s: generated %d fields, %d cells", plate.barcode, len(fields), fields["n_cells"].sum())
     known = {(r["Metadata_Well"], int(r["Metadata_Site"])) for r in records}
-    records += field_problems(plate.barcode, image_dir, wells, sites, args.channels, known)
+    files = index_image_folder(image_dir, args.image_pattern, plate.barcode)  # one listing of the plate's folder
+    records += field_problems(plate.barcode, image_dir, wells, sites, args.channels, known, files)
     incomplete = {(r["Metadata_Well"], int(r["Metadata_Site"])) for r in records}
     check_missing_fraction(plate.barcode, len(wells) * len(sites), len(incomplete), args.max_missing_fraction)
-    table = load_data_table(plate.barcode, image_dir, wells, sites, args.channels, exclude=incomplete)
+    table = load_data_table(plate.barcode, image_dir, wells, sites, args.channels, exclude=incomplete, files=files)
     if args.qc_output:
         write_table(qc_table(records), args.qc_output)
     write_table(table, args.output)
@@ -178,6 +187,9 @@ def _add_download(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sites", type=_sites, default="all", help="comma-separated field numbers, or 'all'")
     p.add_argument("--channels", type=_channel_map, required=True, help="channel map, e.g. DNA=5,ER=4,RNA=3,AGP=2,Mito=1")
     p.add_argument("--image-dir", required=True, help="folder of the plate's images (written for s3/synthetic)")
+    p.add_argument("--image-pattern", default=_default_image_pattern(),
+                   help="regular expression of the image file names, with named groups well (or row and column), "
+                        "site, channel and optionally plate and plane (default: the Phenix names of the Gallery)")
     p.add_argument("--metadata-dir", default=None, help=METADATA_HELP)
     p.add_argument("--output", required=True, help="LoadData CSV to write")
     p.add_argument("--qc-output", default=None, help="TSV of the missing or damaged images (plate, well, site, channel)")

@@ -26,8 +26,13 @@ def cmd_report_figures(args: argparse.Namespace) -> None:
     from paintbench.report.build import make_figures
     from paintbench.report.summary import read_summary
 
+    formats = None
+    if args.metadata_dir:  # 96- or 384-well plate maps
+        from paintbench.metadata import plate_info
+
+        formats = {plate: plate_info(plate, args.metadata_dir).format for plate in args.plates}
     figures = make_figures(args.results_dir, args.feature_sets, args.plates, read_summary(args.summary),
-                           args.figures_dir, args.train_dirs)
+                           args.figures_dir, args.train_dirs, plate_formats=formats)
     log.info("%d figures -> %s", len(figures), args.figures_dir)
 
 
@@ -113,6 +118,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--feature-sets", nargs="+", required=True, help="feature sets to show, in report order")
     p.add_argument("--train-dirs", nargs="*", default=[],
                    help="pretraining folders results_dir/vit/<method> (train_log.tsv; MAE: checkpoint.pt)")
+    p.add_argument("--metadata-dir", default=None,
+                   help="plate metadata, for each plate's format (96 or 384 wells) in the plate maps; default: 384")
     figures_dir = p.add_mutually_exclusive_group(required=True)
     figures_dir.add_argument("--figures-dir", help="folder of the figures and their manifest (read by report-html)")
     # 0.1's name of --figures-dir, kept working for old command lines but not shown.

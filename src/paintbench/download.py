@@ -186,7 +186,7 @@ def select_objects(
             continue
         if key in selected:
             raise DownloadError(f"plate {plate}: s3 keys {selected[key][1].key} and {obj.key} are both well "
-                                f"{key[0]}, site {key[1]}, channel {key[2]} under the image pattern {image_pattern!r}")
+                                f"{key[0]}, site {key[1]}, channel {key[2]} under the image pattern '{image_pattern}'")
         selected[key] = (name, obj)
     return selected
 

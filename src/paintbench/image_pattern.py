@@ -51,14 +51,14 @@ def pattern_problem(pattern: str) -> str | None:
     try:
         groups = set(re.compile(pattern).groupindex)
     except re.error as err:
-        return f"{pattern!r} is not a regular expression: {err}"
+        return f"'{pattern}' is not a regular expression: {err}"
     missing = [g for g in ("site", "channel") if g not in groups]
     if "well" not in groups and not {"row", "column"} <= groups:
         missing.append("well (or row and column)")
     if "well" in groups and groups & {"row", "column"}:
-        return f"{pattern!r} has a 'well' group and a 'row'/'column' group: use one or the other"
+        return f"'{pattern}' has a 'well' group and a 'row'/'column' group: use one or the other"
     if missing:
-        return f"{pattern!r} lacks the named group(s) {', '.join(missing)} (e.g. (?P<site>\\d+))"
+        return f"'{pattern}' lacks the named group(s) {', '.join(missing)} (e.g. (?P<site>\\d+))"
     return None
 
 
@@ -135,13 +135,13 @@ def index_names(names: list[str], pattern: str, plate: str, where: str) -> dict[
         try:
             image = parse_image_name(name, regex)
         except ValueError as err:
-            raise ImagePatternError(f"plate {plate}: {where}/{name}: {err} (image_pattern {pattern!r})") from err
+            raise ImagePatternError(f"plate {plate}: {where}/{name}: {err} (image_pattern '{pattern}')") from err
         if image is None and is_derived_image(name):
             skipped += 1
             continue
         if image is None:
             raise ImagePatternError(
-                f"plate {plate}: {where}/{name} does not match the image pattern {pattern!r}: set the config key "
+                f"plate {plate}: {where}/{name} does not match the image pattern '{pattern}': set the config key "
                 "'image_pattern' (paintbench download --image-pattern) to a regular expression that matches "
                 "your file names, or move the file out of the folder")
         if not is_field_image(image, plate):
@@ -150,7 +150,7 @@ def index_names(names: list[str], pattern: str, plate: str, where: str) -> dict[
         if key in index:
             raise ImagePatternError(
                 f"plate {plate}: {where}/{index[key]} and {where}/{name} are both well {image.well}, site {image.site}, "
-                f"channel {image.channel} under the image pattern {pattern!r}")
+                f"channel {image.channel} under the image pattern '{pattern}'")
         index[key] = name
     if skipped:
         log.info("plate %s: %d thumbnail or other derived TIFF(s) in %s skipped", plate, skipped, where)

@@ -45,6 +45,7 @@ rule download:
         wells=lambda wildcards: ",".join(plate_wells(wildcards.plate)),
         sites=lambda wildcards: ",".join(map(str, plate_sites(wildcards.plate))),
         channels=channel_arg(),
+        image_pattern=lambda wildcards: config["image_pattern"],  # a function: its {2} etc. are not wildcards
         metadata_dir=METADATA_DIR,
         source_args=source_args,
         max_missing=QC["max_missing_fraction"],
@@ -60,7 +61,8 @@ rule download:
     shell:
         "python -m paintbench download --source {params.source} --plate {wildcards.plate}"
         " --wells {params.wells} --sites {params.sites} --channels {params.channels}"
-        " --image-dir {params.image_dir} --metadata-dir {params.metadata_dir} {params.source_args}"
+        " --image-dir {params.image_dir} --image-pattern {params.image_pattern:q} --metadata-dir {params.metadata_dir}"
+        " {params.source_args}"
         " --max-missing-fraction {params.max_missing} --qc-output {output.qc} --output {output.load_data} > {log} 2>&1"
 
 

@@ -43,6 +43,7 @@ rule report_figures:
         results_dir=lambda wildcards, output: os.path.dirname(os.path.dirname(output.figures)),
         feature_sets=" ".join(FEATURE_SETS),
         plates=" ".join(PLATES),
+        metadata_dir=METADATA_DIR,
         train_dirs=lambda wildcards, input: (
             f"--train-dirs {' '.join(os.path.dirname(p) for p in input.train_logs)}" if "train_logs" in input.keys() else ""
         ),
@@ -55,7 +56,8 @@ rule report_figures:
         "../../envs/paintbench.yaml"
     shell:
         "python -m paintbench report-figures --results-dir {params.results_dir} --feature-sets {params.feature_sets}"
-        " --plates {params.plates} --summary {input.summary} {params.train_dirs} --figures-dir {output.figures} > {log} 2>&1"
+        " --plates {params.plates} --summary {input.summary} {params.train_dirs} --metadata-dir {params.metadata_dir}"
+        " --figures-dir {output.figures} > {log} 2>&1"
 
 
 rule report_html:
