@@ -19,8 +19,8 @@ from paintbench.metadata import MetadataError, plate_info
 from tests.helpers import CPJUMP1_CHANNELS, REPO, snakemake
 
 IMAGEXPRESS = r"^(?P<plate>[^_]+)_(?P<well>[A-P]\d{2})_s(?P<site>\d+)_w(?P<channel>\d)\.tif$"
-PLATE96 = "PLATE96"
-PLATEMAP96 = "MyScreen_compound_platemap"
+PLATE96 = "MYPLATE01"  # the worked example of docs/usage.md
+PLATEMAP96 = "pilot_compound_platemap"
 # Two compounds and two DMSO wells, one of them in the 96-well plate's last corner.
 WELLS96 = {"A01": "BRD-X0001", "A02": "BRD-X0002", "B01": "", "H12": ""}
 CHANNEL_ARG = ",".join(f"{k}={v}" for k, v in CPJUMP1_CHANNELS.items())
@@ -35,7 +35,7 @@ def user_metadata(folder: Path, plate_format: str = "", sites: str = "2", wells:
     shutil.copytree(REPO / "config" / "metadata", folder)
     plates = pd.read_csv(folder / "experiment-metadata.tsv", sep="\t", dtype=str, keep_default_na=False)
     row = {column: "" for column in plates.columns}
-    row.update(Batch="my_batch", Plate_Map_Name=PLATEMAP96, Assay_Plate_Barcode=PLATE96, Perturbation="compound",
+    row.update(Batch="2026_11_pilot", Plate_Map_Name=PLATEMAP96, Assay_Plate_Barcode=PLATE96, Perturbation="compound",
                Cell_type="U2OS", Time="24", Plate_format=plate_format, Sites_per_well=sites)
     plates = pd.concat([plates.assign(Plate_format="", Sites_per_well=""), pd.DataFrame([row])])
     plates.to_csv(folder / "experiment-metadata.tsv", sep="\t", index=False)
@@ -90,7 +90,7 @@ def test_phenix_and_imagexpress_names_give_the_same_load_data(tmp_path):
     a, b = pd.read_csv(tmp_path / "phenix.csv"), pd.read_csv(tmp_path / "ixm.csv")
     meta = ["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
     assert a[meta].values.tolist() == b[meta].values.tolist() == [[PLATE96, w, s] for w in wells for s in sites]
-    assert b.loc[0, "FileName_OrigDNA"] == "PLATE96_A01_s1_w5.tif" and b.loc[0, "PathName_OrigDNA"] == str(imagexpress.resolve())
+    assert b.loc[0, "FileName_OrigDNA"] == "MYPLATE01_A01_s1_w5.tif" and b.loc[0, "PathName_OrigDNA"] == str(imagexpress.resolve())
     for name in CPJUMP1_CHANNELS:  # the same image behind every cell of both tables
         for (_, x), (_, y) in zip(a.iterrows(), b.iterrows()):
             first = Path(x[f"PathName_Orig{name}"]) / x[f"FileName_Orig{name}"]
@@ -114,12 +114,12 @@ def test_a_missing_channel_is_recorded_and_its_field_left_out(tmp_path):
 def test_a_file_that_matches_nothing_names_the_file_and_the_pattern(tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
-    for name in ("PLATE96_A01_s1_w1.tif", "PLATE96_A01_s1_w2.TIF", "PLATE96-A01-s1-w3.tiff"):
+    for name in ("MYPLATE01_A01_s1_w1.tif", "MYPLATE01_A01_s1_w2.TIF", "MYPLATE01-A01-s1-w3.tiff"):
         (folder / name).write_bytes(b"")
     with pytest.raises(ImagePatternError) as error:
         index_image_folder(folder, IMAGEXPRESS, PLATE96)
     message = str(error.value)
-    assert "PLATE96-A01-s1-w3.tiff" in message and IMAGEXPRESS in message and "image_pattern" in message
+    assert "MYPLATE01-A01-s1-w3.tiff" in message and IMAGEXPRESS in message and "image_pattern" in message
     # Through the command line: it fails and writes no LoadData table.
     output = tmp_path / "load_data.csv"
     assert download(folder, user_metadata(tmp_path / "metadata"), output, IMAGEXPRESS, ["A01"], "1") == 1
@@ -127,9 +127,9 @@ def test_a_file_that_matches_nothing_names_the_file_and_the_pattern(tmp_path):
 
 
 def test_two_files_of_one_field_channel_are_an_error_naming_both(tmp_path):
-    (tmp_path / "PLATE96_A01_s1_w1.tif").write_bytes(b"")
-    (tmp_path / "PLATE96_A1_s1_w1.tif").write_bytes(b"")
-    with pytest.raises(ImagePatternError, match="PLATE96_A01_s1_w1.tif and .*PLATE96_A1_s1_w1.tif"):
+    (tmp_path / "MYPLATE01_A01_s1_w1.tif").write_bytes(b"")
+    (tmp_path / "MYPLATE01_A1_s1_w1.tif").write_bytes(b"")
+    with pytest.raises(ImagePatternError, match="MYPLATE01_A01_s1_w1.tif and .*MYPLATE01_A1_s1_w1.tif"):
         index_image_folder(tmp_path, IMAGEXPRESS.replace(r"\d{2}", r"\d{1,2}"), PLATE96)
 
 
@@ -146,8 +146,8 @@ def test_s3_keys_are_read_with_the_pattern(tmp_path):
     keys = [imagexpress_name(PLATE96, "A01", 1, c) for c in (1, 2)] + [imagexpress_name("OTHER", "A01", 1, 1), "Index.xml"]
     objects = [RemoteObject(prefix + key, 10) for key in keys]
     selected = select_objects(objects, prefix, ["A01"], [1], [1, 2], tmp_path, PLATE96, IMAGEXPRESS)
-    assert {key: name for key, (name, _) in selected.items()} == {("A01", 1, 1): "PLATE96_A01_s1_w1.tif",
-                                                                  ("A01", 1, 2): "PLATE96_A01_s1_w2.tif"}
+    assert {key: name for key, (name, _) in selected.items()} == {("A01", 1, 1): "MYPLATE01_A01_s1_w1.tif",
+                                                                  ("A01", 1, 2): "MYPLATE01_A01_s1_w2.tif"}
 
 
 @pytest.mark.parametrize(("pattern", "problem"), [
