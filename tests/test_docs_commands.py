@@ -133,6 +133,21 @@ def test_every_command_is_known_and_its_options_exist(doc):
     assert not problems, "\n".join(problems)
 
 
+SHOWN_FILE = re.compile(r"^`([\w./-]+)`[^\n]*\n```\w*\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_files_shown_are_the_files_shipped(doc):
+    """A block under a line naming a repository file shows that file's lines as they are (up to a `...` line)."""
+    for name, block in SHOWN_FILE.findall(doc.read_text()):
+        path = REPO / name
+        assert path.is_file(), f"{doc.name} shows {name}, which does not exist"
+        shown = block.split("...\n")[0].splitlines()
+        lines = path.read_text().splitlines()
+        assert any(lines[i:i + len(shown)] == shown for i in range(len(lines))), (
+            f"{doc.name}: the block under `{name}` is not a run of that file's lines; update the one or the other")
+
+
 def test_test_command_is_what_ci_runs():
     shown = {shlex.join(c.tokens) for c in ALL if c.tokens[:3] == ("python", "-m", "pytest")}
     ci = (REPO / ".ci" / "run").read_text()

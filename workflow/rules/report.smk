@@ -1,11 +1,18 @@
 # Stage 6: summary table, figures and the self-contained HTML report; feature sets side by side.
+# The paper's CellProfiler values: metadata_dir's copy if it has one, else the bundled one (own plates need none).
+_PAPER_TABLE = "cpjump1_published_cellprofiler.tsv"
+PAPER_VALUES = (
+    f"{METADATA_DIR}/{_PAPER_TABLE}"
+    if os.path.exists(f"{METADATA_DIR}/{_PAPER_TABLE}")
+    else f"{WORKFLOW_DIR}/config/metadata/{_PAPER_TABLE}"
+)
 
 
 rule report_summary:
     input:
         results=expand(f"{RESULTS}/retrieval/{{fs}}/{{task}}.parquet", fs=FEATURE_SETS, task=TASKS),
         target_id=expand(f"{RESULTS}/target_id/{{fs}}.parquet", fs=FEATURE_SETS),
-        published=f"{METADATA_DIR}/cpjump1_published_cellprofiler.tsv",
+        published=PAPER_VALUES,
     output:
         summary=report(f"{RESULTS}/reports/summary.tsv", caption="../report/summary.rst", category="Report"),
     log:
