@@ -162,12 +162,14 @@ def test_best_respects_the_intervals(tmp_path):
     assert marks.tolist() == ["best", ""]
 
 
-def test_synthetic_runs_label_the_paper_as_another_dataset(tmp_path):
+@pytest.mark.parametrize("dataset, note", [("synthetic", "synthetic: a reference for a different dataset"),
+                                           ("own", "not CPJUMP1's: a reference for a different dataset")])
+def test_runs_on_other_plates_label_the_paper_as_another_dataset(tmp_path, dataset, note):
     write_results(tmp_path, {"a": [0.9] * 10})
-    summary = build_summary(tmp_path, ["a"], published=PUBLISHED, synthetic=True)
+    summary = build_summary(tmp_path, ["a"], published=PUBLISHED, dataset=dataset)
     paper = summary[summary["row_kind"] == "paper"]
-    assert len(paper) == 2 and not paper["comparable"].any()
-    assert paper["notes"].str.contains("synthetic: a reference for a different dataset").all()
+    assert len(paper) == 2 and not paper["comparable"].any() and not summary["comparable"].any()
+    assert paper["notes"].str.contains(note).all()
 
 
 def test_a_condition_missing_for_one_feature_set_is_a_zero_row():

@@ -16,7 +16,7 @@ def cmd_report_summary(args: argparse.Namespace) -> None:
     from paintbench.report.summary import build_summary, read_published
 
     summary = build_summary(args.results_dir, args.feature_sets, published=read_published(args.published),
-                            synthetic=args.synthetic, target_id=args.target_id)
+                            dataset=args.dataset, target_id=args.target_id)
     write_table(summary, args.output)
     log.info("%d summary rows (%d reference rows) -> %s", len(summary),
              int((summary["row_kind"] == "paper").sum()), args.output)
@@ -103,8 +103,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--results-dir", required=True, help="the run's results_dir")
     p.add_argument("--feature-sets", nargs="+", required=True, help="feature sets to summarize, in report order")
     p.add_argument("--published", required=True, help="TSV of the CPJUMP1 paper's CellProfiler values per task and condition")
-    p.add_argument("--synthetic", action="store_true",
-                   help="the run's plates are synthetic: the paper's values are a reference for other data")
+    p.add_argument("--dataset", choices=["cpjump1", "synthetic", "own"], default="cpjump1",
+                   help="whose plates the run scored: only a cpjump1 run is comparable with the paper's values")
+    p.add_argument("--synthetic", dest="dataset", action="store_const", const="synthetic", help=argparse.SUPPRESS)
     p.add_argument("--target-id", action="store_true",
                    help="add the shortlist rows of results_dir/target_id/<feature set>.parquet")
     p.add_argument("--output", required=True, help="summary table (TSV)")

@@ -8,7 +8,7 @@ import yaml
 
 from paintbench.cellprofiler import shard_wells
 from paintbench.config import VIT_FEATURE_SETS, resolve_command, resolve_input_path, vit_method
-from paintbench.metadata import plate_info, plate_layout, select_wells
+from paintbench.metadata import known_plates, plate_info, plate_layout, select_wells
 from paintbench.plan import plate_disk_mb
 
 RESULTS = config["results_dir"]
@@ -50,6 +50,15 @@ MACHINE_MEM_MB = int(0.9 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGE
 LOCAL_RUN = workflow.local_exec and not workflow.remote_exec
 if LOCAL_RUN and "mem_mb" not in workflow.global_resources:
     workflow.register_resource("mem_mb", MACHINE_MEM_MB)
+
+
+def run_dataset() -> str:
+    """Whose plates the run scores: synthetic, cpjump1 (every plate a CPJUMP1 barcode of the bundled metadata) or
+    own; only a cpjump1 run stands beside the paper's values in the report."""
+    if config["source"] == "synthetic":
+        return "synthetic"
+    cpjump1 = set(known_plates(WORKFLOW_DIR / "config" / "metadata"))
+    return "cpjump1" if set(PLATES) <= cpjump1 else "own"
 
 
 def gpu_request(gpus: int) -> int:

@@ -22,7 +22,7 @@ rule report_summary:
     params:
         results_dir=lambda wildcards, output: os.path.dirname(os.path.dirname(output.summary)),
         feature_sets=" ".join(FEATURE_SETS),
-        synthetic="--synthetic" if config["source"] == "synthetic" else "",
+        dataset=run_dataset(),
     localrule: True
     threads: 1
     resources:
@@ -32,7 +32,7 @@ rule report_summary:
         "../../envs/paintbench.yaml"
     shell:
         "python -m paintbench report-summary --results-dir {params.results_dir} --feature-sets {params.feature_sets}"
-        " --published {input.published} {params.synthetic} --target-id --output {output.summary} > {log} 2>&1"
+        " --published {input.published} --dataset {params.dataset} --target-id --output {output.summary} > {log} 2>&1"
 
 
 rule report_figures:

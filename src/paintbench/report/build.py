@@ -102,7 +102,7 @@ def _plate_figures(results_dir: Path, feature_sets: list[str], plates: list[str]
     if all(path.exists() for path in counts):
         wells = pd.concat([pd.read_parquet(p, columns=["Metadata_Plate", "Metadata_Well", "Metadata_Object_Count"])
                            for p in counts])
-        plate_heatmaps_figure(wells, out / "plate_cell_counts", "Metadata_Object_Count", "cells per well", plate_formats)
+        plate_heatmaps_figure(wells, out / "plate_cell_counts", "Metadata_Object_Count", "cells", plate_formats)
         figures.append(Figure("plate_cell_counts", "Plates", "Cells per well (CellProfiler)",
                               "Cells segmented per well on each plate's layout: edge, row or column patterns point "
                               "to plating or imaging artefacts rather than biology."))

@@ -185,9 +185,16 @@ def read_published(path: str | Path = DEFAULT_PUBLISHED) -> pd.DataFrame:
     return _with_condition_columns(table)
 
 
-def reference_rows(summary: pd.DataFrame, published: pd.DataFrame, synthetic: bool,
+DATASET_NOTES = {  # why the paper's values are only a reference when the run's plates are not CPJUMP1's
+    "synthetic": "this run's plates are synthetic: a reference for a different dataset, not a competitor",
+    "own": "this run's plates are not CPJUMP1's: a reference for a different dataset, not a competitor",
+}
+
+
+def reference_rows(summary: pd.DataFrame, published: pd.DataFrame, dataset: str = "cpjump1",
                    paper_code_negatives: bool = False) -> pd.DataFrame:
-    """The paper's row for every condition of the run that the paper reports (benchmark plate groups only).
+    """The paper's row for every condition of the run that the paper reports (benchmark plate groups only);
+    `dataset` says whose plates the run scored: cpjump1, synthetic or own (only cpjump1 runs are comparable).
 
     Compound-gene rows are comparable only when the run counted negatives as the paper's code did
     (retrieval.compound_gene_negatives: paper_code)."""
@@ -200,10 +207,10 @@ def reference_rows(summary: pd.DataFrame, published: pd.DataFrame, synthetic: bo
     if merged.empty:
         return pd.DataFrame(columns=COLUMNS)
     protocols = set(summary.loc[summary["row_kind"] != "paper", "protocol"].dropna())
-    comparable = not synthetic and protocols == {"cpjump1"}
+    comparable = dataset == "cpjump1" and protocols == {"cpjump1"}
     note = "CPJUMP1 paper, CellProfiler profiles of the real plates (final notebook's figure-4 run)"
-    if synthetic:
-        note += "; this run's plates are synthetic: a reference for a different dataset, not a competitor"
+    if dataset in DATASET_NOTES:
+        note += "; " + DATASET_NOTES[dataset]
     elif not comparable:
         note += f"; this run used the {', '.join(sorted(protocols))} protocol: compare under protocol cpjump1"
     other = merged.get("other_run_fraction_retrieved")
@@ -242,7 +249,7 @@ def shortlist_rows(results_dir: str | Path, feature_sets: list[str]) -> pd.DataF
 
 
 def build_summary(results_dir: str | Path, feature_sets: list[str], tasks: tuple[str, ...] = TASKS,
-                  published: pd.DataFrame | None = None, synthetic: bool = False,
+                  published: pd.DataFrame | None = None, dataset: str = "cpjump1",
                   target_id: bool = False) -> pd.DataFrame:
     """summary.tsv of a finished run (with the shortlist rows of target_id); a missing result file is an error
     naming it."""
@@ -266,7 +273,7 @@ def build_summary(results_dir: str | Path, feature_sets: list[str], tasks: tuple
     untestable = summary["n_untestable"] > 0
     summary.loc[untestable, "notes"] = [f"{int(n)} of {int(t)} can never reach q < 0.05 (lists too short)" for n, t in
                                         zip(summary.loc[untestable, "n_untestable"], summary.loc[untestable, "n_perturbations"])]
-    reference = reference_rows(summary, read_published() if published is None else published, synthetic,
+    reference = reference_rows(summary, read_published() if published is None else published, dataset,
                                paper_code_negatives=negatives == {"paper_code"})
     full = pd.concat([summary, reference], ignore_index=True) if not reference.empty else summary
     comparable = reference.set_index(["task", *CONDITION])["comparable"] if len(reference) else pd.Series(dtype=bool)
