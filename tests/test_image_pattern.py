@@ -168,6 +168,14 @@ def test_config_synthetic_source_needs_the_default_pattern():
     assert load_config(REPO / "config" / "demo.yaml", {"source": "local", "image_pattern": IMAGEXPRESS})
 
 
+def test_one_folder_for_several_plates_needs_a_plate_group():
+    shared = {"source": "local", "local": {"image_dir": "/images/all_plates"}}
+    with pytest.raises(ConfigError, match="config key 'local.image_dir': must contain '{plate}'.*plate>"):
+        load_config(REPO / "config" / "demo.yaml", shared)
+    config = load_config(REPO / "config" / "demo.yaml", {**shared, "image_pattern": IMAGEXPRESS})
+    assert config["local"]["image_dir"] == "/images/all_plates" and len(config["plates"]) == 8
+
+
 def test_plate_format_and_sites_from_the_metadata(tmp_path):
     inferred = plate_info(PLATE96, user_metadata(tmp_path / "a"))
     assert (inferred.format, inferred.sites_per_well) == (96, 2)

@@ -167,8 +167,10 @@ def check_semantics(config: dict[str, Any]) -> None:
                           f"the Gallery; source is {config['source']!r})")
     if config["illum"]["source"] == "gallery" and config["source"] != "s3":
         raise ConfigError("config key 'illum.source': 'gallery' needs source: s3 (allowed here: computed)")
-    if config["source"] == "local" and "{plate}" not in config["local"]["image_dir"] and len(config["plates"]) > 1:
-        raise ConfigError("config key 'local.image_dir': must contain '{plate}' when several plates are configured")
+    shared_folder = "{plate}" not in config["local"]["image_dir"] and "(?P<plate>" not in config["image_pattern"]
+    if config["source"] == "local" and shared_folder and len(config["plates"]) > 1:
+        raise ConfigError("config key 'local.image_dir': must contain '{plate}' when several plates are configured "
+                          "(or image_pattern a (?P<plate>...) group, when one folder holds every plate)")
 
 
 def check_image_pattern(config: dict[str, Any]) -> None:
