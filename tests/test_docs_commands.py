@@ -174,7 +174,7 @@ def test_paintbench_commands_run(small_demo_run, tmp_path):
     _, results = small_demo_run
     failures = []
     for command in sorted({c.tokens for c in ALL if c.fenced and c.tokens[:3] == ("python", "-m", "paintbench")}):
-        args = [t.replace("demo-results", str(results)).replace("/tmp/", f"{tmp_path}/") for t in command[1:]]
+        args = [t.replace("/tmp/", f"{tmp_path}/").replace("demo-results", str(results)) for t in command[1:]]
         result = _run([sys.executable, *args], timeout=300)
         if result.returncode != 0:
             failures.append(f"{shlex.join(command)}:\n{result.stdout[-1000:]}{result.stderr[-3000:]}")
