@@ -163,7 +163,7 @@ def test_snakemake_commands_plan(tmp_path):
         result = _run([sys.executable, "-m", "snakemake", *tokens[1:], "--dry-run", "--quiet", "rules"], timeout=600)
         return None if result.returncode == 0 else f"{shlex.join(tokens)}:\n{result.stdout[-1500:]}{result.stderr[-3000:]}"
 
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(3) as pool:  # mostly waiting on Snakemake start-up
         failures = [f for f in pool.map(dry_run, commands) if f]
     assert not failures, "\n\n".join(failures)
 
