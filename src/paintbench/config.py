@@ -244,7 +244,8 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
 
 def parse_config_value(text: str) -> Any:
     """One `--config key=value` value typed as Snakemake types it (int, float, True/False, YAML with strings kept as
-    strings, else the text); check_config then converts what the schema wants (coerce_to_schema)."""
+    strings, else the text); check_config then converts what the schema wants (coerce_to_schema). Not
+    snakemake.cli.parse_config: importing snakemake.cli loads the executor plugins (seconds, for one CLI call)."""
     if text == "":
         return None
     for convert in (int, float):
@@ -271,16 +272,10 @@ def parse_config_overrides(entries: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def merge_config(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Overrides merged into config recursively, section by section, as Snakemake's --config does."""
-    merged = dict(config)
-    for key, value in overrides.items():
-        both_sections = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = merge_config(merged[key], value) if both_sections else value
-    return merged
-
-
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Read a YAML config file, merge overrides (like `--config k=v`), validate."""
+    """Read a YAML config file, merge overrides section by section as `--config k=v` does, validate."""
+    from snakemake.utils import update_config
+
     config = yaml.safe_load(Path(path).read_text()) or {}
-    return check_config(merge_config(config, overrides or {}))
+    update_config(config, overrides or {})
+    return check_config(config)
