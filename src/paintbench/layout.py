@@ -7,14 +7,12 @@ what writes Phenix names (the synthetic source, tests).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 
 ROWS = "ABCDEFGHIJKLMNOP"
 N_COLUMNS = 24
 WELL_PATTERN = re.compile(r"^([A-P])(0[1-9]|1[0-9]|2[0-4])$")
 PLATE_FORMATS = {96: (8, 12), 384: (16, 24)}  # wells per plate -> (rows, columns)
-IMAGE_PATTERN = re.compile(r"^r(\d{2})c(\d{2})f(\d{2})p(\d{2})-ch(\d+)sk1fk1fl1\.tiff$")
 
 
 def all_wells(plate_format: int = 384) -> list[str]:
@@ -55,20 +53,3 @@ def image_filename(well: str, site: int, channel: int, plane: int = 1) -> str:
     row, column = parse_well(well)
     return f"r{row:02d}c{column:02d}f{site:02d}p{plane:02d}-ch{channel}sk1fk1fl1.tiff"
 
-
-@dataclass(frozen=True)
-class ImageName:
-    well: str
-    site: int
-    channel: int
-
-
-def parse_image_filename(name: str) -> ImageName | None:
-    """Inverse of `image_filename`; None for names that are not Phenix field images."""
-    match = IMAGE_PATTERN.match(name)
-    if not match:
-        return None
-    row, column, site, _plane, channel = (int(g) for g in match.groups())
-    if not (1 <= row <= len(ROWS) and 1 <= column <= N_COLUMNS):
-        return None
-    return ImageName(well_name(row, column), site, channel)
