@@ -36,7 +36,7 @@ include: "workflow/rules/common.smk"
 
 
 wildcard_constraints:
-    plate="|".join(PLATES),
+    plate=alternatives(PLATES),
     shard=r"s\d{3}",
 
 

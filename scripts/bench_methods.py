@@ -34,8 +34,8 @@ def measure_step(method: str, encoder_config: dict, batch: int, steps: int, devi
     import torch
 
     from paintbench.vit import autocast, build_encoder, pick_device
-    from paintbench.vit.embed import pool_tokens
-    from paintbench.vit.methods import build_objective, method_settings, step_seeds
+    from paintbench.vit.core import pool_tokens, step_seeds
+    from paintbench.vit.methods import build_objective, method_settings
 
     dev = pick_device(device)
     size = encoder_config["img_size"]

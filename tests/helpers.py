@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from paintbench import schema
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
 
@@ -21,7 +23,11 @@ def snakemake(args: list[str], cwd: Path, timeout: float = 600, check: bool = Tr
     return result
 
 
-CPJUMP1_CHANNELS = {"DNA": 5, "ER": 4, "RNA": 3, "AGP": 2, "Mito": 1}
+# CPJUMP1's channel map is the configuration's default (config key `channels`).
+CPJUMP1_CHANNELS: dict[str, int] = schema.default("channels")
+# The real JUMP field of tests/data (another dataset's channel order, brightfield on ch1).
+REAL_SITE = DATA / "real_site_BR00143976_C03_f03"
+REAL_CHANNELS = {"DNA": 5, "ER": 2, "RNA": 6, "AGP": 3, "Mito": 4}
 
 
 def synthetic_crispr_plate(folder: Path, plate: str, n_wells: int, sites: list[int], field_size: int,

@@ -11,16 +11,14 @@ from scipy import ndimage
 from paintbench import CHANNELS
 from paintbench.aggregate import well_profiles
 from paintbench.cellprofiler import run_shard
-from paintbench.illum import illum_filename
+from paintbench.paths import illum_filename
 from paintbench.images import BadFieldError
 from paintbench.loaddata import load_data_table
-from tests.helpers import DATA, REPO, synthetic_crispr_plate
+from tests.helpers import REAL_CHANNELS, REAL_SITE, REPO, synthetic_crispr_plate
 
 CELLPROFILER = str(REPO / ".venvs" / "cellprofiler" / "bin" / "cellprofiler")
 ANALYSIS = REPO / "config" / "cellprofiler" / "analysis.cppipe"
 DEMO_ANALYSIS = REPO / "config" / "cellprofiler" / "analysis_demo.cppipe"
-REAL_SITE = DATA / "real_site_BR00143976_C03_f03"
-REAL_CHANNELS = {"DNA": 5, "ER": 2, "RNA": 6, "AGP": 3, "Mito": 4}
 FAMILIES = ("AreaShape", "Intensity", "Texture", "Granularity", "Correlation", "RadialDistribution")
 PLATE = "BR00117000"
 

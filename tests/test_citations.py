@@ -61,7 +61,9 @@ def test_report_page_ends_with_the_footer(tmp_path):
     import pandas as pd
 
     from paintbench.report.html import render
+    from paintbench.report.inputs import RunFiles
     from paintbench.report.summary import COLUMNS, typed
 
-    page = render(typed(pd.DataFrame(columns=COLUMNS)), tmp_path, [], tmp_path, [], "a: 1", {"python": "3"})
+    page = render(typed(pd.DataFrame(columns=COLUMNS)), tmp_path, [], RunFiles([], []), str(tmp_path), "a: 1",
+                  {"python": "3"})
     assert page.endswith(footer_html() + "</body></html>")

@@ -51,8 +51,8 @@ def test_help_exits_zero_and_shows_defaults(name: str, capsys):
 
 def test_defaults_are_shown():
     shown = " ".join(COMMANDS["vit-pretrain"].format_help().split())  # unwrapped
-    assert "(default: 256)" in shown  # --batch-size
-    assert "(default: 0)" in shown  # --seed: zero is a default, not an absence of one
+    assert "(default: 256; config key vit.batch_size)" in shown  # --batch-size, the schema's
+    assert "(default: 0; config key vit.seed)" in shown  # --seed: zero is a default, not an absence of one
 
 
 def test_version():

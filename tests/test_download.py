@@ -15,14 +15,14 @@ import pandas as pd
 import pytest
 
 import paintbench
-from paintbench import download
-from paintbench.download import DownloadError, RemoteObject, download_plate, find_plate_folder, local_path, make_client
+from paintbench import s3
+from paintbench.s3 import DownloadError, RemoteObject, download_plate, find_plate_folder, local_path, make_client
 from paintbench.layout import image_filename
 
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(download, "RETRY_BASE_SECONDS", 0.01)
+    monkeypatch.setattr(s3, "RETRY_BASE_SECONDS", 0.01)
 
 
 def fetch(gallery, dest, plate=None, endpoint_url=None, **overrides):
@@ -75,7 +75,7 @@ def test_folder_discovery_and_latest_of_several(s3_gallery, tmp_path, caplog):
     assert find_plate_folder(client, s3_gallery.bucket, s3_gallery.prefix, s3_gallery.batch, "BR00116992").endswith(
         "/BR00116992__2020-11-06T01_02_03-Measurement1/"
     )
-    with caplog.at_level(logging.WARNING, logger="paintbench.download"):
+    with caplog.at_level(logging.WARNING, logger="paintbench.s3"):
         summary = fetch(s3_gallery, tmp_path, plate="BR00117000", wells=["A01"], sites=[1], channel_numbers=[1])
     latest = s3_gallery.plate_folder("BR00117000", "2020-12-01T08_30_00")
     assert summary.folder_key == latest
@@ -170,7 +170,7 @@ def test_progress_bar_goes_to_stderr(s3_gallery, tmp_path, capsys):
 KILL_SCRIPT = textwrap.dedent(
     """
     import sys
-    from paintbench.download import download_plate
+    from paintbench.s3 import download_plate
     endpoint, dest, bucket, prefix, batch, plate = sys.argv[1:7]
     download_plate(plate, batch, ["A01", "B02", "P24"], [1, 2], [1, 2, 3, 4, 5], dest, bucket, prefix,
                    endpoint_url=endpoint, workers=3, progress=False)
@@ -253,8 +253,8 @@ def test_anonymous_access_sends_no_credentials(s3_gallery, tmp_path, fault_proxy
 
 def test_listing_follows_pages(s3_gallery):
     client = make_client(s3_gallery.endpoint_url)
-    one_page = download.list_objects(client, s3_gallery.bucket, s3_gallery.images_prefix)
-    paged = download.list_objects(client, s3_gallery.bucket, s3_gallery.images_prefix, page_size=7)
+    one_page = s3.list_objects(client, s3_gallery.bucket, s3_gallery.images_prefix)
+    paged = s3.list_objects(client, s3_gallery.bucket, s3_gallery.images_prefix, page_size=7)
     assert len(one_page) == 32 and paged == one_page
     assert all(isinstance(obj, RemoteObject) and obj.size == len(s3_gallery.objects[obj.key]) for obj in paged)
 

@@ -14,22 +14,21 @@ from paintbench.cli import main as paintbench
 from paintbench.illum import (
     compute_plate_illum,
     correct,
-    fetch_gallery_illum,
     filter_size,
-    illum_filename,
     load_functions,
     mean_image,
     median_disk,
     smooth_median,
 )
 from paintbench.images import BadFieldError
+from paintbench.paths import illum_filename
+from paintbench.s3 import fetch_gallery_illum
 from paintbench.loaddata import load_data_table
 from paintbench.metadata import plate_layout, select_wells
 from paintbench.synthetic import generate_plate, ground_truth, plate_nuisance
-from tests.helpers import REPO
+from tests.helpers import CPJUMP1_CHANNELS, REPO
 
 PLATE = "BR00116991"
-CPJUMP1_CHANNELS = {"DNA": 5, "ER": 4, "RNA": 3, "AGP": 2, "Mito": 1}
 CELLPROFILER_BIN = REPO / ".venvs" / "cellprofiler" / "bin"
 
 

@@ -12,7 +12,7 @@ import yaml
 
 from paintbench.cli import main as paintbench
 from paintbench.config import ConfigError, load_config
-from paintbench.download import RemoteObject, select_objects
+from paintbench.s3 import RemoteObject, select_objects
 from paintbench.image_pattern import DEFAULT_IMAGE_PATTERN, ImagePatternError, index_image_folder
 from paintbench.layout import image_filename
 from paintbench.metadata import MetadataError, plate_info

@@ -10,11 +10,10 @@ import pytest
 import tifffile
 
 from paintbench.cli import main as paintbench
-from tests.helpers import DATA, REPO, snakemake
+from tests.helpers import REAL_CHANNELS, REAL_SITE, REPO, snakemake
 
-REAL_SITE = DATA / "real_site_BR00143976_C03_f03"
 # This plate's channels are not CPJUMP1's: ch1 Brightfield, ch2 ER, ch3 AGP, ch4 Mito, ch5 DNA, ch6 RNA.
-REAL_CHANNELS = {"DNA": 5, "ER": 2, "RNA": 6, "AGP": 3, "Mito": 4, "Brightfield": 1}
+REAL_CHANNELS = {**REAL_CHANNELS, "Brightfield": 1}
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import pytest
 
 from paintbench.report.query import query, with_matching_scores
 from paintbench.atomic import write_table
+from paintbench.report.inputs import RunFiles
 from paintbench.report.summary import CONDITION, build_summary, complete_conditions, mark_best, task_summary
 
 DIRECTIONS = {"G1": [1, 0, 0, 0], "G2": [0, 1, 0, 0], "G3": [0, 0, 1, 0], "G4": [0, 0, 0, 1]}
@@ -106,7 +107,7 @@ def write_results(root, maps_by_set):
 
 def test_summary_is_typed_with_intervals_reference_values_and_empty_rows(tmp_path):
     write_results(tmp_path, {"a": [0.9] * 10, "b": [0.2] * 10})
-    summary = build_summary(tmp_path, ["a", "b"], published=PUBLISHED)
+    summary = build_summary(RunFiles.from_results_dir(tmp_path, ["a", "b"], []), published=PUBLISHED)
     a = summary[summary["feature_set"] == "a"].set_index(["task", "condition"])
     row = a.loc[("replicate_retrieval", "A549 compound 24 h")]
     assert row["fraction_retrieved"] == 0.9 and row["n_perturbations"] == 10 and row["n_retrieved"] == 9
@@ -141,13 +142,13 @@ def test_compound_gene_rows_are_comparable_with_paper_code_negatives(tmp_path):
     write_results(tmp_path, {"a": [0.9] * 10})
     path = tmp_path / "retrieval" / "a" / "compound_gene_matching.parquet"
     pd.read_parquet(path).assign(compound_gene_negatives="paper_code").to_parquet(path)
-    paper = build_summary(tmp_path, ["a"], published=PUBLISHED).query("row_kind == 'paper'")
+    paper = build_summary(RunFiles.from_results_dir(tmp_path, ["a"], []), published=PUBLISHED).query("row_kind == 'paper'")
     assert paper["comparable"].all()
 
 
 def test_best_respects_the_intervals(tmp_path):
     write_results(tmp_path, {"a": [0.9] * 10, "b": [0.2] * 10})
-    summary = build_summary(tmp_path, ["a", "b"], published=PUBLISHED).set_index(["feature_set", "task", "condition"])
+    summary = build_summary(RunFiles.from_results_dir(tmp_path, ["a", "b"], []), published=PUBLISHED).set_index(["feature_set", "task", "condition"])
     # crispr: both retrieve 3 of 10 -> tied; compound: 9 of 10 each -> tied as well (identical verdicts).
     assert summary.loc[("a", "replicate_retrieval", "A549 crispr 144 h"), "best"] == "tied"
     marks = mark_best(pd.DataFrame({
@@ -166,7 +167,7 @@ def test_best_respects_the_intervals(tmp_path):
                                            ("own", "not CPJUMP1's: a reference for a different dataset")])
 def test_runs_on_other_plates_label_the_paper_as_another_dataset(tmp_path, dataset, note):
     write_results(tmp_path, {"a": [0.9] * 10})
-    summary = build_summary(tmp_path, ["a"], published=PUBLISHED, dataset=dataset)
+    summary = build_summary(RunFiles.from_results_dir(tmp_path, ["a"], []), published=PUBLISHED, dataset=dataset)
     paper = summary[summary["row_kind"] == "paper"]
     assert len(paper) == 2 and not paper["comparable"].any() and not summary["comparable"].any()
     assert paper["notes"].str.contains(note).all()

@@ -127,10 +127,11 @@ def test_illumination(tmp_path: Path) -> None:
             yy, xx = np.mgrid[0:40, 0:50]
             np.save(tmp_path / "illum" / plate / f"{plate}_Illum{channel}.npy",
                     1 + 0.1 * k + 0.01 * np.hypot(yy - 20, xx - 25))
-    check_outputs(illumination_figure(tmp_path / "illum", ["P1", "P2"], tmp_path / "illum_fig"), tmp_path / "illum_fig")
+    functions = {p: {c: tmp_path / "illum" / p / f"{p}_Illum{c}.npy" for c in CHANNELS} for p in ("P1", "P2")}
+    check_outputs(illumination_figure(functions, ["P1", "P2"], tmp_path / "illum_fig"), tmp_path / "illum_fig")
     (tmp_path / "illum" / "P2" / "P2_IllumAGP.npy").unlink()
     with pytest.raises(FileNotFoundError, match="P2_IllumAGP.npy"):
-        illumination_figure(tmp_path / "illum", ["P1", "P2"], tmp_path / "again")
+        illumination_figure(functions, ["P1", "P2"], tmp_path / "again")
 
 
 class RandomCrops(Dataset):

@@ -25,9 +25,9 @@ from paintbench.synthetic import (
     plate_nuisance,
 )
 from paintbench.synthetic.phenotypes import MAGNITUDE
+from tests.helpers import CPJUMP1_CHANNELS
 
 PLATEMAPS = ["JUMP-Target-1_compound_platemap", "JUMP-Target-1_crispr_platemap", "JUMP-Target-1_orf_platemap"]
-CPJUMP1_CHANNELS = {"DNA": 5, "ER": 4, "RNA": 3, "AGP": 2, "Mito": 1}
 COMPOUND_PLATE = "BR00116991"  # JUMP-Target-1 compound plate
 MIN_NUCLEUS_PX = 30  # below IdentifyPrimaryObjects' smallest typical diameter (10 px): specks, not nuclei
 

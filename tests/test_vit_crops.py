@@ -12,19 +12,18 @@ import tifffile
 import torch
 
 from paintbench import CHANNELS
-from paintbench.illum import correct, illum_filename, load_functions
+from paintbench.illum import correct, load_functions
+from paintbench.paths import illum_filename
 from paintbench.images import BadFieldError, read_field
 from paintbench.loaddata import load_data_table
 from paintbench.vit import build_encoder
 from paintbench.vit.crops import CLIP, CropDataset, build_crop_cache, cache_files, fingerprint, tile_centres
 from paintbench.vit.embed import embed_plate
 from paintbench.vit.stream import CacheSource, ImageSource
-from tests.helpers import DATA, synthetic_crispr_plate
+from tests.helpers import REAL_CHANNELS, REAL_SITE, synthetic_crispr_plate
 
 PLATE = "BR00117000"
 FIELD = 192
-REAL_SITE = DATA / "real_site_BR00143976_C03_f03"
-REAL_CHANNELS = {"DNA": 5, "ER": 2, "RNA": 6, "AGP": 3, "Mito": 4}
 
 
 @pytest.fixture(scope="module")

@@ -78,7 +78,8 @@ def test_well_table_and_field_then_well_means(cache, encoder, tmp_path):
 def test_pooling_and_batch_size(cache, encoder, tmp_path):
     prefix, _ = cache
     results = {}
-    for name, options in {"cls4": dict(batch_size=4), "cls1": dict(batch_size=1), "cls256": dict(batch_size=256, num_workers=2),
+    for name, options in {"cls4": dict(batch_size=4, pooling="cls"), "cls1": dict(batch_size=1, pooling="cls"),
+                          "cls256": dict(batch_size=256, num_workers=2, pooling="cls"),
                           "mean": dict(batch_size=5, pooling="mean")}.items():
         (tmp_path / name).mkdir()
         results[name] = embed(prefix, encoder, tmp_path / name, **options)[1].filter(like="emb_").to_numpy()

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from paintbench.vit.dino import koleo, teacher_momentum, teacher_temperature
-from paintbench.vit.methods import method_settings, step_seeds
+from paintbench.vit.core import step_seeds
+from paintbench.vit.methods import method_settings
 from paintbench.vit.simclr import nt_xent
 from tests.helpers import REPO
 from tests.vit_ddp_run import EVERY, STEPS, Interrupted, run
@@ -67,7 +68,8 @@ def test_two_processes_equal_one_and_resume_across_process_counts(tmp_path, meth
 
     with pytest.raises(Interrupted):
         run(resumed, method, interrupt_at=EVERY + 1)
-    assert torch.load(resumed / "checkpoint.pt", weights_only=True)["step"] == EVERY
+    assert torch.load(resumed / "resume.pt", weights_only=True)["step"] == EVERY  # an unfinished run's state
+    assert not (resumed / "checkpoint.pt").exists()
     torchrun(resumed, method)
     assert_same_run(single, resumed, exact=False)
 
@@ -91,7 +93,7 @@ def test_resume_is_bit_identical(tmp_path, method):
 def test_bf16_autocast_and_compile_run_on_cpu(tmp_path, method, monkeypatch):
     """The code paths a GPU run takes by default (bf16 autocast, torch.compile), exercised here first. Compiled
     with aot_eager: the graphs dynamo and AOT autograd trace are the GPU run's; inductor's code generation is not."""
-    monkeypatch.setattr("paintbench.vit.methods.COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr("paintbench.vit.core.COMPILE_BACKEND", "aot_eager")
     out = tmp_path / method
     run(out, method, steps=2, checkpoint_every=2, warmup_steps=1, precision="bf16", compile_model=True)
     assert len(losses(out)) == 2 and all(math.isfinite(v) for v in losses(out))

@@ -74,17 +74,17 @@ def test_loss_ignores_visible_patches():
     gen = torch.Generator().manual_seed(2)
     pred, target = torch.randn(3, 16, 20, generator=gen), torch.randn(3, 16, 20, generator=gen)
     mask = (torch.rand(3, 16, generator=gen) < 0.75).float()
-    base = masked_patch_loss(pred, target, mask)
+    base = masked_patch_loss(pred, target, mask, norm_pix=True)
     changed = pred.clone()
     changed[mask == 0] += 100.0
-    assert torch.equal(masked_patch_loss(changed, target, mask), base)
+    assert torch.equal(masked_patch_loss(changed, target, mask, norm_pix=True), base)
     changed[mask == 1] += 0.1
-    assert masked_patch_loss(changed, target, mask) != base
+    assert masked_patch_loss(changed, target, mask, norm_pix=True) != base
     # Exact value: mean over hidden patches of the per-patch MSE against normalized targets.
     expected = ((pred - normalize_patches(target)) ** 2).mean(-1)[mask == 1].mean()
     torch.testing.assert_close(base, expected)
     raw = ((pred - target) ** 2).mean(-1)[mask == 1].mean()
-    torch.testing.assert_close(masked_patch_loss(pred, target, mask, norm_pix=False), raw)
+    torch.testing.assert_close(masked_patch_loss(pred, target, mask), raw)  # raw pixels by default, as vit.mae
 
 
 def test_forward_shapes_and_determinism(mae):

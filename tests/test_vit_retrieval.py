@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.helpers import CPJUMP1_CHANNELS
 from paintbench import CHANNELS
 from paintbench.illum import compute_plate_illum
 from paintbench.loaddata import load_data_table
@@ -29,7 +30,7 @@ from paintbench.vit.stream import CacheSource
 from paintbench.vit.train import load_encoder, pretrain
 
 PLATES = ["BR00117000", "BR00117003", "BR00117004"]
-CPJUMP1 = {"DNA": 5, "ER": 4, "RNA": 3, "AGP": 2, "Mito": 1}
+CPJUMP1 = CPJUMP1_CHANNELS
 ENCODER = {"model": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 8, "in_chans": 5,
            "kwargs": {"depth": 2, "embed_dim": 96, "num_heads": 3}}
 

@@ -15,7 +15,8 @@ import torch
 from torch.utils.data import Dataset
 
 from paintbench.vit import build_encoder
-from paintbench.vit.model import build_mae_from_decoder_config, resize_to
+from paintbench.vit.core import resize_to
+from paintbench.vit.model import build_mae_from_decoder_config
 from paintbench.vit.train import (STREAM_INIT, StepBatchSampler, derive_seed, load_encoder, load_mae, pretrain,
                                   warmup_cosine)
 from tests.helpers import REPO
@@ -151,15 +152,17 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    # The file under the final name is always a whole checkpoint from a checkpoint step.
-    stopped = torch.load(killed / "checkpoint.pt", weights_only=True)["step"]
+    # The resume file is always a whole state from a checkpoint step; the finished run's files do not exist yet
+    # (checkpoint.pt and encoder.pt appear only when training completes).
+    stopped = torch.load(killed / "resume.pt", weights_only=True)["step"]
     assert stopped % RESUME_EVERY == 0 and 0 < stopped < RESUME_STEPS
-    assert not (killed / "encoder.pt").exists()
+    assert not (killed / "encoder.pt").exists() and not (killed / "checkpoint.pt").exists()
     assert len(log_rows(log_path)) >= stopped
     with log_path.open("a") as torn:
         torn.write("99\t0.5")  # a row cut short by the kill
 
     run_small(killed, encoder_config=TINY_DROP_PATH)  # resumes in this process
+    assert not (killed / "resume.pt").exists()  # checkpoint.pt holds the finished state
 
     ref_log, new_log = log_rows(reference / "train_log.tsv"), log_rows(log_path)
     assert [int(r[0]) for r in new_log] == list(range(1, RESUME_STEPS + 1))

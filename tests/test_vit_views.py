@@ -168,13 +168,13 @@ def test_view_settings_defaults_and_errors():
     glob, local = view_settings({}, 224, "global"), view_settings({"noise": 0}, 112, "local")
     assert (glob.size, glob.scale, glob.flip, glob.noise, glob.blur_sigma) == (224, (0.5, 1.0), True, 0.02, (0.1, 1.0))
     assert (local.size, local.scale, local.noise) == (112, (0.15, 0.5), 0.0)
-    assert set(VIEW_DEFAULTS) == {"global_scale", "local_scale", "local_size_ratio", "flip", "rotate90",
-                                  "intensity_scale", "intensity_shift", "noise", "blur_prob", "blur_sigma"}
+    assert set(VIEW_DEFAULTS) == {"global_scale", "local_scale", "flip", "rotate90", "intensity_scale",
+                                  "intensity_shift", "noise", "blur_prob", "blur_sigma"}  # the schema's vit.views
     bad = [({"colour_jitter": 0.4}, "colour_jitter"), ({"global_scale": [0, 1]}, "global_scale"),
            ({"global_scale": [0.5, 1.5]}, "global_scale"), ({"local_scale": [0.6, 0.3]}, "local_scale"),
            ({"local_scale": "big"}, "local_scale"), ({"noise": -0.1}, "noise"), ({"blur_prob": 2}, "blur_prob"),
            ({"intensity_scale": 1.0}, "intensity_scale"), ({"blur_sigma": [1.0, 0.5]}, "blur_sigma"),
-           ({"flip": "yes"}, "flip"), ({"local_size_ratio": 0}, "local_size_ratio"),
+           ({"flip": "yes"}, "flip"), ({"local_size_ratio": 0.5}, "local_size_ratio"),
            ({"intensity_shift": "x"}, "intensity_shift")]
     for config, key in bad:
         with pytest.raises(ValueError, match=rf"config key 'vit\.views\.{key}'"):

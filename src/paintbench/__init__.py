@@ -1,6 +1,6 @@
 """paintbench: Cell Painting images to CPJUMP1 retrieval benchmarks."""
 
-__version__ = "0.2.0"
+from paintbench.registry import CHANNELS
 
-CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito")
-"""The five fluorescent Cell Painting channels, in the order every tensor and table uses."""
+__version__ = "0.2.0"
+__all__ = ["CHANNELS", "__version__"]

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from paintbench import CHANNELS
+from paintbench.registry import CHANNELS
 from paintbench.atomic import write_table
-from paintbench.illum import illum_filename
+from paintbench.paths import illum_filename
 from paintbench.images import BadFieldError, FieldId, read_field
 from paintbench.loaddata import select_channels
 from paintbench.qc import qc_table, record

@@ -14,17 +14,17 @@ from typing import Any
 import jsonschema
 import yaml
 
-from paintbench import CHANNELS
 from paintbench.metadata import MetadataError, known_plates, paper_plates, plate_info, unknown_name_message
+from paintbench.registry import CHANNELS, PUBLISHED, VIT_METHODS, VIT_TRAINING_KEYS
+from paintbench.schema import BUNDLED_METADATA, load_schema
 
-VIT_FEATURE_SETS = {"vitmae": "mae", "vitdino": "dino", "vitsimclr": "simclr"}  # feature set -> vit.<method>
-IMAGE_FEATURE_SETS = ("cellprofiler", *VIT_FEATURE_SETS)
-TRAINING_KEYS = ("steps", "batch_size", "lr", "warmup_steps", "weight_decay")
 DEPRECATED_MAE_KEYS = ("mask_ratio", "decoder_dim", "decoder_depth", "decoder_heads", "norm_pix_loss", "checkpoint")
 log = logging.getLogger(__name__)
 
+# The checkout holding the Snakefile; an installed wheel has none, and its bundled metadata stands in for
+# config/metadata (the one bundled input a command needs without the workflow).
 WORKFLOW_DIR = Path(__file__).resolve().parents[2]
-SCHEMA_PATH = WORKFLOW_DIR / "workflow" / "schemas" / "config.schema.yaml"
+BUNDLED_INPUTS = {Path("config/metadata"): BUNDLED_METADATA}
 
 
 class ConfigError(ValueError):
@@ -73,10 +73,6 @@ def _most_specific(error: jsonschema.ValidationError) -> jsonschema.ValidationEr
     return error
 
 
-def load_schema() -> dict[str, Any]:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
-
-
 def validate_schema(config: dict[str, Any]) -> dict[str, Any]:
     """Validate against the JSON schema, filling defaults in place; raise ConfigError listing every problem."""
     validator = _with_defaults(jsonschema.Draft202012Validator)(load_schema())
@@ -103,7 +99,11 @@ def resolve_input_path(path: str | Path, workdir: Path | None = None, workflow_d
     if candidate.is_absolute():
         return candidate
     in_workdir = (workdir if workdir is not None else Path.cwd()) / candidate
-    return in_workdir if in_workdir.exists() else workflow_dir / candidate
+    if in_workdir.exists():
+        return in_workdir
+    in_workflow = workflow_dir / candidate
+    bundled = BUNDLED_INPUTS.get(candidate)
+    return bundled if bundled is not None and not in_workflow.exists() else in_workflow
 
 
 def resolve_command(command: str, workdir: Path | None = None, workflow_dir: Path = WORKFLOW_DIR) -> str:
@@ -136,7 +136,7 @@ def check_semantics(config: dict[str, Any]) -> None:
             raise ConfigError(f"config key 'plates': 'paper' selects no plate of {metadata_dir / 'experiment-metadata.tsv'}")
     for plate in config["plates"]:
         if plate not in known:
-            raise ConfigError(f"config key 'plates': " + unknown_name_message("plate", plate, known))
+            raise ConfigError("config key 'plates': " + unknown_name_message("plate", plate, known))
         try:
             plate_info(plate, metadata_dir)
         except MetadataError as err:
@@ -153,16 +153,16 @@ def check_semantics(config: dict[str, Any]) -> None:
     if mae["decoder_dim"] % mae["decoder_heads"]:
         raise ConfigError(f"config key 'vit.mae.decoder_dim': {mae['decoder_dim']} is not divisible by "
                           f"vit.mae.decoder_heads ({mae['decoder_heads']})")
-    for method in ("mae", "dino", "simclr"):
+    for method in VIT_METHODS:
         batch = vit[method]["batch_size"] or vit["batch_size"]
         if batch % vit["gpus"]:
             raise ConfigError(f"config key 'vit.{method}.batch_size': the global batch {batch} does not split over "
                               f"vit.gpus = {vit['gpus']} processes")
     if vit["input_size"] % vit["patch_size"]:
         raise ConfigError(f"config key 'vit.input_size': {vit['input_size']} is not a multiple of vit.patch_size ({vit['patch_size']})")
-    if config["published_profiles"] and "published_cellprofiler" not in config["feature_sets"]:
-        config["feature_sets"] = [*config["feature_sets"], "published_cellprofiler"]
-    if "published_cellprofiler" in config["feature_sets"] and config["source"] != "s3":
+    if config["published_profiles"] and PUBLISHED not in config["feature_sets"]:
+        config["feature_sets"] = [*config["feature_sets"], PUBLISHED]
+    if PUBLISHED in config["feature_sets"] and config["source"] != "s3":
         raise ConfigError("config key 'feature_sets': published_cellprofiler needs source: s3 (the profiles come from "
                           f"the Gallery; source is {config['source']!r})")
     if config["illum"]["source"] == "gallery" and config["source"] != "s3":
@@ -190,9 +190,19 @@ def vit_method(config: dict[str, Any], method: str) -> dict[str, Any]:
     """One method's effective training keys (vit.<method> overrides of vit.*), its own settings, and its encoder
     checkpoint (None = pretrain)."""
     vit, section = config["vit"], config["vit"][method]
-    training = {key: vit[key] if section[key] is None else section[key] for key in TRAINING_KEYS}
-    settings = {k: v for k, v in section.items() if k not in (*TRAINING_KEYS, "checkpoint")}
+    training = {key: vit[key] if section[key] is None else section[key] for key in VIT_TRAINING_KEYS}
+    settings = {k: v for k, v in section.items() if k not in (*VIT_TRAINING_KEYS, "checkpoint")}
     return {**training, "settings": settings, "checkpoint": section["checkpoint"]}
+
+
+def _number(text: str) -> int | float | None:
+    """The int, else the float, that `text` spells (as Snakemake reads --config numbers); None for neither."""
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return None
 
 
 def _scalar(value: str, types: set[str]) -> Any:
@@ -202,12 +212,11 @@ def _scalar(value: str, types: set[str]) -> Any:
         return None
     if "boolean" in types and text.lower() in ("true", "false"):
         return text.lower() == "true"
-    for kind, convert in (("integer", int), ("number", float)):
-        if kind in types:
-            try:
-                return convert(text)
-            except ValueError:
-                pass
+    number = _number(text)
+    if "integer" in types and isinstance(number, int):
+        return number
+    if "number" in types and number is not None:
+        return float(number)
     return value
 
 
@@ -248,11 +257,9 @@ def parse_config_value(text: str) -> Any:
     snakemake.cli.parse_config: importing snakemake.cli loads the executor plugins (seconds, for one CLI call)."""
     if text == "":
         return None
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            pass
+    number = _number(text)
+    if number is not None:
+        return number
     if text in ("True", "False"):
         return text == "True"
     try:

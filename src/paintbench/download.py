@@ -1,345 +1,120 @@
-"""The `s3` image source: fetch the selected fields of one plate from the Cell Painting Gallery.
+"""The download stage: one plate's images from its source (s3: fetched from the Gallery; local: found in a folder;
+synthetic: generated with a known answer), then the LoadData table of its complete fields and the QC records of
+every image that is missing or damaged.
 
-Layout (bucket `cellpainting-gallery`, prefix `cpg0000-jump-pilot/source_4`):
-`{prefix}/images/{batch}/images/{plate}__{timestamp}-Measurement1/Images/rRRcCCfFFp01-chNsk1fk1fl1.tiff`.
-The timestamp differs per plate, so the plate folder is discovered by listing.
-
-Files land flat in `dest_dir` under their names in the bucket; the keys are read with the run's image pattern
-(paintbench.image_pattern; the default is the Gallery's Phenix layout). Each is written to `.tmp-<name>.<random>`
-beside its target and renamed only when its size equals the listing's, so a killed job never
-leaves a partial file under a final name, and a rerun skips every file already complete.
-
-The Gallery has holes (10 of CPJUMP1's 51 plates lack some images): a requested image the bucket does not
-have is recorded (`DownloadSummary.missing`, QC records naming plate, well, site, channel) and its field is
-left out, the field's other channels are not fetched, and the rest of the plate completes.
+A field with a missing or damaged channel is left out of the LoadData table and recorded; a plate missing more
+than `qc.max_missing_fraction` of its requested fields (or all of them) fails, naming the plate and the count.
+Damage is judged from each TIFF's structure (~1 ms a file), so no pixel is decoded here.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import random
-import sys
-import tempfile
-import threading
-import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-import boto3
-import urllib3.exceptions
-from botocore import UNSIGNED
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
-from tqdm import tqdm
+import pandas as pd
 
-from paintbench.image_pattern import DEFAULT_IMAGE_PATTERN, compile_pattern, is_field_image, parse_image_name
-from paintbench.layout import parse_well
-from paintbench.qc import record
+from paintbench.atomic import read_table, write_table
+from paintbench.image_pattern import index_image_folder
+from paintbench.images import tiff_problem
+from paintbench.layout import all_wells
+from paintbench.loaddata import FileIndex, file_name, load_data_table
+from paintbench.metadata import Plate
+from paintbench.qc import check_missing_fraction, qc_table, record
 
 log = logging.getLogger(__name__)
 
-TMP_PREFIX = ".tmp-"
-CHUNK_BYTES = 1 << 20
-# Backoff of the per-object retry: RETRY_BASE_SECONDS * 2**(attempt-1), capped, with jitter.
-RETRY_BASE_SECONDS = 0.5
-RETRY_MAX_SECONDS = 20.0
-# Failures of a transfer that a fresh attempt may cure: dropped connections, bodies cut short,
-# timeouts. botocore's own retry (throttling, 5xx) happens inside get_object before these.
-_TRANSIENT = (BotoCoreError, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
 
+@dataclass(frozen=True)
+class S3Source:
+    """Where the Gallery (or another S3 endpoint) is, and how to fetch from it."""
 
-class DownloadError(RuntimeError):
-    """A plate's images could not be fetched; the message names plate, key or prefix."""
-
-
-class _SizeMismatch(Exception):
-    """A body ended before (or after) the size the listing announced."""
-
-
-@dataclass
-class DownloadSummary:
-    n_listed: int  # objects under the plate's Images/ prefix
-    n_selected: int  # of those, the requested (well, site, channel) files
-    n_downloaded: int  # fetched in this run
-    n_skipped_complete: int  # already present with the listed size
-    bytes_downloaded: int
-    folder_key: str  # the plate folder, '.../{plate}__{timestamp}-Measurement1/'
-    missing: list[dict]  # QC records of requested images the bucket does not have
+    bucket: str
+    gallery_prefix: str
+    endpoint_url: str | None
+    anonymous: bool
+    workers: int
+    max_attempts: int
 
 
 @dataclass(frozen=True)
-class RemoteObject:
-    key: str
-    size: int
+class SyntheticSource:
+    """The generator's settings (synthetic.*) and the ground truth whose phenotypes it plants."""
+
+    ground_truth: Path
+    seed: int
+    field_size: int
+    cells_per_field: int
+    metadata_dir: str | None = None
 
 
-def make_client(endpoint_url: str | None = None, anonymous: bool = True, max_attempts: int = 6, workers: int = 8):
-    """An S3 client: unsigned when anonymous, botocore retries (throttling, 5xx) in standard mode."""
-    config = Config(
-        signature_version=UNSIGNED if anonymous else None,
-        retries={"mode": "standard", "max_attempts": max(1, max_attempts)},
-        max_pool_connections=max(10, workers),
-        connect_timeout=20,
-        read_timeout=60,
-    )
-    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name="us-east-1", config=config)
-
-
-def plate_search_prefix(gallery_prefix: str, batch: str, plate: str) -> str:
-    """The listing prefix that finds a plate's folder(s): '{prefix}/images/{batch}/images/{plate}__'."""
-    return f"{gallery_prefix.strip('/')}/images/{batch}/images/{plate}__"
-
-
-def find_plate_folder(client, bucket: str, gallery_prefix: str, batch: str, plate: str) -> str:
-    """The key of the plate's '{plate}__{timestamp}-Measurement1/' folder; the latest name if several."""
-    prefix = plate_search_prefix(gallery_prefix, batch, plate)
-    folders: list[str] = []
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
-    try:
-        for page in pages:
-            folders.extend(entry["Prefix"] for entry in page.get("CommonPrefixes", []))
-    except (ClientError, *_TRANSIENT) as exc:
-        raise DownloadError(f"plate {plate}: listing s3://{bucket}/{prefix} failed: {exc}") from exc
-    if not folders:
-        raise DownloadError(
-            f"plate {plate}: no plate folder under s3://{bucket}/{prefix} (the prefix is empty: "
-            f"check the plate barcode and batch {batch!r})"
-        )
-    folders.sort()
-    if len(folders) > 1:
-        log.warning("plate %s: %d folders under s3://%s/%s, using the latest: %s", plate, len(folders), bucket, prefix, folders[-1])
-    return folders[-1]
-
-
-def list_objects(client, bucket: str, prefix: str, page_size: int = 1000) -> list[RemoteObject]:
-    """Every object under `prefix` (all pages of `page_size` keys)."""
-    objects = []
-    pages = client.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size}
-    )
-    try:
-        for page in pages:
-            objects.extend(RemoteObject(entry["Key"], int(entry["Size"])) for entry in page.get("Contents", []))
-    except (ClientError, *_TRANSIENT) as exc:
-        raise DownloadError(f"listing s3://{bucket}/{prefix} failed: {exc}") from exc
-    return objects
-
-
-def local_path(dest_dir: str | os.PathLike, images_prefix: str, key: str) -> Path:
-    """Where `key` lands: dest_dir/<name after images_prefix>; refuses names that leave dest_dir.
-
-    The name must be one plain path component: no '/', '\\', '..', '.', absolute path or NUL.
-    """
-    name = key[len(images_prefix):] if key.startswith(images_prefix) else None
-    unsafe = (
-        not name
-        or name in (".", "..")
-        or any(sep in name for sep in ("/", "\\", "\0"))
-        or os.path.isabs(name)
-    )
-    if not unsafe:
-        folder = Path(dest_dir).resolve()
-        target = (folder / name).resolve()
-        unsafe = target.parent != folder
-    if unsafe:
-        raise DownloadError(
-            f"refusing key {key!r}: its file name would not be a plain file inside {dest_dir} "
-            f"(expected one name under {images_prefix!r})"
-        )
-    return Path(dest_dir).resolve() / name
-
-
-def select_objects(
-    objects: list[RemoteObject],
-    images_prefix: str,
-    wells: list[str],
-    sites: list[int],
-    channels: list[int],
-    dest_dir: str | os.PathLike = ".",
-    plate: str = "",
-    image_pattern: str = DEFAULT_IMAGE_PATTERN,
-) -> dict[tuple[str, int, int], tuple[str, RemoteObject]]:
-    """The listed objects that are requested fields: (well, site, channel) -> (file name, object), plane 1 only.
-
-    Keys are read with `image_pattern`; names it does not match, or matches with an impossible well, are not
-    fields (a plate folder also holds e.g. Index.idx.xml). Directory markers (keys ending in '/') are skipped; any
-    other key that is not a plain name under the prefix is refused (`local_path`).
-    """
-    pattern = compile_pattern(image_pattern)
-    wanted = {(w, int(s), int(c)) for w in wells for s in sites for c in channels}
-    selected: dict[tuple[str, int, int], tuple[str, RemoteObject]] = {}
-    for obj in objects:
-        if obj.key.endswith("/"):
-            continue
-        name = local_path(dest_dir, images_prefix, obj.key).name
-        try:
-            parsed = parse_image_name(name, pattern)
-        except ValueError:
-            continue
-        if parsed is None or not is_field_image(parsed, plate or parsed.plate):
-            continue
-        key = (parsed.well, parsed.site, parsed.channel)
-        if key not in wanted:
-            continue
-        if key in selected:
-            raise DownloadError(f"plate {plate}: s3 keys {selected[key][1].key} and {obj.key} are both well "
-                                f"{key[0]}, site {key[1]}, channel {key[2]} under the image pattern '{image_pattern}'")
-        selected[key] = (name, obj)
-    return selected
-
-
-def download_file(
-    client,
-    bucket: str,
-    obj: RemoteObject,
-    target: Path,
-    max_attempts: int = 6,
-    on_bytes: Callable[[int], None] | None = None,
-) -> int:
-    """Fetch one object to `target` via a temporary file; retry cut-off transfers with backoff.
-
-    Returns the size written. A body shorter or longer than `obj.size` counts as a failed attempt.
-    """
-    on_bytes = on_bytes or (lambda n: None)
-    last: BaseException | None = None
-    for attempt in range(1, max(1, max_attempts) + 1):
-        fd, tmp_name = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{target.name}.", dir=target.parent)
-        tmp = Path(tmp_name)
-        written = 0
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                body = client.get_object(Bucket=bucket, Key=obj.key)["Body"]
-                try:
-                    for chunk in body.iter_chunks(CHUNK_BYTES):
-                        handle.write(chunk)
-                        written += len(chunk)
-                        on_bytes(len(chunk))
-                finally:
-                    body.close()
-            if written != obj.size:
-                raise _SizeMismatch(f"got {written} bytes, the listing says {obj.size}")
-            os.replace(tmp, target)
-            return written
-        except ClientError as exc:
-            # botocore has already retried throttling and 5xx; 403/404 will not improve.
-            raise DownloadError(f"s3://{bucket}/{obj.key}: {exc}") from exc
-        except (*_TRANSIENT, _SizeMismatch) as exc:
-            last = exc
-            on_bytes(-written)
-            if attempt < max_attempts:
-                delay = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-                log.info("s3://%s/%s: attempt %d failed (%s); retrying in %.2f s", bucket, obj.key, attempt, exc, delay)
-                time.sleep(delay)
-        finally:
-            tmp.unlink(missing_ok=True)
-    raise DownloadError(f"s3://{bucket}/{obj.key}: failed after {max_attempts} attempts: {last}") from last
-
-
-def _clean_temp_files(dest: Path, names: set[str]) -> int:
-    """Remove `.tmp-<name>.*` leftovers of earlier, killed runs for the given file names."""
-    removed = 0
-    for path in dest.glob(f"{TMP_PREFIX}*"):
-        stem = path.name[len(TMP_PREFIX):]
-        if path.is_file() and stem.rsplit(".", 1)[0] in names:
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
-def download_plate(
-    plate: str,
-    batch: str,
-    wells: list[str],
-    sites: list[int],
-    channel_numbers: list[int],
-    dest_dir: str | os.PathLike,
-    bucket: str,
-    gallery_prefix: str,
-    endpoint_url: str | None = None,
-    workers: int = 8,
-    max_attempts: int = 6,
-    anonymous: bool = True,
-    progress: bool = True,
-    image_pattern: str = DEFAULT_IMAGE_PATTERN,
-) -> DownloadSummary:
-    """Download the requested wells x sites x channels of one plate flat into `dest_dir`.
-
-    Files already present with the listed size are skipped. A requested image that is not in the bucket is
-    recorded in the summary's `missing` and its whole field is skipped. Raises DownloadError when the plate
-    folder is missing, a key is unsafe, or a transfer keeps failing.
-    """
-    if not wells or not sites or not channel_numbers:
-        raise DownloadError(f"plate {plate}: nothing selected (wells={wells!r}, sites={sites!r}, channels={channel_numbers!r})")
+def field_problems(plate: str, image_dir: str | Path, wells: list[str], sites: list[int], channels: dict[str, int],
+                   known: set[tuple[str, int]] = frozenset(), files: FileIndex | None = None) -> list[dict]:
+    """QC records of every channel file of the selected fields that is missing or damaged (TIFF structure only);
+    fields in `known` (already recorded, e.g. not in the bucket) are not looked at again. `files` is the folder's
+    index under the run's image pattern; without it, files have Phenix names."""
+    folder = Path(image_dir)
+    problems = []
     for well in wells:
-        try:
-            parse_well(well)
-        except ValueError as exc:
-            raise DownloadError(f"plate {plate}: {exc}") from exc
-    dest = Path(dest_dir)
-    dest.mkdir(parents=True, exist_ok=True)
-    dest = dest.resolve()
-    client = make_client(endpoint_url, anonymous=anonymous, max_attempts=max_attempts, workers=workers)
+        for site in sites:
+            if (well, site) in known:
+                continue
+            for name, number in channels.items():
+                filename = file_name(files, well, site, number)
+                if filename is None:
+                    problems.append(record(plate, well, site, "download", f"missing file: no file of channel {number} "
+                                           f"in {folder} matches the image pattern", channel=name))
+                    continue
+                path = folder / filename
+                problem = "missing file" if not path.is_file() else tiff_problem(path)
+                if problem:
+                    problems.append(record(plate, well, site, "download", f"{problem}: {path}", channel=name))
+    return problems
 
-    folder = find_plate_folder(client, bucket, gallery_prefix, batch, plate)
-    images_prefix = f"{folder}Images/"
-    listed = list_objects(client, bucket, images_prefix)
-    by_field = select_objects(listed, images_prefix, wells, sites, channel_numbers, dest, plate, image_pattern)
 
-    missing = [(w, s, c) for w in wells for s in sites for c in channel_numbers if (w, s, c) not in by_field]
-    incomplete = {(w, s) for w, s, _ in missing}
-    if missing:
-        log.warning("plate %s: %d requested image(s) of %d field(s) not in s3://%s/%s: those fields are left out",
-                    plate, len(missing), len(incomplete), bucket, images_prefix)
-    reason = f"not in s3://{bucket}/{images_prefix}"
-    records = [record(plate, w, s, "download", reason, channel=f"ch{c}") for w, s, c in missing]
-    selected = {name: obj for (well, site, _), (name, obj) in by_field.items() if (well, site) not in incomplete}
+def fetch_images(plate: Plate, wells: list[str], sites: list[int], channels: dict[str, int], image_dir: Path,
+                 image_pattern: str, source: S3Source | SyntheticSource | None) -> list[dict]:
+    """Fetch (S3Source) or generate (SyntheticSource) the plate's images into image_dir; a local source (None) has
+    them already. Returns the QC records of the images the source does not have."""
+    if isinstance(source, S3Source):
+        from paintbench.s3 import download_plate
 
-    _clean_temp_files(dest, set(selected))
-    todo = []
-    for name, obj in sorted(selected.items()):
-        target = local_path(dest, images_prefix, obj.key)
-        if target.is_file() and target.stat().st_size == obj.size:
-            continue
-        todo.append((obj, target))
-    n_skipped = len(selected) - len(todo)
-    log.info("plate %s: %d listed, %d selected, %d already complete, %d to fetch from s3://%s/%s",
-             plate, len(listed), len(selected), n_skipped, len(todo), bucket, images_prefix)
+        summary = download_plate(plate.barcode, plate.batch, wells, sites, sorted(channels.values()), image_dir,
+                                 bucket=source.bucket, gallery_prefix=source.gallery_prefix,
+                                 endpoint_url=source.endpoint_url, workers=source.workers,
+                                 max_attempts=source.max_attempts, anonymous=source.anonymous,
+                                 image_pattern=image_pattern)
+        names = {f"ch{number}": name for name, number in channels.items()}
+        log.info("plate %s: %d listed, %d fetched, %d already complete, %.1f MB", plate.barcode, summary.n_listed,
+                 summary.n_downloaded, summary.n_skipped_complete, summary.bytes_downloaded / 1e6)
+        return [{**r, "channel": names.get(r["channel"], r["channel"])} for r in summary.missing]
+    if isinstance(source, SyntheticSource):
+        from paintbench.synthetic import generate_plate
 
-    lock = threading.Lock()
-    total = sum(obj.size for obj, _ in todo)
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=plate, file=sys.stderr,
-              disable=not progress, leave=False) as bar:
+        fields = generate_plate(plate.barcode, wells, sites, channels, read_table(source.ground_truth), image_dir,
+                                field_size=source.field_size, cells_per_field=source.cells_per_field,
+                                seed=source.seed, metadata_dir=source.metadata_dir)
+        write_table(fields, image_dir / "synthetic_fields.parquet")
+        log.info("plate %s: generated %d fields, %d cells", plate.barcode, len(fields), fields["n_cells"].sum())
+    return []
 
-        def on_bytes(n: int) -> None:
-            with lock:
-                bar.update(n)
 
-        fetched = 0
-        executor = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix=f"s3-{plate}")
-        try:
-            futures = [executor.submit(download_file, client, bucket, obj, target, max_attempts, on_bytes)
-                       for obj, target in todo]
-            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for future in pending:
-                future.cancel()
-            for future in futures:
-                if future.done() and not future.cancelled() and future.exception() is None:
-                    fetched += future.result()
-            for future in done:
-                if future.exception() is not None:
-                    raise future.exception()
-        finally:
-            executor.shutdown(wait=True, cancel_futures=True)
-
-    return DownloadSummary(
-        n_listed=len(listed),
-        n_selected=len(selected),
-        n_downloaded=len(todo),
-        n_skipped_complete=n_skipped,
-        bytes_downloaded=fetched,
-        folder_key=folder,
-        missing=records,
-    )
+def prepare_plate(plate: Plate, wells: list[str] | str, sites: list[int] | str, channels: dict[str, int],
+                  image_dir: str | Path, image_pattern: str, source: S3Source | SyntheticSource | None,
+                  max_missing_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(LoadData table of the plate's complete fields, QC table of what is missing or damaged); wells and sites
+    may be 'all' (every position of the plate's format, every field of its Sites_per_well)."""
+    wells = all_wells(plate.format) if wells in ("all", ["all"]) else list(wells)
+    sites = list(range(1, plate.sites_per_well + 1)) if sites == "all" else list(sites)
+    image_dir = Path(image_dir)
+    records = fetch_images(plate, wells, sites, channels, image_dir, image_pattern, source)
+    known = {(r["Metadata_Well"], int(r["Metadata_Site"])) for r in records}
+    files: FileIndex = index_image_folder(image_dir, image_pattern, plate.barcode)  # one listing of the folder
+    records += field_problems(plate.barcode, image_dir, wells, sites, channels, known, files)
+    incomplete = {(r["Metadata_Well"], int(r["Metadata_Site"])) for r in records}
+    check_missing_fraction(plate.barcode, len(wells) * len(sites), len(incomplete), max_missing_fraction)
+    table = load_data_table(plate.barcode, image_dir, wells, sites, channels, exclude=incomplete, files=files)
+    log.info("plate %s: LoadData table with %d fields (%d field(s) left out)", plate.barcode, len(table),
+             len(incomplete))
+    return table, qc_table(records)

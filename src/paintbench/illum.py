@@ -19,7 +19,7 @@ levels: it runs on the ranks of the levels (exact), and only a mean image with m
 distinct levels is binned into MAX_LEVELS groups of neighbouring levels, within ~0.03% of exact. One
 1080 px channel takes 1.2-1.5 s on one core exact (synthetic plates, < 600 levels) and 2.6 s binned,
 where the plain uint16 rank median takes 15 s at 44,000 levels. Files are named like the Gallery's:
-<plate>_Illum<Channel>.npy.
+<plate>_Illum<Channel>.npy (its precomputed functions are fetched by paintbench.s3.fetch_gallery_illum).
 """
 
 from __future__ import annotations
@@ -34,20 +34,18 @@ import pandas as pd
 from skimage.filters.rank import median as rank_median
 from tqdm import tqdm
 
+from paintbench import schema
 from paintbench.atomic import atomic_path
 from paintbench.images import BadFieldError, FieldId, read_field
 from paintbench.loaddata import channel_names
+from paintbench.paths import illum_filename
 from paintbench.qc import record
 
 log = logging.getLogger(__name__)
 
-SMOOTHING_FRACTION = 500 / 1080  # the consortium's median filter size relative to a CPJUMP1 field
+SMOOTHING_FRACTION: float = schema.default("illum.smoothing_fraction")  # the consortium's 500 px at 1080 px
 ROBUST_MIN_PERCENTILE = 2.0  # CellProfiler's ROBUST_FACTOR 0.02
 MAX_LEVELS = 4096  # distinct levels the rank median histograms exactly (see smooth_median)
-
-
-def illum_filename(plate: str, channel: str) -> str:
-    return f"{plate}_Illum{channel}.npy"
 
 
 def _field_or_error(row: pd.Series, channels: list[str]) -> np.ndarray | BadFieldError:
@@ -171,24 +169,3 @@ def correct(field: np.ndarray, functions: np.ndarray) -> np.ndarray:
     if field.shape != functions.shape:
         raise BadFieldError(f"field shape {field.shape} does not match the illumination functions {functions.shape}")
     return field.astype(np.float32) / functions
-
-
-def fetch_gallery_illum(plate: str, batch: str, channels: list[str], out_dir: Path, bucket: str, gallery_prefix: str,
-                        endpoint_url: str | None = None, anonymous: bool = True, max_attempts: int = 6) -> dict[str, Path]:
-    """The consortium's precomputed functions: images/<batch>/illum/<plate>/<plate>_Illum<Channel>.npy."""
-    from paintbench.download import DownloadError, RemoteObject, download_file, list_objects, make_client
-
-    client = make_client(endpoint_url, anonymous, max_attempts, workers=2)
-    prefix = f"{gallery_prefix}/images/{batch}/illum/{plate}/"
-    listed = {obj.key.rsplit("/", 1)[-1]: obj for obj in list_objects(client, bucket, prefix)}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for channel in channels:
-        name = illum_filename(plate, channel)
-        if name not in listed:
-            raise DownloadError(f"plate {plate}: no precomputed illumination function s3://{bucket}/{prefix}{name} "
-                                f"(found: {sorted(listed) or 'nothing'})")
-        obj: RemoteObject = listed[name]
-        download_file(client, bucket, obj, out_dir / name, max_attempts)
-        written[channel] = out_dir / name
-    return written

@@ -21,12 +21,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from paintbench import schema
 from paintbench.layout import ROWS, well_name
 
 log = logging.getLogger(__name__)
 
-DEFAULT_IMAGE_PATTERN = (r"^r(?P<row>\d{2})c(?P<column>\d{2})f(?P<site>\d{2})p(?P<plane>\d{2})"
-                         r"-ch(?P<channel>\d+)sk1fk1fl1\.tiff$")
+DEFAULT_IMAGE_PATTERN: str = schema.default("image_pattern")  # the Phenix names of the Gallery
 IMAGE_SUFFIXES = (".tif", ".tiff")
 DERIVED_IMAGE_MARKS = ("thumb", "outline", "overlay", "mask", "illum")  # case-insensitive parts of a file name
 MAX_COLUMN = 24

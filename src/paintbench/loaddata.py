@@ -12,8 +12,6 @@ from typing import Mapping
 import pandas as pd
 
 from paintbench.layout import image_filename
-from paintbench.qc import record
-
 
 FileIndex = Mapping[tuple[str, int, int], str]  # (well, site, channel) -> file name (paintbench.image_pattern)
 
@@ -22,36 +20,10 @@ class MissingImageError(FileNotFoundError):
     """A field lacks a channel file; the message names plate, well, site and file."""
 
 
-def _file_name(files: FileIndex | None, well: str, site: int, channel: int) -> str | None:
+def file_name(files: FileIndex | None, well: str, site: int, channel: int) -> str | None:
     """The file of one channel of one field: from the folder's index, or its Phenix name when there is no index
     (None when the index has no such file)."""
     return image_filename(well, site, channel) if files is None else files.get((well, site, channel))
-
-
-def field_problems(plate: str, image_dir: str | Path, wells: list[str], sites: list[int], channels: dict[str, int],
-                   known: set[tuple[str, int]] = frozenset(), files: FileIndex | None = None) -> list[dict]:
-    """QC records of every channel file of the selected fields that is missing or damaged (TIFF structure only);
-    fields in `known` (already recorded, e.g. not in the bucket) are not looked at again. `files` is the folder's
-    index under the run's image pattern; without it, files have Phenix names."""
-    from paintbench.images import tiff_problem  # images reads LoadData rows: imported here, not at the top
-
-    folder = Path(image_dir)
-    problems = []
-    for well in wells:
-        for site in sites:
-            if (well, site) in known:
-                continue
-            for name, number in channels.items():
-                filename = _file_name(files, well, site, number)
-                if filename is None:
-                    problems.append(record(plate, well, site, "download", f"missing file: no file of channel {number} "
-                                           f"in {folder} matches the image pattern", channel=name))
-                    continue
-                path = folder / filename
-                problem = "missing file" if not path.is_file() else tiff_problem(path)
-                if problem:
-                    problems.append(record(plate, well, site, "download", f"{problem}: {path}", channel=name))
-    return problems
 
 
 def load_data_table(
@@ -78,7 +50,7 @@ def load_data_table(
                 continue
             row: dict[str, object] = {"Metadata_Plate": plate, "Metadata_Well": well, "Metadata_Site": site}
             for name, number in channels.items():
-                filename = _file_name(files, well, site, number)
+                filename = file_name(files, well, site, number)
                 if filename is None or (check_files and not (folder / filename).is_file()):
                     raise MissingImageError(
                         f"plate {plate}, well {well}, site {site}: channel {name} (ch{number}) missing: "

@@ -14,8 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from paintbench.layout import PLATE_FORMATS, all_wells, in_plate_format, infer_plate_format
+from paintbench.schema import BUNDLED_METADATA
 
-DEFAULT_METADATA_DIR = Path(__file__).resolve().parents[2] / "config" / "metadata"
+DEFAULT_METADATA_DIR = BUNDLED_METADATA
 PLATES_FILE = "experiment-metadata.tsv"
 # Optional columns of PLATES_FILE for plates other than CPJUMP1's: 96 or 384 (else inferred from the platemap),
 # and the fields imaged per well (else guessed from Number_of_images).

@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from paintbench.config import VIT_FEATURE_SETS, vit_method
+from paintbench.config import vit_method
 from paintbench.metadata import plate_info, plate_layout, select_wells
+from paintbench.registry import CELLPROFILER, CHANNELS, FEATURE_SET_METHODS, IMAGE_FEATURE_SETS
 
-CHANNELS_READ = 5  # the fluorescent channels both branches read
+CHANNELS_READ = len(CHANNELS)  # the fluorescent channels both branches read
 MB = 1e6
 
 
@@ -93,7 +94,7 @@ def estimate(config: dict[str, Any], metadata_dir: str, cells_per_field: float =
     wells, fields = sum(c[0] for c in counts), sum(c[1] for c in counts)
     cells = fields * cells_per_field
     vit = config["vit"]
-    images = any(fs == "cellprofiler" or fs in VIT_FEATURE_SETS for fs in config["feature_sets"])
+    images = any(fs in IMAGE_FEATURE_SETS for fs in config["feature_sets"])
     crop_size = int(vit["crop_size"])
     per_field = min(cells_per_field, vit["max_crops_per_field"] or cells_per_field)
     sample = min(per_field, vit["pretrain_crops_per_field"] or per_field)
@@ -111,14 +112,14 @@ def estimate(config: dict[str, Any], metadata_dir: str, cells_per_field: float =
             ("download", round(image_bytes(fields) / 1e9, 1), "GB", RATES["image_mb"].source),
             ("illumination functions", round(len(plates) * illum_bytes() / 1e9, 2), "GB", "5 float32 fields per plate"),
         ]
-    if "cellprofiler" in config["feature_sets"]:
+    if CELLPROFILER in config["feature_sets"]:
         cp_hours = fields * rate("cellprofiler_s_per_field") / 3600
         rows += [
             ("CellProfiler", round(cp_hours, 1), "CPU-hours", RATES["cellprofiler_s_per_field"].source),
             ("single cells (Parquet, kept)", round(single_cell_bytes(cells) / 1e9, 1), "GB",
              f"{rate('cellprofiler_features'):g} float32 per cell; shards are temp() and merged per plate"),
         ]
-    methods = [VIT_FEATURE_SETS[fs] for fs in config["feature_sets"] if fs in VIT_FEATURE_SETS]
+    methods = [FEATURE_SET_METHODS[fs] for fs in config["feature_sets"] if fs in FEATURE_SET_METHODS]
     if methods:
         embed_crops = fields * per_field
         rows += [
@@ -149,7 +150,7 @@ def estimate(config: dict[str, Any], metadata_dir: str, cells_per_field: float =
         ]
     kept = [r for r in rows if r[2] == "GB" and "not made" not in r[0]]
     peak = sum(r[1] for r in kept)
-    if "cellprofiler" in config["feature_sets"]:
+    if CELLPROFILER in config["feature_sets"]:
         peak += max(counts, key=lambda c: c[1])[1] * cells_per_field * rate("cellprofiler_features") * 4 / 1e9
     rows.append(("peak disk", round(peak, 1), "GB", "everything kept plus one plate's CellProfiler shards"))
     return [dict(zip(("quantity", "value", "unit", "source"), row)) for row in rows]

@@ -28,7 +28,7 @@ def published_key(gallery_prefix: str, batch: str, plate: str) -> str:
 def fetch_published(plates: list[str], batches: list[str], folder: Path, bucket: str, gallery_prefix: str,
                     endpoint_url: str | None = None, anonymous: bool = True, max_attempts: int = 6) -> list[Path]:
     """Download each plate's published profile table (resumable, atomic, like the images)."""
-    from paintbench.download import DownloadError, download_file, list_objects, make_client
+    from paintbench.s3 import DownloadError, download_file, list_objects, make_client
 
     client = make_client(endpoint_url, anonymous, max_attempts, workers=2)
     paths = []

@@ -58,10 +58,15 @@ def read_fragment(path: str | Path) -> pd.DataFrame:
     return qc_table(table.reindex(columns=QC_COLUMNS).to_dict("records"))
 
 
+def concat_fragments(fragments: list[str | Path]) -> pd.DataFrame:
+    """The records of several QC tables in one (every fragment must exist: each is some stage's declared output)."""
+    parts = [read_fragment(p) for p in fragments if Path(p).stat().st_size]
+    return pd.concat(parts, ignore_index=True) if parts else qc_table()
+
+
 def plate_qc(fragments: list[str | Path], requested_wells: list[str], load_data: pd.DataFrame) -> pd.DataFrame:
     """One plate's QC table: every stage's records, then the requested wells left without a usable field."""
-    parts = [read_fragment(p) for p in fragments if Path(p).exists() and Path(p).stat().st_size]
-    table = pd.concat(parts, ignore_index=True) if parts else qc_table()
+    table = concat_fragments(fragments)
     plate = str(load_data["Metadata_Plate"].iloc[0]) if len(load_data) else (str(table["Metadata_Plate"].iloc[0])
                                                                              if len(table) else "")
     fields = load_data[["Metadata_Well", "Metadata_Site"]].astype({"Metadata_Site": int})

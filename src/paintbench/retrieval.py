@@ -31,19 +31,18 @@ import pandas as pd
 from paintbench.metadata import EMPTY, NEGCON
 from paintbench.metrics import retrieval_ap
 from paintbench.profiles import feature_columns
-from paintbench.significance import (PROTOCOLS, Protocol, expected_min_p, perfect_ranking_probability,
+from paintbench.registry import COMPOUND_GENE_NEGATIVES, PROTOCOLS, TASKS
+from paintbench.significance import (Protocol, expected_min_p, perfect_ranking_probability,
                                      query_p_values, score_groups)
 
 log = logging.getLogger(__name__)
 
-TASKS = ("replicate_retrieval", "sister_matching", "compound_gene_matching")
 CONDITION = ["Metadata_cell_type", "Metadata_modality", "Metadata_timepoint", "Metadata_plate_group"]
 PERT = "Metadata_broad_sample"
 TARGETS = "Metadata_target_list"
 GENE = "Metadata_gene"
 ANNOTATION = ["Metadata_pert_iname", GENE, TARGETS, "Metadata_control_type"]
 GENETIC = ("crispr", "orf")
-COMPOUND_GENE_NEGATIVES = ("disjoint", "paper_code")
 
 
 def with_condition_columns(profiles: pd.DataFrame) -> pd.DataFrame:
@@ -218,6 +217,23 @@ def run_task(task: str, profiles: pd.DataFrame, features: list[str], protocol: P
 def _concat(tables: list[pd.DataFrame]) -> pd.DataFrame:
     tables = [t for t in tables if not t.empty]
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def user_profiles(table: pd.DataFrame, pert_col: str = PERT, plate_col: str = "Metadata_Plate",
+                  control_col: str | None = "Metadata_control_type", control_value: str = NEGCON,
+                  labels_col: str | None = None) -> pd.DataFrame:
+    """A user's own well-level table in the columns the tasks read: `pert_col` names the perturbation, negative
+    controls are the rows whose `control_col` (else `pert_col`) equals `control_value`, `labels_col` holds the
+    matching labels (e.g. a MoA column); missing condition columns make one condition."""
+    out = table.rename(columns={pert_col: PERT, plate_col: "Metadata_Plate"}).copy()
+    marks = out[control_col] if control_col else out[PERT]
+    is_control = marks.astype(str) == control_value
+    out["Metadata_control_type"] = is_control.map({True: NEGCON, False: None})
+    if "Metadata_pert_type" not in table.columns or not control_col:
+        out["Metadata_pert_type"] = is_control.map({True: "control", False: "trt"})
+    if labels_col:
+        out[TARGETS] = out[labels_col]
+    return with_condition_columns(out)
 
 
 def scorable_features(profiles: pd.DataFrame) -> list[str]:

@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import gammaln
 
-PROTOCOLS = ("cpjump1", "copairs")
+from paintbench.registry import PROTOCOLS
+
 Protocol = Literal["cpjump1", "copairs"]
 BLOCK_ELEMENTS = 4_000_000  # random-key block of the null sampler: 32 MB of float64
 TIE_TOL = 1e-6  # > float32 rounding of null APs (~6e-8), far below any AP difference that matters
@@ -185,15 +186,12 @@ def fraction_retrieved(scored: pd.DataFrame, threshold: float = 0.05) -> float:
 
 
 def wilson_interval(successes: np.ndarray | int, trials: np.ndarray | int, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval of a proportion; NaN where there are no trials."""
-    k, n = np.asarray(successes, np.float64), np.asarray(trials, np.float64)
-    from scipy.stats import norm  # scipy.stats costs ~1 s to import: only where an interval is asked for
+    """Wilson score interval of a proportion (statsmodels' proportion_confint); NaN where there are no trials."""
+    from statsmodels.stats.proportion import proportion_confint
 
-    z = norm.ppf(0.5 + level / 2)
+    k, n = np.asarray(successes, np.float64), np.asarray(trials, np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        phat = k / n
-        centre = (phat + z * z / (2 * n)) / (1 + z * z / n)
-        half = z * np.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    low = np.where(k == 0, 0.0, np.clip(centre - half, 0, 1))  # exact ends: no -1e-17 from rounding
-    high = np.where(k == n, 1.0, np.clip(centre + half, 0, 1))
+        low, high = proportion_confint(k, np.where(n > 0, n, 1.0), alpha=1 - level, method="wilson")
+    low = np.where(k == 0, 0.0, np.clip(low, 0, 1))  # exact ends: no -1e-17 from rounding
+    high = np.where(k == n, 1.0, np.clip(high, 0, 1))
     return np.where(n > 0, low, np.nan), np.where(n > 0, high, np.nan)

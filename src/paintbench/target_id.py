@@ -16,8 +16,8 @@ random shortlists drawn independently for every query (the exact distribution of
 labels): p = (1 + #random >= observed) / (1 + N); for the best rank, #random <= observed.
 
 Polypharmacology: for every compound with two or more annotated targets among the genes of a condition, each
-target's cosine, rank and pair p-value (paintbench.report.query: against every unannotated compound-gene pair of
-the condition), q by Benjamini-Hochberg over that compound's annotated targets (the hypotheses asked about), and
+target's cosine, rank and pair p-value (`pair_p_values`: against every unannotated compound-gene pair of
+the condition, the same p `paintbench query` and the report's look-up show), q by Benjamini-Hochberg over that compound's annotated targets (the hypotheses asked about), and
 a call: the one target whose q < alpha ("follows"), "several" when more pass, "none" when none does.
 """
 
@@ -29,15 +29,49 @@ import numpy as np
 import pandas as pd
 from statsmodels.stats.multitest import multipletests
 
-from paintbench.report.query import condition_pairs, pair_p_values
-from paintbench.retrieval import PERT
+from paintbench.metrics import cosine_similarity
+from paintbench.registry import SHORTLIST_TASKS
+from paintbench.retrieval import PERT, consensus, is_query, with_condition_columns
 
 KS = (1, 5, 10)
-TASKS = ("target_identification", "virtual_screening")
+TASKS = SHORTLIST_TASKS
+GENETIC = ("crispr", "orf")
+# The condition of a compound x genetic comparison, as query.py and the pair tables name its columns.
+CONDITION_COLUMNS = ["Metadata_cell_type", "compound_timepoint", "compound_plate_group", "Metadata_matched_modality",
+                     "matched_timepoint", "matched_plate_group"]
 UNITS = {"target_identification": "compound", "virtual_screening": "gene"}
 # The summary's condition columns (compound side first), so these rows line up with compound-gene matching's.
 CONDITION = ["Metadata_cell_type", "Metadata_modality", "Metadata_timepoint", "Metadata_plate_group",
              "Metadata_matched_modality", "Metadata_matched_timepoint", "Metadata_matched_plate_group"]
+
+
+def targets_of(target_list: object) -> set[str]:
+    return set() if pd.isna(target_list) else {t for t in str(target_list).split("|") if t}
+
+
+def condition_pairs(profiles: pd.DataFrame, features: list[str]):
+    """Yield (condition dict, compound consensus, gene consensus, |cos| matrix, annotated-pair mask)."""
+    profiles = with_condition_columns(profiles)
+    treated = profiles[is_query(profiles)]
+    compounds = treated[treated["Metadata_modality"] == "compound"]
+    genetic = treated[treated["Metadata_modality"].isin(GENETIC) & treated["Metadata_gene"].notna()]
+    for (cell, ctime, cgroup), comp in compounds.groupby(
+            ["Metadata_cell_type", "Metadata_timepoint", "Metadata_plate_group"], sort=True):
+        comp_table = consensus(comp, features, [PERT])
+        for (modality, gtime, ggroup), gen in genetic[genetic["Metadata_cell_type"] == cell].groupby(
+                ["Metadata_modality", "Metadata_timepoint", "Metadata_plate_group"], sort=True):
+            gene_table = consensus(gen, features, ["Metadata_gene"])
+            cosine = cosine_similarity(comp_table[features].to_numpy(float), gene_table[features].to_numpy(float))
+            annotated = np.array([[g in targets_of(t) for g in gene_table["Metadata_gene"]]
+                                  for t in comp_table["Metadata_target_list"]], dtype=bool).reshape(cosine.shape)
+            condition = dict(zip(CONDITION_COLUMNS, (cell, ctime, cgroup, modality, gtime, ggroup)))
+            yield condition, comp_table, gene_table, cosine, annotated
+
+
+def pair_p_values(scores: np.ndarray, background: np.ndarray) -> np.ndarray:
+    ordered = np.sort(background)
+    at_least = len(ordered) - np.searchsorted(ordered, scores, side="left")
+    return (1.0 + at_least) / (1.0 + len(ordered))
 
 
 def candidate_ranks(scores: np.ndarray) -> np.ndarray:

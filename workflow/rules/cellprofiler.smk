@@ -3,21 +3,19 @@
 
 rule cellprofiler_shard:
     input:
-        load_data=f"{RESULTS}/load_data/{{plate}}.csv",
+        load_data=PATHS.load_data("{plate}"),
         illum=rules.illum.output.functions,
-        pipeline=CELLPROFILER["pipeline"],
+        pipeline=RESOLVED["cellprofiler.pipeline"],
     output:
-        single_cells=temp(f"{RESULTS}/cellprofiler/{{plate}}/shards/{{shard}}.parquet"),
-        qc=f"{RESULTS}/cellprofiler/{{plate}}/shards/{{shard}}.qc.parquet",
+        single_cells=temp(PATHS.cellprofiler_shard("{plate}", "{shard}")),
+        qc=PATHS.cellprofiler_shard_qc("{plate}", "{shard}"),
     log:
-        f"{RESULTS}/logs/cellprofiler_shard/{{plate}}/{{shard}}.log",
+        PATHS.log("cellprofiler_shard", "{plate}", "{shard}"),
     benchmark:
-        f"{RESULTS}/benchmarks/cellprofiler_shard/{{plate}}/{{shard}}.tsv"
+        PATHS.benchmark("cellprofiler_shard", "{plate}", "{shard}")
     params:
         wells=lambda wildcards: ",".join(shard_wells_of(wildcards.plate, wildcards.shard)),
-        illum_dir=lambda wildcards: f"{RESULTS}/illum/{wildcards.plate}",
-        executable=CELLPROFILER["executable"],
-        skip=SKIP_BAD_FIELDS,
+        options=lambda wildcards: options(CELLPROFILER_OPTIONS),
     threads: 1
     resources:
         mem_mb=mem_mb(4000),
@@ -27,27 +25,23 @@ rule cellprofiler_shard:
         "../../envs/paintbench.yaml"
     shell:
         "python -m paintbench cellprofiler --load-data {input.load_data} --wells {params.wells}"
-        " --illum-dir {params.illum_dir} --pipeline {input.pipeline} --executable {params.executable} {params.skip}"
+        " --illum {input.illum} {params.options}"
         " --output {output.single_cells} --qc-output {output.qc} > {log} 2>&1"
 
 
 rule cellprofiler_well_profiles:
     input:
-        single_cells=lambda wildcards: expand(
-            f"{RESULTS}/cellprofiler/{{plate}}/shards/{{shard}}.parquet", plate=wildcards.plate, shard=plate_shards(wildcards.plate)
-        ),
-        qc=lambda wildcards: expand(
-            f"{RESULTS}/cellprofiler/{{plate}}/shards/{{shard}}.qc.parquet", plate=wildcards.plate, shard=plate_shards(wildcards.plate)
-        ),
+        single_cells=lambda wildcards: [PATHS.cellprofiler_shard(wildcards.plate, s) for s in plate_shards(wildcards.plate)],
+        qc=lambda wildcards: [PATHS.cellprofiler_shard_qc(wildcards.plate, s) for s in plate_shards(wildcards.plate)],
     output:
-        profiles=f"{RESULTS}/profiles/cellprofiler/{{plate}}.parquet",
-        single_cells=f"{RESULTS}/cellprofiler/{{plate}}/single_cells.parquet",
-        qc=report(f"{RESULTS}/cellprofiler/{{plate}}/skipped_fields.tsv", caption="../report/skipped_fields.rst",
+        profiles=PATHS.well_profiles(CELLPROFILER, "{plate}"),
+        single_cells=PATHS.single_cells("{plate}"),
+        qc=report(PATHS.skipped_fields("{plate}"), caption="../report/skipped_fields.rst",
                   category="CellProfiler", subcategory="{plate}"),
     log:
-        f"{RESULTS}/logs/cellprofiler_well_profiles/{{plate}}.log",
+        PATHS.log("cellprofiler_well_profiles", "{plate}"),
     benchmark:
-        f"{RESULTS}/benchmarks/cellprofiler_well_profiles/{{plate}}.tsv"
+        PATHS.benchmark("cellprofiler_well_profiles", "{plate}")
     threads: 1
     resources:
         mem_mb=mem_mb(4000),

@@ -1,5 +1,6 @@
-# Input functions and run-wide values shared by every rule file.
-import json
+# Input functions and run-wide values shared by the rule files (the Snakefile includes this file first).
+# Where files live is paintbench.paths (PATHS), names are paintbench.registry's, and the defaults and options of
+# every command come from the schema through paintbench.cli (options, render).
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -7,41 +8,53 @@ from pathlib import Path
 import yaml
 
 from paintbench.cellprofiler import shard_wells
-from paintbench.config import VIT_FEATURE_SETS, resolve_command, resolve_input_path, vit_method
+from paintbench.cli.download import DOWNLOAD_OPTIONS, GENERATOR_OPTIONS, GROUND_TRUTH_OPTIONS, TRANSFER_OPTIONS, gene_classes_words
+from paintbench.cli.illum import ILLUM_OPTIONS
+from paintbench.cli.cellprofiler import CELLPROFILER_OPTIONS
+from paintbench.cli.options import METADATA_DIR as METADATA_DIR_OPTION
+from paintbench.cli.options import S3_OPTIONS, render
+from paintbench.cli.profiles import PROFILE_OPTIONS
+from paintbench.cli.retrieval import RETRIEVAL_OPTIONS
+from paintbench.cli.target_id import TARGET_ID_OPTIONS
+from paintbench.cli.vit import CROP_OPTIONS, EMBED_OPTIONS, MODEL_OPTIONS, PRETRAIN_OPTIONS, TRAINING_OPTIONS
+from paintbench.config import resolve_command, resolve_input_path, vit_method
 from paintbench.metadata import known_plates, plate_info, plate_layout, select_wells
+from paintbench.paths import RunPaths, crop_prefix
 from paintbench.plan import plate_disk_mb
+from paintbench.registry import (CELLPROFILER, CHANNELS, FEATURE_SET_METHODS, IMAGE_FEATURE_SETS, MATCHING_TASKS,
+                                 METHOD_FEATURE_SETS, PAPER, PUBLISHED, TARGET_ID_TABLES, TASKS, VIT_METHODS,
+                                 VIT_TRAINING_KEYS, alternatives)
+from paintbench.schema import BUNDLED_METADATA
 
 RESULTS = config["results_dir"]
 DATA = config["data_dir"]
+PATHS = RunPaths(RESULTS, DATA)
 # Relative input paths: the working directory's copy, else the workflow folder's (paintbench.config.PATH_RULE).
 WORKFLOW_DIR = Path(workflow.basedir)
 METADATA_DIR = str(resolve_input_path(config["metadata_dir"], workflow_dir=WORKFLOW_DIR))
 PLATES = config["plates"]
-FLUORESCENT = ["DNA", "ER", "RNA", "AGP", "Mito"]
-CELLPROFILER = {
-    **config["cellprofiler"],
-    "pipeline": str(resolve_input_path(config["cellprofiler"]["pipeline"], workflow_dir=WORKFLOW_DIR)),
-    "executable": resolve_command(config["cellprofiler"]["executable"], workflow_dir=WORKFLOW_DIR),
+# The resolved paths of the configuration's input files: what the rules pass on.
+RESOLVED = {
+    "metadata_dir": METADATA_DIR,
+    "cellprofiler.pipeline": str(resolve_input_path(config["cellprofiler"]["pipeline"], workflow_dir=WORKFLOW_DIR)),
+    "cellprofiler.executable": resolve_command(config["cellprofiler"]["executable"], workflow_dir=WORKFLOW_DIR),
 }
 
 # published_cellprofiler: the consortium's own profiles of the same plates (s3 source), scored side by side;
 # a run of it alone (config/paper.yaml) reads no image at all.
 FEATURE_SETS = config["feature_sets"]
-IMAGE_SETS = [fs for fs in FEATURE_SETS if fs == "cellprofiler" or fs in VIT_FEATURE_SETS]
-VIT_METHODS = [VIT_FEATURE_SETS[fs] for fs in FEATURE_SETS if fs in VIT_FEATURE_SETS]
-TASKS = ["replicate_retrieval", "sister_matching", "compound_gene_matching"]
+IMAGE_SETS = [fs for fs in FEATURE_SETS if fs in IMAGE_FEATURE_SETS]
+RUN_METHODS = [FEATURE_SET_METHODS[fs] for fs in FEATURE_SETS if fs in FEATURE_SET_METHODS]
 VIT = config["vit"]
-QC = config["qc"]
-SKIP_BAD_FIELDS = "--skip-bad-fields" if QC["skip_bad_fields"] else ""
 VIT_PRETRAIN_PLATES = VIT["pretrain_plates"] or PLATES
-METHOD = {method: vit_method(config, method) for method in ("mae", "dino", "simclr")}
-PRETRAINED = [m for m in VIT_METHODS if not METHOD[m]["checkpoint"]]  # methods this run pretrains itself
+METHOD = {method: vit_method(config, method) for method in VIT_METHODS}
+PRETRAINED = [m for m in RUN_METHODS if not METHOD[m]["checkpoint"]]  # methods this run pretrains itself
 
 
 def vit_encoder(method: str) -> str:
     """A user-supplied encoder (vit.<method>.checkpoint) skips pretraining; otherwise the run pretrains its own."""
     given = METHOD[method]["checkpoint"]
-    return str(resolve_input_path(given, workflow_dir=WORKFLOW_DIR)) if given else f"{RESULTS}/vit/{method}/encoder.pt"
+    return str(resolve_input_path(given, workflow_dir=WORKFLOW_DIR)) if given else PATHS.vit_file(method, "encoder.pt")
 
 
 # Workstation runs: the rules' mem_mb add up to at most the machine's memory (so they are enforced, not just
@@ -57,8 +70,7 @@ def run_dataset() -> str:
     own; only a cpjump1 run stands beside the paper's values in the report."""
     if config["source"] == "synthetic":
         return "synthetic"
-    cpjump1 = set(known_plates(WORKFLOW_DIR / "config" / "metadata"))
-    return "cpjump1" if set(PLATES) <= cpjump1 else "own"
+    return "cpjump1" if set(PLATES) <= set(known_plates(BUNDLED_METADATA)) else "own"
 
 
 def gpu_request(gpus: int) -> int:
@@ -74,6 +86,11 @@ def mem_mb(request: int) -> int:
 def disk_mb(stage: str):
     """The disk a stage's job writes for its plate (paintbench.plan), for schedulers that place jobs by disk."""
     return lambda wildcards: plate_disk_mb(config, wildcards.plate, METADATA_DIR, stage)
+
+
+def options(*blocks) -> str:
+    """The command-line options of the configuration's keys (paintbench.cli.options.render), input paths resolved."""
+    return render([option for block in blocks for option in block], config, RESOLVED)
 
 
 @lru_cache(maxsize=None)  # the DAG of a full batch asks ~2,500 times; the answer is fixed for a run
@@ -104,7 +121,7 @@ def shard_wells_of(plate: str, shard: str) -> list[str]:
 
 @lru_cache(maxsize=None)
 def plate_shard_wells(plate: str) -> list[list[str]]:
-    return shard_wells(plate_wells(plate), CELLPROFILER["wells_per_shard"])
+    return shard_wells(plate_wells(plate), config["cellprofiler"]["wells_per_shard"])
 
 
 def channel_arg() -> str:
@@ -114,107 +131,142 @@ def channel_arg() -> str:
 def plate_image_dir(plate: str) -> str:
     if config["source"] == "local":
         return config["local"]["image_dir"].format(plate=plate, data_dir=DATA)
-    return f"{DATA}/images/{plate}"
+    return PATHS.image_dir(plate)
+
+
+def illum_functions(plate: str) -> list[str]:
+    """A plate's illumination functions, one per fluorescent channel (both branches read them)."""
+    return [PATHS.illum_function(plate, channel) for channel in CHANNELS]
 
 
 def source_args(wildcards) -> str:
     """The source-specific options of `paintbench download` for one plate."""
     if config["source"] == "s3":
-        dl = config["download"]
-        return f"{s3_args()} --workers {dl['workers']} --max-attempts {dl['max_attempts']}"
+        return options(S3_OPTIONS, TRANSFER_OPTIONS)
     if config["source"] == "synthetic":
-        syn = config["synthetic"]
-        return (
-            f"--ground-truth {RESULTS}/synthetic/ground_truth.parquet --seed {syn['seed']}"
-            f" --field-size {syn['field_size']} --cells-per-field {syn['cells_per_field']}"
-        )
+        return f"--ground-truth {PATHS.ground_truth()} {options(GENERATOR_OPTIONS)}"
     return ""
 
 
-def s3_args() -> str:
-    """Options that locate the S3 endpoint, shared by the download and Gallery-illumination commands."""
-    endpoint = f" --endpoint-url {config['endpoint_url']}" if config["endpoint_url"] else ""
-    signed = "" if config["download"]["anonymous"] else " --signed"
-    return f"--bucket {config['bucket']} --gallery-prefix {config['gallery_prefix']}{endpoint}{signed}"
-
-
 def gallery_args(wildcards) -> str:
-    return s3_args() if config["illum"]["source"] == "gallery" else ""
-
-
-def encoder_config_args() -> str:
-    kwargs = json.dumps(VIT["model_kwargs"], separators=(",", ":"))
-    return (
-        f"--model {VIT['model']} --input-size {VIT['input_size']} --patch-size {VIT['patch_size']}"
-        f" --model-kwargs '{kwargs}'"
-    )
+    return options(S3_OPTIONS) if config["illum"]["source"] == "gallery" else ""
 
 
 def vit_train_args(wildcards) -> str:
-    """vit-pretrain's options for one method: shared keys, the method's overrides and settings, views, tracking."""
-    v, m = VIT, METHOD[wildcards.method]
-    compact = lambda value: json.dumps(value, separators=(",", ":"))
-    compile_flag = "" if v["compile"] is None else ("--compile" if v["compile"] else "--no-compile")
-    return (
-        f"{encoder_config_args()} --method {wildcards.method} --settings '{compact(m['settings'])}'"
-        f" --views '{compact(v['views'])}' --pooling {v['pooling']} --steps {m['steps']} --batch-size {m['batch_size']}"
-        f" --lr {m['lr']} --weight-decay {m['weight_decay']} --warmup-steps {m['warmup_steps']}"
-        f" --checkpoint-every {v['checkpoint_every']} --seed {v['seed']} --device {v['device']}"
-        f" --precision {v['precision']} {compile_flag} --gpus {v['gpus']} --track-every {v['track_every']}"
-        f" --track-crops-per-well {v['track_crops_per_well']} --metadata-dir {METADATA_DIR}"
-    )
+    """vit-pretrain's options for one method: the shared keys with the method's overrides, its settings, views,
+    tracking."""
+    method = METHOD[wildcards.method]
+    effective = {f"vit.{key}": method[key] for key in VIT_TRAINING_KEYS}
+    compile_flag = "" if VIT["compile"] is None else ("--compile" if VIT["compile"] else "--no-compile")
+    shared = render(PRETRAIN_OPTIONS, config, {**RESOLVED, **effective})
+    return f"--method {wildcards.method} --settings '{json_text(method['settings'])}' {compile_flag} {shared}"
+
+
+def json_text(value) -> str:
+    import json
+
+    return json.dumps(value, separators=(",", ":"))
 
 
 def vit_encoder_args() -> str:
     """A user checkpoint may be a plain state_dict: its architecture then comes from the config (a paintbench
     checkpoint must then have been trained with the same architecture)."""
-    return encoder_config_args() if any(METHOD[method]["checkpoint"] for method in VIT_METHODS) else ""
+    if not any(METHOD[method]["checkpoint"] for method in RUN_METHODS):
+        return ""
+    return f"--model {VIT['model']} {options(MODEL_OPTIONS[1:])}"
 
 
 def plate_qc_fragments(wildcards) -> list[str]:
     """What each image-reading stage of the run's feature sets recorded about the plate."""
     plate = wildcards.plate
-    fragments = [f"{RESULTS}/qc/{plate}/download.tsv", f"{RESULTS}/qc/{plate}/illum.tsv"]
-    if "cellprofiler" in IMAGE_SETS:
-        fragments.append(f"{RESULTS}/cellprofiler/{plate}/skipped_fields.tsv")
-    if VIT_METHODS:
-        fragments.append(f"{RESULTS}/qc/{plate}/vit_crops.tsv")
-        fragments.append(f"{RESULTS}/qc/{plate}/vit_embed.tsv")
+    fragments = [PATHS.qc_fragment(plate, "download"), PATHS.qc_fragment(plate, "illum")]
+    if CELLPROFILER in IMAGE_SETS:
+        fragments.append(PATHS.skipped_fields(plate))
+    if RUN_METHODS:
+        fragments += [PATHS.qc_fragment(plate, "vit_crops"), PATHS.qc_fragment(plate, "vit_embed")]
     return fragments
 
 
-def report_inputs(wildcards) -> dict[str, list[str]]:
-    """Everything the figures read: retrieval results, well profiles, illumination, crop caches, the MAE's log
-    (only what the run's feature sets produce)."""
-    inputs = {
-        "results": expand(f"{RESULTS}/retrieval/{{fs}}/{{task}}{{suffix}}.parquet", fs=FEATURE_SETS, task=TASKS, suffix=["", "_ap"]),
-        "normalized": expand(f"{RESULTS}/profiles/{{fs}}/normalized.parquet", fs=IMAGE_SETS),
-        "target_id": target_id_tables(),
-    }
+def tagged(mapping: dict) -> str:
+    """NAME=FILE words of a mapping (the report commands' inputs)."""
+    return " ".join(f"{name}={path}" for name, path in mapping.items())
+
+
+def retrieval_results(per_query: bool = False) -> dict[str, dict[str, str]]:
+    return {task: {fs: PATHS.retrieval(fs, task, per_query) for fs in FEATURE_SETS} for task in TASKS}
+
+
+def target_id_tables() -> dict[str, dict[str, str]]:
+    """The target_id stage's tables of every feature set: summary, per-query, polypharmacology and pairs."""
+    return {table: {fs: PATHS.target_id(fs, table) for fs in FEATURE_SETS} for table in TARGET_ID_TABLES}
+
+
+def report_files() -> dict[str, dict[str, str]]:
+    """Every file the report reads, by role and owner (feature set, plate or method): only what the run's
+    feature sets produce, decided here in the DAG."""
+    targets = target_id_tables()
+    files = {**{task: sets for task, sets in retrieval_results().items()},
+             "replicate_ap": retrieval_results(per_query=True)[TASKS[0]], "shortlists": targets["summary"],
+             "polypharmacology": targets["polypharmacology"], "pairs": targets["pairs"],
+             "normalized": {fs: PATHS.normalized(fs) for fs in IMAGE_SETS}}
     if IMAGE_SETS:
-        inputs["illum"] = expand(rules.illum.output.functions, plate=PLATES)
-    if "cellprofiler" in IMAGE_SETS:
-        inputs["cell_counts"] = expand(f"{RESULTS}/profiles/cellprofiler/{{plate}}.parquet", plate=PLATES)
-    if IMAGE_SETS:
-        inputs["qc"] = expand(f"{RESULTS}/qc/{{plate}}.tsv", plate=PLATES) + [f"{RESULTS}/qc/missing_fields.tsv"]
-    if VIT_METHODS:
-        inputs["crops"] = expand(f"{RESULTS}/vit/crops/{{plate}}.parquet", plate=PLATES)
+        files["illum"] = {f"{plate}/{channel}": PATHS.illum_function(plate, channel) for plate in PLATES
+                          for channel in CHANNELS}
+        files["qc"] = {plate: PATHS.plate_qc(plate) for plate in PLATES}
+    if CELLPROFILER in IMAGE_SETS:
+        files["cell_counts"] = {plate: PATHS.well_profiles(CELLPROFILER, plate) for plate in PLATES}
+    if RUN_METHODS:
+        files["crops"] = {plate: PATHS.crops(plate) for plate in PLATES}
+        files["crop_centres"] = {plate: PATHS.crops(plate, "centres.parquet") for plate in PLATES}
     if PRETRAINED:
-        inputs["train_logs"] = expand(f"{RESULTS}/vit/{{method}}/train_log.tsv", method=PRETRAINED)
+        files["train_logs"] = {method: PATHS.vit_file(method, "train_log.tsv") for method in PRETRAINED}
+    if "mae" in PRETRAINED:
+        files["mae_checkpoint"] = {"mae": PATHS.vit_file("mae", "checkpoint.pt")}
+    if config["source"] == "synthetic":
+        files["ground_truth"] = {"truth": PATHS.ground_truth()}
+    return files
+
+
+# The report commands' options for each role of report_files().
+REPORT_OPTIONS = {**{task: f"--{task.replace('_', '-')}" for task in TASKS}, "replicate_ap": "--replicate-ap",
+                  "shortlists": "--shortlists", "polypharmacology": "--polypharmacology", "pairs": "--pairs",
+                  "normalized": "--normalized", "cell_counts": "--cell-counts", "qc": "--qc", "crops": "--crops",
+                  "crop_centres": "--crop-centres", "train_logs": "--train-log"}
+UNTAGGED = {"illum": "--illum", "mae_checkpoint": "--mae-checkpoint", "ground_truth": "--ground-truth"}
+
+
+def report_inputs(*roles: str):
+    """An input function of the report's rules, the files of `roles` as a dict of file lists (for `unpack`)."""
+    def inputs(wildcards) -> dict[str, list[str]]:
+        files = report_files()
+        return {role: list(files[role].values()) for role in roles if role in files}
     return inputs
 
 
-def target_id_tables() -> list[str]:
-    """What the report reads of the target_id stage: its summary, per-query, polypharmacology and pair tables."""
-    return expand(f"{RESULTS}/target_id/{{fs}}{{suffix}}.parquet", fs=FEATURE_SETS,
-                  suffix=["", "_queries", "_polypharmacology", "_pairs"])
+def report_args(*roles: str) -> str:
+    """The report command's options naming the files of `roles` (the same files report_inputs declares)."""
+    files = report_files()
+    words = []
+    for role in roles:
+        if role not in files:
+            continue
+        if role in UNTAGGED:
+            words.append(f"{UNTAGGED[role]} {' '.join(files[role].values())}")
+        else:
+            words.append(f"{REPORT_OPTIONS[role]} {tagged(files[role])}")
+    return " ".join(words)
 
 
-def retrieval_args() -> str:
-    r = config["retrieval"]
-    return (f"--protocol {r['protocol']} --compound-gene-negatives {r['compound_gene_negatives']}"
-            f" --null-size {r['null_size']} --seed {r['seed']}")
+def paper_values() -> str:
+    """The paper's CellProfiler values: metadata_dir's copy if it has one, else the bundled one (own plates need
+    none). Decided when the DAG is built."""
+    own = Path(METADATA_DIR) / PAPER_TABLE
+    return str(own) if own.exists() else str(BUNDLED_METADATA / PAPER_TABLE)
+
+
+PAPER_TABLE = "cpjump1_published_cellprofiler.tsv"
 
 
 def all_outputs() -> list[str]:
-    return [f"{RESULTS}/reports/index.html", f"{RESULTS}/reports/summary.tsv"]
+    """The report, and the run-wide table of missing images when the run reads any."""
+    return [PATHS.report_html(), PATHS.summary(), *([PATHS.missing_fields()] if IMAGE_SETS else [])]

@@ -3,19 +3,16 @@
 
 rule synthetic_ground_truth:
     output:
-        f"{RESULTS}/synthetic/ground_truth.parquet",
+        PATHS.ground_truth(),
     log:
-        f"{RESULTS}/logs/synthetic_ground_truth.log",
+        PATHS.log("synthetic_ground_truth"),
     benchmark:
-        f"{RESULTS}/benchmarks/synthetic_ground_truth.tsv"
+        PATHS.benchmark("synthetic_ground_truth")
     params:
         platemaps=lambda wildcards: ",".join(sorted({plate_info(p, METADATA_DIR).platemap for p in PLATES})),
+        options=lambda wildcards: options(GROUND_TRUTH_OPTIONS),
         metadata_dir=METADATA_DIR,
-        seed=config["synthetic"]["seed"],
-        strong=config["synthetic"]["strong_fraction"],
-        null=config["synthetic"]["null_fraction"],
-        scale=config["synthetic"]["effect_scale"],
-        classes=" ".join(f"{gene}={klass}" for gene, klass in config["synthetic"]["gene_classes"].items()),
+        classes=gene_classes_words(config["synthetic"]["gene_classes"]),
     threads: 1
     localrule: True
     resources:
@@ -25,30 +22,27 @@ rule synthetic_ground_truth:
         "../../envs/paintbench.yaml"
     shell:
         "python -m paintbench ground-truth --platemaps {params.platemaps} --metadata-dir {params.metadata_dir}"
-        " --seed {params.seed} --strong-fraction {params.strong} --null-fraction {params.null} --effect-scale {params.scale}"
-        " --gene-classes {params.classes} --output {output} > {log} 2>&1"
+        " {params.options} --gene-classes {params.classes} --output {output} > {log} 2>&1"
 
 
 rule download:
     input:
         branch(config["source"] == "synthetic", then=rules.synthetic_ground_truth.output),
     output:
-        load_data=f"{RESULTS}/load_data/{{plate}}.csv",
-        qc=f"{RESULTS}/qc/{{plate}}/download.tsv",
+        load_data=PATHS.load_data("{plate}"),
+        qc=PATHS.qc_fragment("{plate}", "download"),
     log:
-        f"{RESULTS}/logs/download/{{plate}}.log",
+        PATHS.log("download", "{plate}"),
     benchmark:
-        f"{RESULTS}/benchmarks/download/{{plate}}.tsv"
+        PATHS.benchmark("download", "{plate}")
     params:
-        source=config["source"],
         image_dir=lambda wildcards: plate_image_dir(wildcards.plate),
         wells=lambda wildcards: ",".join(plate_wells(wildcards.plate)),
         sites=lambda wildcards: ",".join(map(str, plate_sites(wildcards.plate))),
         channels=channel_arg(),
-        image_pattern=lambda wildcards: config["image_pattern"],  # a function: its {2} etc. are not wildcards
+        options=lambda wildcards: options(DOWNLOAD_OPTIONS),  # a function: the image pattern's {2} is no wildcard
         metadata_dir=METADATA_DIR,
         source_args=source_args,
-        max_missing=QC["max_missing_fraction"],
     threads: 1
     localrule: True
     resources:
@@ -59,11 +53,9 @@ rule download:
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench download --source {params.source} --plate {wildcards.plate}"
-        " --wells {params.wells} --sites {params.sites} --channels {params.channels}"
-        " --image-dir {params.image_dir} --image-pattern {params.image_pattern:q} --metadata-dir {params.metadata_dir}"
-        " {params.source_args}"
-        " --max-missing-fraction {params.max_missing} --qc-output {output.qc} --output {output.load_data} > {log} 2>&1"
+        "python -m paintbench download --plate {wildcards.plate} --wells {params.wells} --sites {params.sites}"
+        " --channels {params.channels} --image-dir {params.image_dir} --metadata-dir {params.metadata_dir}"
+        " {params.options} {params.source_args} --qc-output {output.qc} --output {output.load_data} > {log} 2>&1"
 
 
 rule plate_qc:
@@ -71,11 +63,11 @@ rule plate_qc:
         load_data=rules.download.output.load_data,
         fragments=plate_qc_fragments,
     output:
-        qc=f"{RESULTS}/qc/{{plate}}.tsv",
+        qc=PATHS.plate_qc("{plate}"),
     log:
-        f"{RESULTS}/logs/plate_qc/{{plate}}.log",
+        PATHS.log("plate_qc", "{plate}"),
     benchmark:
-        f"{RESULTS}/benchmarks/plate_qc/{{plate}}.tsv"
+        PATHS.benchmark("plate_qc", "{plate}")
     params:
         wells=lambda wildcards: ",".join(plate_wells(wildcards.plate)),
     threads: 1
@@ -92,11 +84,11 @@ rule plate_qc:
 
 rule missing_fields:
     input:
-        expand(f"{RESULTS}/qc/{{plate}}/download.tsv", plate=PLATES),
+        [PATHS.qc_fragment(plate, "download") for plate in PLATES],
     output:
-        f"{RESULTS}/qc/missing_fields.tsv",
+        PATHS.missing_fields(),
     log:
-        f"{RESULTS}/logs/missing_fields.log",
+        PATHS.log("missing_fields"),
     threads: 1
     localrule: True
     resources:

@@ -6,21 +6,19 @@
 rule illum:
     priority: 60
     input:
-        load_data=f"{RESULTS}/load_data/{{plate}}.csv",
+        load_data=PATHS.load_data("{plate}"),
     output:
-        functions=expand(f"{RESULTS}/illum/{{{{plate}}}}/{{{{plate}}}}_Illum{{channel}}.npy", channel=FLUORESCENT),
-        qc=f"{RESULTS}/qc/{{plate}}/illum.tsv",
+        functions=illum_functions("{plate}"),
+        qc=PATHS.qc_fragment("{plate}", "illum"),
     log:
-        f"{RESULTS}/logs/illum/{{plate}}.log",
+        PATHS.log("illum", "{plate}"),
     benchmark:
-        f"{RESULTS}/benchmarks/illum/{{plate}}.tsv"
+        PATHS.benchmark("illum", "{plate}")
     params:
-        output_dir=lambda wildcards: f"{RESULTS}/illum/{wildcards.plate}",
-        source=config["illum"]["source"],
-        smoothing=config["illum"]["smoothing_fraction"],
+        output_dir=lambda wildcards, output: os.path.dirname(output.functions[0]),
+        options=lambda wildcards: options(ILLUM_OPTIONS),
         gallery_args=gallery_args,
         metadata_dir=METADATA_DIR,
-        skip=SKIP_BAD_FIELDS,
     threads: 1
     resources:
         mem_mb=mem_mb(2000),
@@ -29,5 +27,5 @@ rule illum:
         "../../envs/paintbench.yaml"
     shell:
         "python -m paintbench illum --load-data {input.load_data} --output-dir {params.output_dir}"
-        " --source {params.source} --threads {threads} --smoothing-fraction {params.smoothing}"
-        " --metadata-dir {params.metadata_dir} {params.gallery_args} {params.skip} --qc-output {output.qc} > {log} 2>&1"
+        " {params.options} --threads {threads} --metadata-dir {params.metadata_dir} {params.gallery_args}"
+        " --qc-output {output.qc} > {log} 2>&1"

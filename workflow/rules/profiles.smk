@@ -3,20 +3,19 @@
 
 rule profiles:
     input:
-        wells=lambda wildcards: expand(f"{RESULTS}/profiles/{wildcards.feature_set}/{{plate}}.parquet", plate=PLATES),
+        wells=lambda wildcards: [PATHS.well_profiles(wildcards.feature_set, plate) for plate in PLATES],
     output:
-        normalized=f"{RESULTS}/profiles/{{feature_set}}/normalized.parquet",
-        scored=f"{RESULTS}/profiles/{{feature_set}}/scored.parquet",
+        normalized=PATHS.normalized("{feature_set}"),
+        scored=PATHS.scored("{feature_set}"),
     log:
-        f"{RESULTS}/logs/profiles/{{feature_set}}.log",
+        PATHS.log("profiles", "{feature_set}"),
     benchmark:
-        f"{RESULTS}/benchmarks/profiles/{{feature_set}}.tsv"
+        PATHS.benchmark("profiles", "{feature_set}")
     wildcard_constraints:
-        feature_set="cellprofiler|vitmae|vitdino|vitsimclr",
+        feature_set=alternatives(IMAGE_FEATURE_SETS),
     params:
-        metadata_dir=METADATA_DIR,
-        selection=lambda wildcards: "--feature-selection" if wildcards.feature_set == "cellprofiler" else "",
-        spherize="--spherize" if config["profiles"]["spherize"] else "",
+        selection=lambda wildcards: "--feature-selection" if wildcards.feature_set == CELLPROFILER else "",
+        options=lambda wildcards: options(PROFILE_OPTIONS),
     threads: 1
     resources:
         mem_mb=mem_mb(8000),
@@ -25,23 +24,21 @@ rule profiles:
         "../../envs/paintbench.yaml"
     shell:
         # scored.parquet = the table the retrieval tasks use (feature-selected where selection applies).
-        "python -m paintbench profiles --wells {input.wells} --metadata-dir {params.metadata_dir}"
-        " {params.selection} {params.spherize} --output {output.normalized} --scored-output {output.scored}"
-        " > {log} 2>&1"
+        "python -m paintbench profiles --wells {input.wells} {params.selection} {params.options}"
+        " --output {output.normalized} --scored-output {output.scored} > {log} 2>&1"
 
 
 rule published_profiles:
     output:
-        scored=f"{RESULTS}/profiles/published_cellprofiler/scored.parquet",
+        scored=PATHS.scored(PUBLISHED),
     log:
-        f"{RESULTS}/logs/profiles/published_cellprofiler.log",
+        PATHS.log("profiles", PUBLISHED),
     benchmark:
-        f"{RESULTS}/benchmarks/profiles/published_cellprofiler.tsv"
+        PATHS.benchmark("profiles", PUBLISHED)
     params:
         plates=" ".join(PLATES),
-        metadata_dir=METADATA_DIR,
-        s3=s3_args(),
-        cache_dir=f"{DATA}/published_profiles",
+        options=lambda wildcards: options(S3_OPTIONS, [METADATA_DIR_OPTION]),
+        cache_dir=PATHS.published_cache(),
     threads: 1
     localrule: True
     resources:
@@ -50,5 +47,5 @@ rule published_profiles:
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench published-profiles --plates {params.plates} --metadata-dir {params.metadata_dir}"
-        " {params.s3} --cache-dir {params.cache_dir} --output {output.scored} > {log} 2>&1"
+        "python -m paintbench published-profiles --plates {params.plates} {params.options}"
+        " --cache-dir {params.cache_dir} --output {output.scored} > {log} 2>&1"

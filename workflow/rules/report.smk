@@ -1,27 +1,23 @@
-# Stage 6: summary table, figures and the self-contained HTML report; feature sets side by side.
-# The paper's CellProfiler values: metadata_dir's copy if it has one, else the bundled one (own plates need none).
-_PAPER_TABLE = "cpjump1_published_cellprofiler.tsv"
-PAPER_VALUES = (
-    f"{METADATA_DIR}/{_PAPER_TABLE}"
-    if os.path.exists(f"{METADATA_DIR}/{_PAPER_TABLE}")
-    else f"{WORKFLOW_DIR}/config/metadata/{_PAPER_TABLE}"
-)
+# Stage 6: summary table, figures and the self-contained HTML report; feature sets side by side. Each rule
+# declares every file its command reads (report_inputs) and names the same files on the command (report_args).
+SUMMARY_INPUTS = [*TASKS, "shortlists"]
+FIGURE_INPUTS = [*TASKS, "replicate_ap", "polypharmacology", "normalized", "illum", "cell_counts", "crops",
+                 "train_logs", "mae_checkpoint"]
+HTML_INPUTS = [*TASKS, "polypharmacology", "pairs", "qc", "cell_counts", "crop_centres", "ground_truth"]
 
 
 rule report_summary:
     input:
-        results=expand(f"{RESULTS}/retrieval/{{fs}}/{{task}}.parquet", fs=FEATURE_SETS, task=TASKS),
-        target_id=expand(f"{RESULTS}/target_id/{{fs}}.parquet", fs=FEATURE_SETS),
-        published=PAPER_VALUES,
+        unpack(report_inputs(*SUMMARY_INPUTS)),
+        published=paper_values(),
     output:
-        summary=report(f"{RESULTS}/reports/summary.tsv", caption="../report/summary.rst", category="Report"),
+        summary=report(PATHS.summary(), caption="../report/summary.rst", category="Report"),
     log:
-        f"{RESULTS}/logs/report/summary.log",
+        PATHS.log("report", "summary"),
     benchmark:
-        f"{RESULTS}/benchmarks/report/summary.tsv"
+        PATHS.benchmark("report", "summary")
     params:
-        results_dir=lambda wildcards, output: os.path.dirname(os.path.dirname(output.summary)),
-        feature_sets=" ".join(FEATURE_SETS),
+        files=lambda wildcards: report_args(*SUMMARY_INPUTS),
         dataset=run_dataset(),
     localrule: True
     threads: 1
@@ -31,29 +27,25 @@ rule report_summary:
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench report-summary --results-dir {params.results_dir} --feature-sets {params.feature_sets}"
-        " --published {input.published} --dataset {params.dataset} --target-id --output {output.summary} > {log} 2>&1"
+        "python -m paintbench report-summary {params.files} --published {input.published} --dataset {params.dataset}"
+        " --output {output.summary} > {log} 2>&1"
 
 
 rule report_figures:
     input:
-        unpack(report_inputs),
+        unpack(report_inputs(*FIGURE_INPUTS)),
         summary=rules.report_summary.output.summary,
     output:
-        figures=report(directory(f"{RESULTS}/reports/figures"), patterns=["{name}.png"],
+        figures=report(directory(PATHS.figures_dir()), patterns=["{name}.png"],
                        caption="../report/figures.rst", category="Figures"),
     log:
-        f"{RESULTS}/logs/report/figures.log",
+        PATHS.log("report", "figures"),
     benchmark:
-        f"{RESULTS}/benchmarks/report/figures.tsv"
+        PATHS.benchmark("report", "figures")
     params:
-        results_dir=lambda wildcards, output: os.path.dirname(os.path.dirname(output.figures)),
-        feature_sets=" ".join(FEATURE_SETS),
+        files=lambda wildcards: report_args(*FIGURE_INPUTS),
         plates=" ".join(PLATES),
         metadata_dir=METADATA_DIR,
-        train_dirs=lambda wildcards, input: (
-            f"--train-dirs {' '.join(os.path.dirname(p) for p in input.train_logs)}" if "train_logs" in input.keys() else ""
-        ),
     localrule: True
     threads: 1
     resources:
@@ -62,28 +54,27 @@ rule report_figures:
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench report-figures --results-dir {params.results_dir} --feature-sets {params.feature_sets}"
-        " --plates {params.plates} --summary {input.summary} {params.train_dirs} --metadata-dir {params.metadata_dir}"
-        " --figures-dir {output.figures} > {log} 2>&1"
+        "python -m paintbench report-figures --summary {input.summary} --plates {params.plates} {params.files}"
+        " --metadata-dir {params.metadata_dir} --figures-dir {output.figures} > {log} 2>&1"
 
 
 rule report_html:
     input:
+        unpack(report_inputs(*HTML_INPUTS)),
         summary=rules.report_summary.output.summary,
         figures=rules.report_figures.output.figures,
-        target_id=target_id_tables(),
     output:
-        html=report(f"{RESULTS}/reports/index.html", caption="../report/index.rst", category="Report"),
+        html=report(PATHS.report_html(), caption="../report/index.rst", category="Report"),
     log:
-        f"{RESULTS}/logs/report/html.log",
+        PATHS.log("report", "html"),
     benchmark:
-        f"{RESULTS}/benchmarks/report/html.tsv"
+        PATHS.benchmark("report", "html")
     params:
-        results_dir=lambda wildcards, output: os.path.dirname(os.path.dirname(output.html)),
+        files=lambda wildcards: report_args(*HTML_INPUTS),
         plates=" ".join(PLATES),
         # The effective configuration (config files + --config), as the run used it.
         config=lambda wildcards: yaml.safe_dump(dict(config), sort_keys=False),
-        cellprofiler=CELLPROFILER["executable"],
+        cellprofiler=RESOLVED["cellprofiler.executable"],
     localrule: True
     threads: 1
     resources:
@@ -92,6 +83,6 @@ rule report_html:
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench report-html --results-dir {params.results_dir} --plates {params.plates}"
-        " --summary {input.summary} --figures-dir {input.figures} --config-text {params.config:q}"
-        " --cellprofiler {params.cellprofiler} --output {output.html} > {log} 2>&1"
+        "python -m paintbench report-html --summary {input.summary} --figures-dir {input.figures} --plates {params.plates}"
+        " {params.files} --config-text {params.config:q} --cellprofiler {params.cellprofiler} --output {output.html}"
+        " > {log} 2>&1"

@@ -3,16 +3,16 @@
 
 rule replicate_retrieval:
     input:
-        profiles=f"{RESULTS}/profiles/{{feature_set}}/scored.parquet",
+        profiles=PATHS.scored("{feature_set}"),
     output:
-        scored=f"{RESULTS}/retrieval/{{feature_set}}/replicate_retrieval.parquet",
-        ap=f"{RESULTS}/retrieval/{{feature_set}}/replicate_retrieval_ap.parquet",
+        scored=PATHS.retrieval("{feature_set}", "replicate_retrieval"),
+        ap=PATHS.retrieval("{feature_set}", "replicate_retrieval", per_query=True),
     log:
-        f"{RESULTS}/logs/retrieval/{{feature_set}}/replicate_retrieval.log",
+        PATHS.log("retrieval", "{feature_set}", "replicate_retrieval"),
     benchmark:
-        f"{RESULTS}/benchmarks/retrieval/{{feature_set}}/replicate_retrieval.tsv"
+        PATHS.benchmark("retrieval", "{feature_set}", "replicate_retrieval")
     params:
-        retrieval=retrieval_args(),
+        options=lambda wildcards: options(RETRIEVAL_OPTIONS),
     threads: 1
     resources:
         mem_mb=mem_mb(4000),
@@ -20,26 +20,25 @@ rule replicate_retrieval:
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench retrieval --profiles {input.profiles} --task replicate_retrieval"
-        " {params.retrieval} --output {output.scored} --ap-output {output.ap}"
-        " > {log} 2>&1"
+        "python -m paintbench retrieval --profiles {input.profiles} --task replicate_retrieval {params.options}"
+        " --output {output.scored} --ap-output {output.ap} > {log} 2>&1"
 
 
 rule matching:
     input:
-        profiles=f"{RESULTS}/profiles/{{feature_set}}/scored.parquet",
-        replicate=f"{RESULTS}/retrieval/{{feature_set}}/replicate_retrieval.parquet",
+        profiles=PATHS.scored("{feature_set}"),
+        replicate=rules.replicate_retrieval.output.scored,
     output:
-        scored=f"{RESULTS}/retrieval/{{feature_set}}/{{task}}.parquet",
-        ap=f"{RESULTS}/retrieval/{{feature_set}}/{{task}}_ap.parquet",
+        scored=PATHS.retrieval("{feature_set}", "{task}"),
+        ap=PATHS.retrieval("{feature_set}", "{task}", per_query=True),
     log:
-        f"{RESULTS}/logs/retrieval/{{feature_set}}/{{task}}.log",
+        PATHS.log("retrieval", "{feature_set}", "{task}"),
     benchmark:
-        f"{RESULTS}/benchmarks/retrieval/{{feature_set}}/{{task}}.tsv"
+        PATHS.benchmark("retrieval", "{feature_set}", "{task}")
     wildcard_constraints:
-        task="sister_matching|compound_gene_matching",
+        task=alternatives(MATCHING_TASKS),
     params:
-        retrieval=retrieval_args(),
+        options=lambda wildcards: options(RETRIEVAL_OPTIONS),
     threads: 1
     resources:
         mem_mb=mem_mb(4000),
@@ -48,5 +47,5 @@ rule matching:
         "../../envs/paintbench.yaml"
     shell:
         "python -m paintbench retrieval --profiles {input.profiles} --task {wildcards.task}"
-        " --replicate-results {input.replicate} {params.retrieval}"
+        " --replicate-results {input.replicate} {params.options}"
         " --output {output.scored} --ap-output {output.ap} > {log} 2>&1"

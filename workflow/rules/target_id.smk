@@ -5,20 +5,18 @@
 
 rule target_id:
     input:
-        profiles=f"{RESULTS}/profiles/{{feature_set}}/scored.parquet",
+        profiles=PATHS.scored("{feature_set}"),
     output:
-        summary=f"{RESULTS}/target_id/{{feature_set}}.parquet",
-        queries=f"{RESULTS}/target_id/{{feature_set}}_queries.parquet",
-        polypharmacology=f"{RESULTS}/target_id/{{feature_set}}_polypharmacology.parquet",
-        pairs=f"{RESULTS}/target_id/{{feature_set}}_pairs.parquet",
+        summary=PATHS.target_id("{feature_set}", "summary"),
+        queries=PATHS.target_id("{feature_set}", "queries"),
+        polypharmacology=PATHS.target_id("{feature_set}", "polypharmacology"),
+        pairs=PATHS.target_id("{feature_set}", "pairs"),
     log:
-        f"{RESULTS}/logs/target_id/{{feature_set}}.log",
+        PATHS.log("target_id", "{feature_set}"),
     benchmark:
-        f"{RESULTS}/benchmarks/target_id/{{feature_set}}.tsv"
+        PATHS.benchmark("target_id", "{feature_set}")
     params:
-        alpha=config["target_id"]["alpha"],
-        draws=config["target_id"]["draws"],
-        seed=config["retrieval"]["seed"],
+        options=lambda wildcards: options(TARGET_ID_OPTIONS),
     threads: 1
     resources:
         mem_mb=mem_mb(4000),
@@ -26,7 +24,6 @@ rule target_id:
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench target-id --profiles {input.profiles} --alpha {params.alpha} --draws {params.draws}"
-        " --seed {params.seed}"
+        "python -m paintbench target-id --profiles {input.profiles} {params.options}"
         " --output {output.summary} --queries-output {output.queries}"
         " --polypharmacology-output {output.polypharmacology} --pairs-output {output.pairs} > {log} 2>&1"

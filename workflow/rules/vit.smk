@@ -3,8 +3,7 @@
 # embeddings of every crop streamed from the images (GPU) -> well means.
 
 wildcard_constraints:
-    method="mae|dino|simclr",
-
+    method=alternatives(VIT_METHODS),
 
 
 # Pretraining is the longest chain of the run (crops of every plate -> pretraining -> embedding): its jobs go
@@ -12,27 +11,21 @@ wildcard_constraints:
 rule vit_crops:
     priority: 50
     input:
-        load_data=f"{RESULTS}/load_data/{{plate}}.csv",
+        load_data=PATHS.load_data("{plate}"),
         illum=rules.illum.output.functions,
     output:
-        crops=f"{RESULTS}/vit/crops/{{plate}}.npy",
-        index=f"{RESULTS}/vit/crops/{{plate}}.parquet",
-        norm=f"{RESULTS}/vit/crops/{{plate}}.norm.json",
-        centres=f"{RESULTS}/vit/crops/{{plate}}.centres.parquet",
-        qc=f"{RESULTS}/qc/{{plate}}/vit_crops.tsv",
+        crops=PATHS.crops("{plate}", "npy"),
+        index=PATHS.crops("{plate}", "parquet"),
+        norm=PATHS.crops("{plate}", "norm.json"),
+        centres=PATHS.crops("{plate}", "centres.parquet"),
+        qc=PATHS.qc_fragment("{plate}", "vit_crops"),
     log:
-        f"{RESULTS}/logs/vit_crops/{{plate}}.log",
+        PATHS.log("vit_crops", "{plate}"),
     benchmark:
-        f"{RESULTS}/benchmarks/vit_crops/{{plate}}.tsv"
+        PATHS.benchmark("vit_crops", "{plate}")
     params:
-        prefix=lambda wildcards: f"{RESULTS}/vit/crops/{wildcards.plate}",
-        illum_dir=lambda wildcards: f"{RESULTS}/illum/{wildcards.plate}",
-        mode=VIT["crop"],
-        crop_size=VIT["crop_size"],
-        cap=f"--max-crops-per-field {VIT['max_crops_per_field']}" if VIT["max_crops_per_field"] else "",
-        sample=f"--sample-per-field {VIT['pretrain_crops_per_field']}" if VIT["pretrain_crops_per_field"] else "",
-        seed=VIT["seed"],
-        skip=SKIP_BAD_FIELDS,
+        prefix=lambda wildcards, output: crop_prefix(output.crops),
+        options=lambda wildcards: options(CROP_OPTIONS),
     threads: max(1, VIT["num_workers"])
     resources:
         mem_mb=mem_mb(4000),
@@ -41,28 +34,28 @@ rule vit_crops:
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench vit-crops --load-data {input.load_data} --illum-dir {params.illum_dir}"
-        " --mode {params.mode} --crop-size {params.crop_size} {params.cap} {params.sample} --num-workers {threads}"
-        " --seed {params.seed} {params.skip} --qc-output {output.qc} --output-prefix {params.prefix} > {log} 2>&1"
+        "python -m paintbench vit-crops --load-data {input.load_data} --illum {input.illum} {params.options}"
+        " --num-workers {threads} --qc-output {output.qc} --output-prefix {params.prefix} > {log} 2>&1"
 
 
 rule vit_pretrain:
     priority: 50
     input:
-        crops=expand(f"{RESULTS}/vit/crops/{{plate}}.npy", plate=VIT_PRETRAIN_PLATES),
-        index=expand(f"{RESULTS}/vit/crops/{{plate}}.parquet", plate=VIT_PRETRAIN_PLATES),
-        norm=expand(f"{RESULTS}/vit/crops/{{plate}}.norm.json", plate=VIT_PRETRAIN_PLATES),
+        crops=[PATHS.crops(plate, "npy") for plate in VIT_PRETRAIN_PLATES],
+        index=[PATHS.crops(plate, "parquet") for plate in VIT_PRETRAIN_PLATES],
+        norm=[PATHS.crops(plate, "norm.json") for plate in VIT_PRETRAIN_PLATES],
     output:
-        encoder=f"{RESULTS}/vit/{{method}}/encoder.pt",
-        log_table=f"{RESULTS}/vit/{{method}}/train_log.tsv",
-        loss_plot=report(f"{RESULTS}/vit/{{method}}/train_loss.png", caption="../report/train_loss.rst",
+        encoder=PATHS.vit_file("{method}", "encoder.pt"),
+        checkpoint=PATHS.vit_file("{method}", "checkpoint.pt"),
+        log_table=PATHS.vit_file("{method}", "train_log.tsv"),
+        loss_plot=report(PATHS.vit_file("{method}", "train_loss.png"), caption="../report/train_loss.rst",
                          category="ViT pretraining", subcategory="{method}"),
     log:
-        f"{RESULTS}/logs/vit_pretrain/{{method}}.log",
+        PATHS.log("vit_pretrain", "{method}"),
     benchmark:
-        f"{RESULTS}/benchmarks/vit_pretrain/{{method}}.tsv"
+        PATHS.benchmark("vit_pretrain", "{method}")
     params:
-        prefixes=lambda wildcards, input: " ".join(p.removesuffix(".npy") for p in input.crops),
+        prefixes=lambda wildcards, input: " ".join(crop_prefix(p) for p in input.crops),
         out_dir=lambda wildcards, output: os.path.dirname(output.encoder),
         args=vit_train_args,
     threads: max(1, VIT["num_workers"])
@@ -82,26 +75,22 @@ rule vit_pretrain:
 rule vit_embed:
     # One job per plate embeds it with every method's encoder: the plate's images are decoded once.
     input:
-        load_data=f"{RESULTS}/load_data/{{plate}}.csv",
+        load_data=PATHS.load_data("{plate}"),
         illum=rules.illum.output.functions,
-        norm=f"{RESULTS}/vit/crops/{{plate}}.norm.json",
-        centres=f"{RESULTS}/vit/crops/{{plate}}.centres.parquet",
-        encoders=[vit_encoder(method) for method in VIT_METHODS],
+        norm=PATHS.crops("{plate}", "norm.json"),
+        centres=PATHS.crops("{plate}", "centres.parquet"),
+        encoders=[vit_encoder(method) for method in RUN_METHODS],
     output:
-        profiles=expand(f"{RESULTS}/profiles/vit{{method}}/{{{{plate}}}}.parquet", method=VIT_METHODS),
-        qc=f"{RESULTS}/qc/{{plate}}/vit_embed.tsv",
+        profiles=[PATHS.well_profiles(METHOD_FEATURE_SETS[method], "{plate}") for method in RUN_METHODS],
+        qc=PATHS.qc_fragment("{plate}", "vit_embed"),
     log:
-        f"{RESULTS}/logs/vit_embed/{{plate}}.log",
+        PATHS.log("vit_embed", "{plate}"),
     benchmark:
-        f"{RESULTS}/benchmarks/vit_embed/{{plate}}.tsv"
+        PATHS.benchmark("vit_embed", "{plate}")
     params:
-        prefix=lambda wildcards: f"{RESULTS}/vit/crops/{wildcards.plate}",
-        illum_dir=lambda wildcards: f"{RESULTS}/illum/{wildcards.plate}",
-        encoder_args=vit_encoder_args(),
-        skip=SKIP_BAD_FIELDS,
-        pooling=VIT["pooling"],
-        batch_size=VIT["embed_batch_size"],
-        device=VIT["device"],
+        prefix=lambda wildcards, input: crop_prefix(input.centres),
+        encoder_args=lambda wildcards: vit_encoder_args(),
+        options=lambda wildcards: options(EMBED_OPTIONS),
     threads: max(1, VIT["num_workers"])
     resources:
         gpu=gpu_request(1),
@@ -110,7 +99,6 @@ rule vit_embed:
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench vit-embed --crops {params.prefix} --load-data {input.load_data}"
-        " --illum-dir {params.illum_dir} --encoder {input.encoders} {params.encoder_args}"
-        " --pooling {params.pooling} --batch-size {params.batch_size} --device {params.device} {params.skip}"
-        " --num-workers {threads} --qc-output {output.qc} --output {output.profiles} > {log} 2>&1"
+        "python -m paintbench vit-embed --crops {params.prefix} --load-data {input.load_data} --illum {input.illum}"
+        " --encoder {input.encoders} {params.encoder_args} {params.options} --num-workers {threads}"
+        " --qc-output {output.qc} --output {output.profiles} > {log} 2>&1"

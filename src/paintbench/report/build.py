@@ -1,7 +1,7 @@
 """The report's figures from a finished run's files, each with a title and a one-sentence caption.
 
-`make_figures` reads only what earlier stages wrote (retrieval results, well profiles, illumination functions,
-crop caches, the MAE's log and checkpoint) and returns a manifest (one entry per figure: file stem, section,
+`make_figures` reads only the files it is given (paintbench.report.inputs.RunFiles: retrieval results, well
+profiles, illumination functions, crop caches, the training logs and the MAE's checkpoint) and returns a manifest (one entry per figure: file stem, section,
 title, caption) that the HTML report and Snakemake's report share.
 """
 
@@ -20,16 +20,16 @@ from paintbench.report.figures import (comparison_figure, fraction_retrieved_fig
                                        plate_heatmaps_figure)
 from paintbench.report.image_figures import (examples_figure, illumination_figure, reconstruction_figure,
                                              training_figure)
+from paintbench.registry import METHOD_TITLES, SHORTLIST_TASKS, TASK_TITLES, TASKS
+from paintbench.report.inputs import RunFiles
 from paintbench.report.reference import paper_comparison_figure, paper_differences
-from paintbench.report.summary import REFERENCE, TASKS, result_path
-from paintbench.report.targets import polypharmacology_figure, shortlist_figure, target_files
+from paintbench.report.summary import REFERENCE
+from paintbench.report.targets import polypharmacology_figure, shortlist_figure
 from paintbench.retrieval import PERT
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "figures.json"
-TASK_TITLES = {"replicate_retrieval": "replicate retrieval", "sister_matching": "sister matching",
-               "compound_gene_matching": "compound-gene matching"}
 EXAMPLES_PER_GROUP = 6
 
 
@@ -41,7 +41,7 @@ class Figure:
     caption: str
 
 
-def _retrieval_figures(results_dir: Path, feature_sets: list[str], summary: pd.DataFrame, out: Path) -> list[Figure]:
+def _retrieval_figures(files: RunFiles, feature_sets: list[str], summary: pd.DataFrame, out: Path) -> list[Figure]:
     figures = []
     fraction_retrieved_figure(summary, out / "fraction_retrieved")
     figures.append(Figure("fraction_retrieved", "Retrieval", "Fraction retrieved per task and condition",
@@ -55,7 +55,7 @@ def _retrieval_figures(results_dir: Path, feature_sets: list[str], summary: pd.D
                               "intervals) and the paper's CellProfiler value (black diamonds); labels give the largest "
                               "absolute difference. The paper's own reruns differ by about 0.01."))
     for task in TASKS:
-        results = {fs: read_table(result_path(results_dir, fs, task)) for fs in feature_sets}
+        results = {fs: read_table(files.result(fs, task)) for fs in feature_sets}
         results = {fs: table for fs, table in results.items() if not table.empty}
         if not results:
             continue
@@ -63,7 +63,7 @@ def _retrieval_figures(results_dir: Path, feature_sets: list[str], summary: pd.D
         figures.append(Figure(f"map_vs_p_{task}", "Retrieval", f"mAP and significance: {TASK_TITLES[task]}",
                               "Each point is a perturbation: its mAP against -log10 of its permutation p-value; "
                               "coloured points are retrieved (q < 0.05)."))
-    replicate = {fs: read_table(result_path(results_dir, fs, "replicate_retrieval")) for fs in feature_sets}
+    replicate = {fs: read_table(files.result(fs, "replicate_retrieval")) for fs in feature_sets}
     for a, b in zip(feature_sets, feature_sets[1:]):
         try:
             comparison_figure(replicate[a], replicate[b], a, b, out / f"compare_{a}_vs_{b}")
@@ -76,9 +76,9 @@ def _retrieval_figures(results_dir: Path, feature_sets: list[str], summary: pd.D
     return figures
 
 
-def _target_figures(results_dir: Path, feature_sets: list[str], summary: pd.DataFrame, out: Path) -> list[Figure]:
-    present = [fs for fs in feature_sets if target_files(results_dir, fs)["summary"].exists()]
-    if not present or not (summary["task"].isin(["target_identification", "virtual_screening"])
+def _target_figures(files: RunFiles, feature_sets: list[str], summary: pd.DataFrame, out: Path) -> list[Figure]:
+    present = [fs for fs in feature_sets if fs in files.polypharmacology]
+    if not present or not (summary["task"].isin(SHORTLIST_TASKS)
                            & (summary["n_perturbations"] > 0)).any():
         return []
     shortlist_figure(summary, out / "shortlists")
@@ -86,7 +86,7 @@ def _target_figures(results_dir: Path, feature_sets: list[str], summary: pd.Data
                       "Recall@k of target identification (a compound's annotated targets among its k closest genes) "
                       "and virtual screening (a gene's annotated compounds among its k closest compounds), pooled "
                       "over conditions; black ticks: random shortlists.")]
-    poly = {fs: read_table(target_files(results_dir, fs)["polypharmacology"]) for fs in present}
+    poly = {fs: read_table(files.polypharmacology[fs]) for fs in present}
     if any(not table.empty for table in poly.values()):
         polypharmacology_figure(poly, out / "polypharmacology")
         figures.append(Figure("polypharmacology", "Target identification", "Which target does a multi-target compound follow?",
@@ -95,19 +95,19 @@ def _target_figures(results_dir: Path, feature_sets: list[str], summary: pd.Data
     return figures
 
 
-def _plate_figures(results_dir: Path, feature_sets: list[str], plates: list[str], out: Path,
+def _plate_figures(files: RunFiles, feature_sets: list[str], out: Path,
                    plate_formats: dict[str, int] | None = None) -> list[Figure]:
     figures = []
-    counts = [results_dir / "profiles" / "cellprofiler" / f"{plate}.parquet" for plate in plates]
-    if all(path.exists() for path in counts):
-        wells = pd.concat([pd.read_parquet(p, columns=["Metadata_Plate", "Metadata_Well", "Metadata_Object_Count"])
-                           for p in counts])
+    if files.cell_counts:
+        wells = pd.concat([pd.read_parquet(files.cell_counts[plate], columns=["Metadata_Plate", "Metadata_Well",
+                                                                             "Metadata_Object_Count"])
+                           for plate in files.plates if plate in files.cell_counts])
         plate_heatmaps_figure(wells, out / "plate_cell_counts", "Metadata_Object_Count", "cells", plate_formats)
         figures.append(Figure("plate_cell_counts", "Plates", "Cells per well (CellProfiler)",
                               "Cells segmented per well on each plate's layout: edge, row or column patterns point "
                               "to plating or imaging artefacts rather than biology."))
     for fs in feature_sets:
-        ap = read_table(results_dir / "retrieval" / fs / "replicate_retrieval_ap.parquet")
+        ap = read_table(files.replicate_ap[fs]) if fs in files.replicate_ap else pd.DataFrame()
         if ap.empty:
             continue
         wells = ap.groupby(["Metadata_Plate", "Metadata_Well"], as_index=False)["average_precision"].mean()
@@ -119,15 +119,18 @@ def _plate_figures(results_dir: Path, feature_sets: list[str], plates: list[str]
     return figures
 
 
-def _crops_of_wells(crop_dir: Path, wells: pd.DataFrame, limit: int, seed: int = 0) -> np.ndarray:
-    """Up to `limit` crops drawn evenly from the given (plate, well) rows' crop caches."""
+def _crops_of_wells(crops: dict[str, Path], wells: pd.DataFrame, limit: int, seed: int = 0) -> np.ndarray:
+    """Up to `limit` crops drawn evenly from the given (plate, well) rows' crop caches (plate -> PREFIX.npy, its
+    index PREFIX.parquet beside it)."""
     rng = np.random.default_rng(seed)
     picked = []
     for plate, group in wells.groupby("Metadata_Plate", sort=True):
-        index = read_table(crop_dir / f"{plate}.parquet")
+        if plate not in crops:
+            continue
+        index = read_table(crops[plate].with_suffix(".parquet"))
         rows = index.loc[index["Metadata_Well"].isin(group["Metadata_Well"]), "Metadata_Crop"].to_numpy()
         if rows.size:
-            array = np.load(crop_dir / f"{plate}.npy", mmap_mode="r")
+            array = np.load(crops[plate], mmap_mode="r")
             take = np.sort(rng.choice(rows, size=min(limit, rows.size), replace=False))
             picked.append(np.asarray(array[take], dtype=np.float32))
     if not picked:
@@ -136,83 +139,75 @@ def _crops_of_wells(crop_dir: Path, wells: pd.DataFrame, limit: int, seed: int =
     return crops[np.sort(rng.choice(len(crops), size=min(limit, len(crops)), replace=False))]
 
 
-def _example_figure(results_dir: Path, feature_sets: list[str], out: Path, n: int = 3) -> list[Figure]:
-    crop_dir = results_dir / "vit" / "crops"
-    if not crop_dir.is_dir():
+def _example_figure(files: RunFiles, feature_sets: list[str], out: Path, n: int = 3) -> list[Figure]:
+    if not files.crops or not files.normalized:
         return []
-    maps = pd.concat([read_table(result_path(results_dir, fs, "replicate_retrieval")) for fs in feature_sets])
+    maps = pd.concat([read_table(files.result(fs, "replicate_retrieval")) for fs in feature_sets])
     if maps.empty:
         return []
     ranked = maps.groupby([PERT, "Metadata_modality"], as_index=False).agg(
         mean_average_precision=("mean_average_precision", "mean"), name=("Metadata_pert_iname", "first"),
         gene=("Metadata_gene", "first")).sort_values("mean_average_precision", ascending=False)
-    wells = pd.concat([read_table(results_dir / "retrieval" / fs / "replicate_retrieval_ap.parquet") for fs in feature_sets])
+    wells = pd.concat([read_table(files.replicate_ap[fs]) for fs in feature_sets if fs in files.replicate_ap])
     groups = []
     chosen = pd.concat([ranked.head(n), ranked.tail(n)]).drop_duplicates(PERT)
     for _, row in chosen.iterrows():
         label = row["gene"] if isinstance(row["gene"], str) else row["name"]
-        crops = _crops_of_wells(crop_dir, wells[wells[PERT] == row[PERT]].drop_duplicates(["Metadata_Plate", "Metadata_Well"]),
-                                EXAMPLES_PER_GROUP)
+        crops = _crops_of_wells(files.crops, wells[wells[PERT] == row[PERT]].drop_duplicates(
+            ["Metadata_Plate", "Metadata_Well"]), EXAMPLES_PER_GROUP)
         groups.append((f"{label} ({row['Metadata_modality']})\nmAP {row['mean_average_precision']:.2f}", crops))
-    profiles = read_table(results_dir / "profiles" / feature_sets[0] / "normalized.parquet")
+    first = next(fs for fs in [*feature_sets, *files.normalized] if fs in files.normalized)
+    profiles = read_table(files.normalized[first])
     negcon = profiles.loc[profiles["Metadata_control_type"] == "negcon", ["Metadata_Plate", "Metadata_Well"]]
-    groups.append(("negative controls", _crops_of_wells(crop_dir, negcon, EXAMPLES_PER_GROUP)))
+    groups.append(("negative controls", _crops_of_wells(files.crops, negcon, EXAMPLES_PER_GROUP)))
     examples_figure(groups, out / "examples", "Best and worst retrieved perturbations")
     return [Figure("examples", "Images", "Best- and worst-retrieved perturbations",
                    f"Single-cell crops (DNA blue, ER green, RNA cyan, AGP orange, Mito magenta) of the {n} perturbations retrieved best and "
                    f"the {n} retrieved worst (mean replicate mAP over feature sets), and of negative controls.")]
 
 
-METHOD_TITLES = {"mae": "ViT-MAE", "dino": "ViT-DINO", "simclr": "ViT-SimCLR"}
 LOSS_CAPTIONS = {"mae": "reconstruction loss on masked patches", "dino": "DINO cross-entropy between teacher and student views",
                  "simclr": "NT-Xent contrastive loss"}
 
 
-def _image_figures(results_dir: Path, plates: list[str], train_dirs: list[Path], out: Path) -> list[Figure]:
-    if not (results_dir / "illum").is_dir():
+def _image_figures(files: RunFiles, out: Path) -> list[Figure]:
+    if not files.illum:
         return []  # a run of published profiles reads no images
-    illumination_figure(results_dir / "illum", plates, out / "illumination")
+    illumination_figure(files.illum, files.plates, out / "illumination")
     figures = [Figure("illumination", "Images", "Illumination functions",
                       "Per-plate, per-channel illumination functions that both branches divide by; smooth, "
                       "centre-bright surfaces are expected, sharp structure is not.")]
-    for train_dir in train_dirs:  # one folder per method: results_dir/vit/<method>
-        method = train_dir.name
-        if not (train_dir / "train_log.tsv").exists():
-            continue
+    for method, train_log in files.train_logs.items():
         title = METHOD_TITLES.get(method, method)
-        training_figure(train_dir / "train_log.tsv", out / f"{method}_training", title)
+        training_figure(train_log, out / f"{method}_training", method)
         figures.append(Figure(f"{method}_training", "Pretraining", f"{title} training",
                               f"{LOSS_CAPTIONS.get(method, 'Loss').capitalize()} per optimizer step (and its running "
                               "mean) with the learning-rate schedule; where tracked (vit.track_every), replicate "
                               "mAP of a fixed sample of wells at those steps (reported only, never used for training)."))
-    mae_dir = next((d for d in train_dirs if d.name == "mae"), None)
-    if mae_dir is not None and (mae_dir / "train_log.tsv").exists():
-        crop_dir = results_dir / "vit" / "crops"
-        caches = sorted(crop_dir.glob("*.npy"))
-        rows = read_table(caches[0].with_suffix(".parquet"))["Metadata_Crop"].to_numpy() if caches else []
-        if (mae_dir / "checkpoint.pt").exists() and len(rows):
-            array = np.load(caches[0], mmap_mode="r")
+    if files.mae_checkpoint is not None and files.crops:
+        cache = files.crops[sorted(files.crops)[0]]
+        rows = read_table(cache.with_suffix(".parquet"))["Metadata_Crop"].to_numpy()
+        if len(rows):
+            array = np.load(cache, mmap_mode="r")
             take = rows[np.linspace(0, len(rows) - 1, num=min(6, len(rows))).astype(int)]
-            reconstruction_figure(mae_dir / "checkpoint.pt", np.asarray(array[take], np.float32), out / "mae_reconstructions")
+            reconstruction_figure(files.mae_checkpoint, np.asarray(array[take], np.float32), out / "mae_reconstructions")
             figures.append(Figure("mae_reconstructions", "ViT-MAE", "Masked inputs and reconstructions",
                                   "Crops as the MAE sees them in pretraining: original, with 75% of patches hidden, "
                                   "and the decoder's reconstruction of the hidden patches."))
     return figures
 
 
-def make_figures(results_dir: str | Path, feature_sets: list[str], plates: list[str], summary: pd.DataFrame,
-                 out_dir: str | Path, train_dirs: list[str | Path] | None = None,
+def make_figures(files: RunFiles, summary: pd.DataFrame, out_dir: str | Path,
                  plate_formats: dict[str, int] | None = None) -> list[Figure]:
     """Write every figure (PNG + SVG) into out_dir and the manifest figures.json; returns the manifest.
     `plate_formats` (plate -> 96 or 384) shapes the plate maps; 384 for plates it lacks."""
-    results, out = Path(results_dir), Path(out_dir)
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    scored = [fs for fs in feature_sets if fs != REFERENCE]
+    scored = [fs for fs in files.feature_sets if fs != REFERENCE]
     retrieval = summary[summary["task"].isin(TASKS)]
-    figures = [*_retrieval_figures(results, scored, retrieval, out), *_target_figures(results, scored, summary, out),
-               *_plate_figures(results, scored, plates, out, plate_formats),
-               *_example_figure(results, scored, out),
-               *_image_figures(results, plates, [Path(d) for d in train_dirs or []], out)]
+    figures = [*_retrieval_figures(files, scored, retrieval, out), *_target_figures(files, scored, summary, out),
+               *_plate_figures(files, scored, out, plate_formats), *_example_figure(files, scored, out),
+               *_image_figures(files, out)]
     with atomic_path(out / MANIFEST) as tmp:
         tmp.write_text(json.dumps([asdict(f) for f in figures], indent=1))
     return figures

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import importlib.metadata
+import os
 import platform
 import subprocess
 from datetime import datetime, timezone
@@ -22,9 +23,11 @@ import pandas as pd
 from paintbench.atomic import atomic_path, read_table
 from paintbench.citations import footer_html
 from paintbench.qc import read_fragment, summarize
-from paintbench.report.build import Figure, TASK_TITLES
+from paintbench.registry import TASK_TITLES, TASKS
+from paintbench.report.build import Figure
+from paintbench.report.inputs import RunFiles
 from paintbench.report.reference import planted_table
-from paintbench.report.summary import REFERENCE, TASKS, read_summary
+from paintbench.report.summary import REFERENCE, read_summary
 from paintbench.report.targets import targets_section
 
 PROTOCOL_TEXT = ("cpjump1 is the CPJUMP1 paper's statistic: every query's AP gets its own permutation p-value and "
@@ -138,13 +141,13 @@ def notes_html(summary: pd.DataFrame) -> str:
     return "<ul>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>"
 
 
-def planted_html(results_dir: Path, summary: pd.DataFrame) -> str:
-    """On synthetic runs: the planted answer per class, feature set and task, under both protocols."""
-    truth_path = results_dir / "synthetic" / "ground_truth.parquet"
-    if not truth_path.exists():
+def planted_html(files: RunFiles, summary: pd.DataFrame) -> str:
+    """On synthetic runs (the ground truth given): the planted answer per class, feature set and task, under both
+    protocols."""
+    if files.ground_truth is None:
         return ""
     feature_sets = list(dict.fromkeys(summary.loc[summary["row_kind"] != "paper", "feature_set"]))
-    table = planted_table(results_dir, feature_sets, read_table(truth_path))
+    table = planted_table(files, feature_sets, read_table(files.ground_truth))
     if table.empty:
         return ""
     protocol, other = table["protocol"].iloc[0], table["alt_protocol"].iloc[0]
@@ -166,21 +169,19 @@ def figure_html(figures_dir: Path, figure: Figure) -> str:
             f"<span class='muted'>(SVG: figures/{figure.stem}.svg)</span></figcaption></figure>")
 
 
-def qc_html(results_dir: Path, plates: list[str]) -> str:
-    """Per plate: wells, cells and crops, then what each stage left out (results_dir/qc/<plate>.tsv)."""
+def qc_html(files: RunFiles) -> str:
+    """Per plate: wells, cells and crops, then what each stage left out (qc/<plate>.tsv)."""
     counts, tables = [], {}
-    for plate in plates:
-        cells = results_dir / "profiles" / "cellprofiler" / f"{plate}.parquet"
-        crops = results_dir / "vit" / "crops" / f"{plate}.centres.parquet"
-        qc = results_dir / "qc" / f"{plate}.tsv"
-        if qc.exists():
-            tables[plate] = read_fragment(qc)
+    for plate in files.plates:
+        cells, crops = files.cell_counts.get(plate), files.crop_centres.get(plate)
+        if plate in files.qc:
+            tables[plate] = read_fragment(files.qc[plate])
         # One column each: a plate's well profiles hold thousands of features the count does not need.
-        objects = pd.read_parquet(cells, columns=["Metadata_Object_Count"]) if cells.exists() else None
+        objects = pd.read_parquet(cells, columns=["Metadata_Object_Count"]) if cells is not None else None
         counts.append({"plate": plate,
                        "wells": len(objects) if objects is not None else "-",
                        "cells (CellProfiler)": int(objects["Metadata_Object_Count"].sum()) if objects is not None else "-",
-                       "crops (ViT)": len(pd.read_parquet(crops, columns=["Metadata_Well"])) if crops.exists() else "-"})
+                       "crops (ViT)": len(pd.read_parquet(crops, columns=["Metadata_Well"])) if crops is not None else "-"})
     text = pd.DataFrame(counts).to_html(index=False, border=0)
     if not tables:
         return text
@@ -214,23 +215,29 @@ def software_versions(cellprofiler: str | None) -> dict[str, str]:
     return versions
 
 
-def render(summary: pd.DataFrame, figures_dir: Path, figures: list[Figure], results_dir: Path, plates: list[str],
+def run_folder(files: RunFiles, summary_path: Path) -> str:
+    """The folder the report's files share (the run's results_dir)."""
+    paths = [str(Path(p).resolve()) for _, p in files.files()] + [str(Path(summary_path).resolve())]
+    return os.path.commonpath(paths)
+
+
+def render(summary: pd.DataFrame, figures_dir: Path, figures: list[Figure], files: RunFiles, folder: str,
            config_text: str, versions: dict[str, str]) -> str:
     everything, summary = summary, summary[summary["task"].isin(TASKS)]
     measured = list(dict.fromkeys(everything.loc[everything["row_kind"] == "measured", "feature_set"]))
     sections: dict[str, list[str]] = {}
     for figure in figures:
         sections.setdefault(figure.section, []).append(figure_html(figures_dir, figure))
-    body = [f"<h1>paintbench report</h1><p class='muted'>{html.escape(str(results_dir))} &middot; "
-            f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC &middot; {len(plates)} plate(s)</p>",
+    body = [f"<h1>paintbench report</h1><p class='muted'>{html.escape(folder)} &middot; "
+            f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC &middot; {len(files.plates)} plate(s)</p>",
             "<h2>At a glance</h2><p>Fraction retrieved (q &lt; 0.05) per task and condition with its 95% interval, "
             "the mean mAP and the number of units scored (perturbations; target genes or genes in matching). "
             "Full table: <code>reports/summary.tsv</code>.</p>", glance_table(summary),
-            "<h2>Reading these numbers</h2>" + notes_html(summary), planted_html(results_dir, summary),
-            targets_section(results_dir, everything, measured)]
+            "<h2>Reading these numbers</h2>" + notes_html(summary), planted_html(files, summary),
+            targets_section(files, everything, measured)]
     for section, items in sections.items():
         body.append(f"<h2>{html.escape(section)}</h2>" + "".join(items))
-    body.append("<h2>Quality control</h2>" + qc_html(results_dir, plates))
+    body.append("<h2>Quality control</h2>" + qc_html(files))
     body.append("<h2>Configuration</h2><pre>" + html.escape(config_text) + "</pre>")
     body.append("<h2>Software</h2>" + pd.DataFrame(list(versions.items()), columns=["software", "version"]).to_html(index=False, border=0))
     body.append(footer_html())
@@ -238,10 +245,10 @@ def render(summary: pd.DataFrame, figures_dir: Path, figures: list[Figure], resu
             f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>" + "\n".join(body) + "</body></html>")
 
 
-def write_report(summary_path: Path, figures_dir: Path, figures: list[Figure], results_dir: Path, plates: list[str],
-                 config_text: str, output: Path, cellprofiler: str | None = None) -> Path:
-    page = render(read_summary(summary_path), figures_dir, figures, results_dir, plates, config_text,
-                  software_versions(cellprofiler))
+def write_report(summary_path: Path, figures_dir: Path, figures: list[Figure], files: RunFiles, config_text: str,
+                 output: Path, cellprofiler: str | None = None) -> Path:
+    page = render(read_summary(summary_path), figures_dir, figures, files, run_folder(files, summary_path),
+                  config_text, software_versions(cellprofiler))
     with atomic_path(output) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return output

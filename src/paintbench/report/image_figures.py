@@ -7,11 +7,12 @@ written [stem.png, stem.svg] (see paintbench.report.figures.save_figure).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
-from paintbench import CHANNELS
+from paintbench.registry import CHANNELS, LOSS_NAMES, METHOD_TITLES
 # pyplot through figures: that module selects the headless Agg backend before pyplot is first imported.
 from paintbench.report.figures import OKABE_ITO, plt, save_figure, style
 
@@ -67,17 +68,20 @@ def _blank(ax: plt.Axes) -> None:
         spine.set_visible(False)
 
 
-def illumination_figure(illum_dir: Path, plates: list[str], stem: Path, max_plates: int = 6) -> list[Path]:
-    """Illumination correction functions: one row per plate (the first `max_plates`), one column per channel."""
+def illumination_figure(functions_of: Mapping[str, Mapping[str, Path]], plates: list[str], stem: Path,
+                        max_plates: int = 6) -> list[Path]:
+    """Illumination correction functions (plate -> channel -> .npy): one row per plate (the first `max_plates`),
+    one column per channel."""
     shown = list(plates)[:max_plates]
     if not shown:
         raise ValueError("illumination_figure: no plates given")
     functions = {}
     for plate in shown:
         for channel in CHANNELS:
-            path = Path(illum_dir) / plate / f"{plate}_Illum{channel}.npy"
-            if not path.exists():
-                raise FileNotFoundError(f"{path}: illumination function of plate {plate}, channel {channel} not found")
+            path = functions_of.get(plate, {}).get(channel)
+            if path is None or not Path(path).exists():
+                raise FileNotFoundError(f"{path or plate}: illumination function of plate {plate}, channel {channel} "
+                                        "not found")
             array = np.load(path)
             step = max(1, int(np.ceil(max(array.shape) / ILLUM_MAX_SIDE)))
             functions[plate, channel] = np.asarray(array[::step, ::step], np.float32)
@@ -100,11 +104,9 @@ def illumination_figure(illum_dir: Path, plates: list[str], stem: Path, max_plat
     return save_figure(fig, stem)
 
 
-def training_figure(train_log: Path, stem: Path, title: str = "ViT-MAE") -> list[Path]:
+def training_figure(train_log: Path, stem: Path, method: str = "mae") -> list[Path]:
     """Loss per step with a running mean (log scale if it spans more than 10x, MAE only), the learning rate, and
     the tracked replicate mAP when the log has it."""
-    from paintbench.vit.train import LOSS_NAMES
-
     table = pd.read_csv(train_log, sep="\t")
     missing = {"step", "loss", "lr"} - set(table.columns)
     if missing:
@@ -116,8 +118,7 @@ def training_figure(train_log: Path, stem: Path, title: str = "ViT-MAE") -> list
                             height_ratios=(3, 2) if len(tracked) else (1,))[:, 0]
         ax = axes[0]
         axes[-1].set_xlabel("step")
-        method = next((m for m, name in (("dino", "DINO"), ("simclr", "SimCLR")) if name in title), "mae")
-        ax.set_ylabel(LOSS_NAMES[method])
+        ax.set_ylabel(LOSS_NAMES.get(method, "loss"))
         if len(tracked):
             axes[1].plot(tracked["step"], tracked["replicate_map"], "o-", color=OKABE_ITO["green"])
             axes[1].set_ylabel("replicate mAP\n(tracked sample)")
@@ -143,7 +144,7 @@ def training_figure(train_log: Path, stem: Path, title: str = "ViT-MAE") -> list
             ax.legend(handles=handles, loc="upper right", frameon=False)
         minutes = table["seconds"].iloc[-1] / 60 if "seconds" in table and len(table) else float("nan")
         timing = f", {minutes:.1f} min" if np.isfinite(minutes) else ""
-        ax.set_title(f"{title} pretraining: {len(table)} steps{timing}")
+        ax.set_title(f"{METHOD_TITLES.get(method, method)} pretraining: {len(table)} steps{timing}")
     return save_figure(fig, stem)
 
 
@@ -152,7 +153,8 @@ def _reconstruct(checkpoint: Path, crops: np.ndarray, mask_ratio: float,
     """Resized inputs (N, C, S, S), reconstructions (N, C, S, S), pixel mask (N, S, S; True = hidden), patch size."""
     import torch
 
-    from paintbench.vit.model import NORM_PIX_EPS, load_mae, resize_to
+    from paintbench.vit.core import resize_to
+    from paintbench.vit.model import NORM_PIX_EPS, load_mae
 
     model = load_mae(checkpoint, "cpu")
     if crops.ndim != 4 or crops.shape[1] != model.in_chans:

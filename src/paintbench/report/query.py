@@ -15,6 +15,7 @@ when present. Positive controls count as treatments (the benchmark scores them);
 from __future__ import annotations
 
 import difflib
+import glob
 from pathlib import Path
 
 import numpy as np
@@ -22,18 +23,12 @@ import pandas as pd
 from statsmodels.stats.multitest import multipletests
 
 from paintbench.atomic import read_table
-from paintbench.metrics import cosine_similarity
-from paintbench.retrieval import PERT, consensus, is_query, scorable_features, with_condition_columns
+from paintbench.paths import RunPaths
+from paintbench.retrieval import PERT, is_query, scorable_features
+from paintbench.target_id import CONDITION_COLUMNS, GENETIC, condition_pairs, pair_p_values
 
-GENETIC = ("crispr", "orf")
-CONDITION_COLUMNS = ["Metadata_cell_type", "compound_timepoint", "compound_plate_group", "Metadata_matched_modality",
-                     "matched_timepoint", "matched_plate_group"]
 OUTPUT_COLUMNS = [*CONDITION_COLUMNS, "rank", "Metadata_gene", "Metadata_broad_sample", "Metadata_pert_iname", "cosine", "abs_cosine",
                   "p_value", "q_value", "annotated_target"]
-
-
-def targets_of(target_list: object) -> set[str]:
-    return set() if pd.isna(target_list) else {t for t in str(target_list).split("|") if t}
 
 
 def _suggest(kind: str, name: str, known: list[str]) -> ValueError:
@@ -76,31 +71,6 @@ def resolve_compound(profiles: pd.DataFrame, name: str) -> str:
 
 def resolve_gene(profiles: pd.DataFrame, symbol: str) -> str:
     return _resolve(profiles, "gene", symbol, GENETIC, ["Metadata_gene"], "Metadata_gene", "Metadata_gene")
-
-
-def condition_pairs(profiles: pd.DataFrame, features: list[str]):
-    """Yield (condition dict, compound consensus, gene consensus, |cos| matrix, annotated-pair mask)."""
-    profiles = with_condition_columns(profiles)
-    treated = profiles[is_query(profiles)]
-    compounds = treated[treated["Metadata_modality"] == "compound"]
-    genetic = treated[treated["Metadata_modality"].isin(GENETIC) & treated["Metadata_gene"].notna()]
-    for (cell, ctime, cgroup), comp in compounds.groupby(
-            ["Metadata_cell_type", "Metadata_timepoint", "Metadata_plate_group"], sort=True):
-        comp_table = consensus(comp, features, [PERT])
-        for (modality, gtime, ggroup), gen in genetic[genetic["Metadata_cell_type"] == cell].groupby(
-                ["Metadata_modality", "Metadata_timepoint", "Metadata_plate_group"], sort=True):
-            gene_table = consensus(gen, features, ["Metadata_gene"])
-            cosine = cosine_similarity(comp_table[features].to_numpy(float), gene_table[features].to_numpy(float))
-            annotated = np.array([[g in targets_of(t) for g in gene_table["Metadata_gene"]]
-                                  for t in comp_table["Metadata_target_list"]], dtype=bool).reshape(cosine.shape)
-            condition = dict(zip(CONDITION_COLUMNS, (cell, ctime, cgroup, modality, gtime, ggroup)))
-            yield condition, comp_table, gene_table, cosine, annotated
-
-
-def pair_p_values(scores: np.ndarray, background: np.ndarray) -> np.ndarray:
-    ordered = np.sort(background)
-    at_least = len(ordered) - np.searchsorted(ordered, scores, side="left")
-    return (1.0 + at_least) / (1.0 + len(ordered))
 
 
 def _ranked(condition: dict, cosine: np.ndarray, background: np.ndarray, partners: pd.DataFrame,
@@ -155,14 +125,16 @@ def with_matching_scores(ranked: pd.DataFrame, matching: pd.DataFrame | None) ->
 
 
 def load_run(results_dir: str | Path, feature_set: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """(scored profiles, compound-gene matching results or None) of one feature set of a finished run."""
-    root = Path(results_dir)
-    profiles_path = root / "profiles" / feature_set / "scored.parquet"
+    """(scored profiles, compound-gene matching results or None) of one feature set of a finished run (a user's
+    look-up in a results folder, as paintbench.paths lays it out; matching is optional: a run may have stopped
+    before it)."""
+    paths = RunPaths(str(results_dir))
+    profiles_path = Path(paths.scored(feature_set))
     if not profiles_path.exists():
-        available = sorted(p.name for p in (root / "profiles").glob("*") if (p / "scored.parquet").exists())
+        available = sorted(Path(found).parent.name for found in glob.glob(paths.scored("*")))
         raise FileNotFoundError(f"{profiles_path}: no scored profiles for feature set {feature_set!r} "
                                 f"(this run has: {', '.join(available) or 'none'})")
-    matching_path = root / "retrieval" / feature_set / "compound_gene_matching.parquet"
+    matching_path = Path(paths.retrieval(feature_set, "compound_gene_matching"))
     matching = read_table(matching_path) if matching_path.exists() else None
     return read_table(profiles_path), matching
 

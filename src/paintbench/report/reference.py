@@ -16,7 +16,9 @@ import pandas as pd
 
 from paintbench.atomic import read_table
 from paintbench.report.figures import FEATURE_SET_COLOURS, feature_set_colours, plt, save_figure, style
-from paintbench.report.summary import CONDITION, REFERENCE, TASKS, result_path
+from paintbench.registry import TASKS
+from paintbench.report.inputs import RunFiles
+from paintbench.report.summary import CONDITION, REFERENCE
 
 CLASS_ORDER = ["strong", "weak", "null"]
 KEYS = ["task", *CONDITION]
@@ -87,14 +89,13 @@ def _classified(task: str, scored: pd.DataFrame, classes: dict[str, dict[str, st
     return scored["Metadata_gene"].map(classes["gene"])
 
 
-def planted_table(results_dir: str | Path, feature_sets: list[str], truth: pd.DataFrame) -> pd.DataFrame:
+def planted_table(files: RunFiles, feature_sets: list[str], truth: pd.DataFrame) -> pd.DataFrame:
     """Per feature set, task and planted class: units scored, mean mAP, share retrieved (both protocols)."""
     classes = unit_classes(truth)
     rows = []
     for feature_set in feature_sets:
         for task in TASKS:
-            path = result_path(results_dir, feature_set, task)
-            scored = read_table(path) if path.exists() else pd.DataFrame()
+            scored = read_table(files.result(feature_set, task))
             if scored.empty:
                 continue
             scored = scored.assign(effect_class=_classified(task, scored, classes))

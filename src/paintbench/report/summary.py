@@ -26,18 +26,18 @@ import numpy as np
 import pandas as pd
 
 from paintbench.atomic import read_table
+from paintbench.registry import PAPER, PUBLISHED, SHORTLIST_TASKS, TASKS
+from paintbench.report.inputs import RunFiles
+from paintbench.schema import BUNDLED_METADATA
 from paintbench.significance import wilson_interval
 
-TASKS = ("replicate_retrieval", "sister_matching", "compound_gene_matching")
-SHORTLIST_TASKS = ("target_identification", "virtual_screening")
 UNITS = {"replicate_retrieval": "perturbation", "sister_matching": "target gene", "compound_gene_matching": "gene",
          "target_identification": "compound", "virtual_screening": "gene"}
 SHORTLIST = ["recall_at_k", "random_recall_at_k", "recall_p", "precision_at_k", "random_precision_at_k",
              "precision_p", "median_best_rank", "random_best_rank", "best_rank_p"]
 CONDITION = ["Metadata_cell_type", "Metadata_modality", "Metadata_timepoint", "Metadata_plate_group",
              "Metadata_matched_modality", "Metadata_matched_timepoint", "Metadata_matched_plate_group"]
-REFERENCE = "paper_cellprofiler"
-PUBLISHED = "published_cellprofiler"
+REFERENCE = PAPER
 BENCHMARK_GROUP = "benchmark"
 INTEGERS = ["Metadata_timepoint", "Metadata_matched_timepoint", "n_perturbations", "n_retrieved", "n_untestable", "k"]
 FLOATS = ["mean_average_precision", "fraction_retrieved", "fraction_retrieved_low", "fraction_retrieved_high",
@@ -46,7 +46,7 @@ COLUMNS = ["feature_set", "row_kind", "protocol", "task", "unit", "condition", *
            "n_retrieved", "n_untestable", "mean_average_precision", "fraction_retrieved", "fraction_retrieved_low",
            "fraction_retrieved_high", "best", "alt_protocol", "alt_fraction_retrieved", "k", *SHORTLIST, "comparable",
            "source", "notes"]
-DEFAULT_PUBLISHED = Path(__file__).resolve().parents[3] / "config" / "metadata" / "cpjump1_published_cellprofiler.tsv"
+DEFAULT_PUBLISHED = BUNDLED_METADATA / "cpjump1_published_cellprofiler.tsv"
 
 
 def typed(table: pd.DataFrame) -> pd.DataFrame:
@@ -226,18 +226,14 @@ def reference_rows(summary: pd.DataFrame, published: pd.DataFrame, dataset: str 
                          n_retrieved=merged.get("n_retrieved"), n_untestable=pd.NA, comparable=flags, notes=notes)
 
 
-def result_path(results_dir: str | Path, feature_set: str, task: str) -> Path:
-    return Path(results_dir) / "retrieval" / feature_set / f"{task}.parquet"
-
-
-def shortlist_rows(results_dir: str | Path, feature_sets: list[str]) -> pd.DataFrame:
-    """Target identification and virtual screening (results_dir/target_id/<feature set>.parquet): one row per
-    feature set x task x condition x k, n_perturbations = the queries (compounds or genes) scored."""
+def shortlist_rows(files: RunFiles) -> pd.DataFrame:
+    """Target identification and virtual screening (target_id/<feature set>.parquet): one row per feature set x task
+    x condition x k, n_perturbations = the queries (compounds or genes) scored."""
     parts = []
-    for feature_set in feature_sets:
-        path = Path(results_dir) / "target_id" / f"{feature_set}.parquet"
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no target-identification results for feature set {feature_set!r}")
+    for feature_set in files.feature_sets:
+        if feature_set not in files.shortlists:
+            raise ValueError(f"no target-identification results given for feature set {feature_set!r}")
+        path = files.shortlists[feature_set]
         table = read_table(path)
         parts.append(table.rename(columns={"n_queries": "n_perturbations"}).assign(
             feature_set=feature_set, row_kind="measured", source=str(path), notes=""))
@@ -248,15 +244,15 @@ def shortlist_rows(results_dir: str | Path, feature_sets: list[str]) -> pd.DataF
     return rows.assign(unit=rows["task"].map(UNITS), comparable=False)
 
 
-def build_summary(results_dir: str | Path, feature_sets: list[str], tasks: tuple[str, ...] = TASKS,
-                  published: pd.DataFrame | None = None, dataset: str = "cpjump1",
-                  target_id: bool = False) -> pd.DataFrame:
-    """summary.tsv of a finished run (with the shortlist rows of target_id); a missing result file is an error
-    naming it."""
+def build_summary(files: RunFiles, published: pd.DataFrame | None = None, dataset: str = "cpjump1",
+                  tasks: tuple[str, ...] = TASKS) -> pd.DataFrame:
+    """summary.tsv of a finished run, with the shortlist rows of target identification when their tables are
+    given; a missing result file is an error naming it."""
     parts, negatives = [], set()
+    feature_sets = files.feature_sets
     for feature_set in feature_sets:
         for task in tasks:
-            path = result_path(results_dir, feature_set, task)
+            path = files.result(feature_set, task)
             if not path.exists():
                 raise FileNotFoundError(f"{path}: no {task} results for feature set {feature_set!r}")
             table = read_table(path)
@@ -264,10 +260,10 @@ def build_summary(results_dir: str | Path, feature_sets: list[str], tasks: tuple
             parts.append(task_summary(table, feature_set, task).assign(source=str(path)))
     parts = [p for p in parts if not p.empty]
     if not parts:
-        raise ValueError(f"{results_dir}: every retrieval result is empty; nothing to summarize")
+        raise ValueError(f"every retrieval result of {', '.join(feature_sets)} is empty; nothing to summarize")
     summary = complete_conditions(pd.concat(parts, ignore_index=True), feature_sets, tasks)
     summary["row_kind"] = np.where(summary["feature_set"] == PUBLISHED, "published_profiles", "measured")
-    summary["source"] = summary["source"].fillna(pd.Series([str(result_path(results_dir, fs, t)) for fs, t in
+    summary["source"] = summary["source"].fillna(pd.Series([str(files.result(fs, t)) for fs, t in
                                                             zip(summary["feature_set"], summary["task"])], index=summary.index))
     summary["notes"] = np.where(summary["n_perturbations"] == 0, "nothing to score in this condition", "")
     untestable = summary["n_untestable"] > 0
@@ -283,8 +279,8 @@ def build_summary(results_dir: str | Path, feature_sets: list[str], tasks: tuple
     full = add_intervals(typed(full).assign(unit=lambda t: t["task"].map(UNITS)))
     full["best"] = mark_best(full)
     full["condition"] = [condition_label(row) for _, row in full.iterrows()]
-    if target_id:
-        shortlists = typed(shortlist_rows(results_dir, feature_sets))
+    if files.shortlists:
+        shortlists = typed(shortlist_rows(files))
         shortlists["condition"] = [condition_label(row) for _, row in shortlists.iterrows()]
         full = pd.concat([full, shortlists], ignore_index=True)
     order = {task: i for i, task in enumerate((*tasks, *SHORTLIST_TASKS))}

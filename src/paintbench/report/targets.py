@@ -2,7 +2,7 @@
 
 Figures: recall@k of target identification and virtual screening per feature set against random shortlists, and
 the multi-target compounds' heat map of target ranks. HTML: the shortlist table, the calls, and a look-up that
-works without a network: every compound-gene pair's cosine (results_dir/target_id/<feature set>_pairs.parquet) is
+works without a network: every compound-gene pair's cosine (target_id/<feature set>_pairs.parquet) is
 embedded as JSON, and a small script ranks, computes p (against the condition's unannotated pairs) and q
 (Benjamini-Hochberg over the list) exactly as `paintbench query` does, per feature set side by side.
 """
@@ -18,18 +18,13 @@ import numpy as np
 import pandas as pd
 
 from paintbench.atomic import read_table
-from paintbench.report.summary import SHORTLIST_TASKS, condition_label
+from paintbench.registry import SHORTLIST_TASKS
+from paintbench.report.inputs import RunFiles
+from paintbench.report.summary import condition_label
 from paintbench.target_id import CONDITION
 
 TASK_TITLES = {"target_identification": "target identification (genes ranked per compound)",
                "virtual_screening": "virtual screening (compounds ranked per gene)"}
-
-
-def target_files(results_dir: Path, feature_set: str) -> dict[str, Path]:
-    root = Path(results_dir) / "target_id"
-    return {"summary": root / f"{feature_set}.parquet", "queries": root / f"{feature_set}_queries.parquet",
-            "polypharmacology": root / f"{feature_set}_polypharmacology.parquet",
-            "pairs": root / f"{feature_set}_pairs.parquet"}
 
 
 def _pooled(summary: pd.DataFrame) -> pd.DataFrame:
@@ -149,16 +144,16 @@ def _encoded(values: np.ndarray) -> str:
     return base64.b64encode(np.round(values * COSINE_SCALE).astype("<i2").tobytes()).decode("ascii")
 
 
-def lookup_data(results_dir: Path, feature_sets: list[str]) -> dict:
+def lookup_data(pairs_of: dict[str, Path], feature_sets: list[str]) -> dict:
     """Compact look-up data: names once, then per feature set and condition the compounds' and genes' indices,
     the annotated pairs (flat indices) and the cosines (row-major compounds x genes, see COSINE_SCALE)."""
     compounds: dict[str, int] = {}
     genes: dict[str, int] = {}
     names, targets, data = [], [], {}
     for fs in feature_sets:
-        path = target_files(results_dir, fs)["pairs"]
-        if not path.exists():
+        if fs not in pairs_of:
             continue
+        path = pairs_of[fs]
         pairs = read_table(path)
         conditions = []
         for _, group in pairs.groupby(CONDITION, sort=True, dropna=False):
@@ -187,8 +182,8 @@ def lookup_data(results_dir: Path, feature_sets: list[str]) -> dict:
 LOOKUP_SCRIPT = Path(__file__).with_name("lookup.js")
 
 
-def lookup_html(results_dir: Path, feature_sets: list[str]) -> str:
-    data = lookup_data(results_dir, feature_sets)
+def lookup_html(pairs_of: dict[str, Path], feature_sets: list[str]) -> str:
+    data = lookup_data(pairs_of, feature_sets)
     if not data["feature_sets"]:
         return ""
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
@@ -206,12 +201,12 @@ def lookup_html(results_dir: Path, feature_sets: list[str]) -> str:
             f"<script>{LOOKUP_SCRIPT.read_text(encoding='utf-8')}</script>")
 
 
-def targets_section(results_dir: Path, summary: pd.DataFrame, feature_sets: list[str]) -> str:
+def targets_section(files: RunFiles, summary: pd.DataFrame, feature_sets: list[str]) -> str:
     """The report's 'Target identification' section (empty when the run wrote no target_id tables)."""
-    present = [fs for fs in feature_sets if target_files(results_dir, fs)["summary"].exists()]
+    present = [fs for fs in feature_sets if fs in files.polypharmacology]
     if not present:
         return ""
-    poly = {fs: read_table(target_files(results_dir, fs)["polypharmacology"]) for fs in present}
+    poly = {fs: read_table(files.polypharmacology[fs]) for fs in present}
     return ("<h2 id='targets'>Target identification and virtual screening</h2><p>How often each feature set's "
             "shortlist holds the annotated partners: recall@k (share of a query's annotated targets, or compounds, "
             "in its top k), with the random shortlists' expectation and a permutation p; best rank = median rank of "
@@ -219,4 +214,4 @@ def targets_section(results_dir: Path, summary: pd.DataFrame, feature_sets: list
             + shortlist_html(summary)
             + "<h3>Polypharmacology</h3><p>Compounds with two or more annotated targets among the perturbed genes: "
               "which target's genetic profile each follows (q &lt; alpha over its annotated targets), 'none' or "
-              "'several'.</p>" + polypharmacology_html(poly) + lookup_html(results_dir, present))
+              "'several'.</p>" + polypharmacology_html(poly) + lookup_html(files.pairs, present))

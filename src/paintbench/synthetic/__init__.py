@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import tifffile
 
-from paintbench import CHANNELS
+from paintbench.registry import CHANNELS
 from paintbench.atomic import atomic_path
 from paintbench.layout import PLATE_FORMATS, image_filename, parse_well
 from paintbench.metadata import plate_info, plate_layout

@@ -13,7 +13,7 @@ from typing import Iterable, Mapping
 import numpy as np
 from scipy import ndimage
 
-from paintbench import CHANNELS
+from paintbench.registry import CHANNELS
 
 BRIGHTFIELD_CHANNELS = ("Brightfield", "HighZBF", "LowZBF")
 GEOMETRY_KEYS = (

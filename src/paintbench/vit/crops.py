@@ -42,9 +42,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from paintbench import CHANNELS
+from paintbench.paths import illum_filename
+from paintbench.registry import CHANNELS
 from paintbench.atomic import atomic_path, write_table
-from paintbench.illum import illum_filename
 from paintbench.images import BadFieldError, FieldId
 from paintbench.qc import record
 from paintbench.vit.fields import (CLIP, DNA, FIELD_KEY, MIN_NUCLEUS_AREA, FieldReader, field_seed, find_nuclei,

@@ -29,16 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from paintbench.vit import build_encoder
-from paintbench.vit.methods import (compile_encoder, compile_module, gather_with_grad, mean_over_processes, mlp,
-                                    pooled_features, world)
+from paintbench.vit.core import (build_encoder, compile_encoder, compile_module, gather_with_grad, mean_over_processes,
+                                 mlp, pool_tokens, world)
 from paintbench.vit.views import multi_crop, view_settings
-
-DINO_DEFAULTS: dict[str, Any] = dict(out_dim=4096, hidden_dim=1024, bottleneck_dim=256, head_layers=3,
-                                     local_crops=6, local_size_ratio=0.5, student_temp=0.1, teacher_temp=0.04,
-                                     warmup_teacher_temp=0.04, teacher_temp_warmup_steps=0, momentum_teacher=0.996,
-                                     center_momentum=0.9, freeze_last_layer_steps=0, clip_grad=3.0,
-                                     koleo_weight=0.1)
 
 
 def local_size(img_size: int, patch_size: int, ratio: float) -> int:
@@ -122,7 +115,7 @@ class DinoObjective(nn.Module):
             end = start
             while end < len(views) and views[end].shape[-1] == views[start].shape[-1]:
                 end += 1
-            feats = pooled_features(net["encoder"], torch.cat(views[start:end]), self.pooling)
+            feats = pool_tokens(net["encoder"], torch.cat(views[start:end]), self.pooling)
             features += list(feats.chunk(end - start))
             out += list(net["head"](feats).float().chunk(end - start))
             start = end

@@ -32,8 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from paintbench.atomic import write_table
-from paintbench.vit import autocast, pick_device
-from paintbench.vit.model import resize_to
+from paintbench.vit.core import POOLINGS, autocast, pick_device, pool_tokens, resize_to
 from paintbench.vit.stream import CacheSource, ImageSource
 
 CropSource = ImageSource | CacheSource
@@ -41,27 +40,11 @@ Encoder = tuple[nn.Module, dict]  # an encoder and its config, as paintbench.vit
 
 log = logging.getLogger(__name__)
 
-POOLINGS = ("cls", "mean")
 WELL_KEY = ["Metadata_Plate", "Metadata_Well"]
 
 
 def feature_names(dim: int) -> list[str]:
     return [f"emb_{j:04d}" for j in range(dim)]
-
-
-def pool_tokens(encoder: nn.Module, x: torch.Tensor, pooling: str) -> torch.Tensor:
-    """(B, D) float32 embeddings of images x (B, C, H, W)."""
-    tokens = encoder.forward_features(x)
-    if tokens.ndim != 3:
-        raise ValueError(f"forward_features returned shape {tuple(tokens.shape)}, expected (batch, tokens, dim)")
-    prefix = int(getattr(encoder, "num_prefix_tokens", 1))
-    if pooling == "cls":
-        if getattr(encoder, "cls_token", None) is None:
-            raise ValueError("pooling 'cls' needs an encoder with a class token; use 'mean'")
-        return tokens[:, 0].float()
-    if pooling == "mean":
-        return tokens[:, prefix:].float().mean(dim=1)
-    raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
 
 
 def _check(encoder_config: dict, shape: tuple[int, ...], pooling: str) -> None:
@@ -72,7 +55,7 @@ def _check(encoder_config: dict, shape: tuple[int, ...], pooling: str) -> None:
         raise ValueError(f"the encoder takes {chans} channels, the crops have {shape[0]}")
 
 
-def embed_batches(source: CropSource, encoders: Sequence[Encoder], pooling: str = "cls", batch_size: int = 256,
+def embed_batches(source: CropSource, encoders: Sequence[Encoder], pooling: str = "mean", batch_size: int = 256,
                   device: str | torch.device = "auto", num_workers: int = 2,
                   progress: bool = True) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
     """Yield (field number of each crop, one (B, D) float32 embedding per encoder, on the device) per batch.
@@ -100,7 +83,7 @@ def _width(encoder: nn.Module) -> int:
     return int(getattr(encoder, "num_features", 0) or encoder.embed_dim)
 
 
-def embed_plate(source: CropSource, encoders: Sequence[Encoder], outputs: Sequence[str | Path], pooling: str = "cls",
+def embed_plate(source: CropSource, encoders: Sequence[Encoder], outputs: Sequence[str | Path], pooling: str = "mean",
                 batch_size: int = 256, device: str = "auto", num_workers: int = 2) -> list[pd.DataFrame]:
     """Write each encoder's well-level embeddings of one plate's crops to its output (see the module docstring);
     returns the tables, in the encoders' order."""
@@ -150,7 +133,7 @@ def _sync(device: torch.device) -> None:
 
 
 def bare_forward_throughput(encoder: nn.Module, img_size: int, batch_size: int, device: str = "auto",
-                            seconds: float = 10.0, pooling: str = "cls", in_chans: int = 5, warmup: int = 3) -> dict:
+                            seconds: float = 10.0, pooling: str = "mean", in_chans: int = 5, warmup: int = 3) -> dict:
     """Model-only crops/s: forward passes on one random batch already on the device (no data loading)."""
     device_ = pick_device(device)
     encoder = encoder.to(device_).eval()
@@ -173,7 +156,7 @@ def bare_forward_throughput(encoder: nn.Module, img_size: int, batch_size: int, 
 
 
 def end_to_end_throughput(source: CropSource, encoder: nn.Module, encoder_config: dict, batch_size: int = 256,
-                          device: str = "auto", num_workers: int = 2, pooling: str = "cls",
+                          device: str = "auto", num_workers: int = 2, pooling: str = "mean",
                           seconds: float | None = None, warmup: int = 2) -> dict:
     """Crops/s of the whole embedding loop (decoding or reading, workers, transfer, resize, forward).
 

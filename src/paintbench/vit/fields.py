@@ -25,8 +25,8 @@ import pandas as pd
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from paintbench import CHANNELS
-from paintbench.illum import illum_filename
+from paintbench.paths import illum_filename
+from paintbench.registry import CHANNELS
 from paintbench.images import BadFieldError, FieldId, read_field
 
 CLIP = (-0.5, 3.0)

@@ -5,7 +5,7 @@ its state_dict loads into `build_encoder(**encoder_config)` unchanged and embedd
 code. Pretraining runs the encoder on a random subset of patch tokens only; a small decoder
 (timm Blocks) fills in mask tokens and regresses the pixels of the hidden patches.
 `load_encoder` / `load_mae` read the files written by paintbench.vit.train back; the training objective around
-the MAE is paintbench.vit.methods.MaeObjective.
+the MAE is paintbench.vit.mae.MaeObjective.
 """
 
 from __future__ import annotations
@@ -15,19 +15,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from timm.models.vision_transformer import Block
 
-from paintbench.vit import IN_CHANS, build_encoder
+from paintbench import schema
+from paintbench.vit.core import IN_CHANS, build_encoder
 
 NORM_PIX_EPS = 1e-6
 # norm_pix_loss off by default: per-patch normalized targets (the MAE paper's choice for natural images) let
 # the encoder ignore a patch's intensity, which in Cell Painting is signal (crops are already normalized per
 # plate). Measured on the demo's planted phenotypes (tests/test_vit_retrieval.py, 3 seeds): replicate mAP of
 # strong perturbations after 3,000 steps 0.76 with norm-pix targets vs 0.84-0.92 with raw pixels.
-DECODER_DEFAULTS: dict[str, Any] = dict(dim=128, depth=2, heads=4, mlp_ratio=4.0, learned_pos=False,
-                                        norm_pix_loss=False)
+# Width, depth, heads and the target follow the configuration's defaults (vit.mae); mlp_ratio and learned_pos are
+# the MAE paper's and not configurable.
+DECODER_DEFAULTS: dict[str, Any] = dict(dim=schema.default("vit.mae.decoder_dim"),
+                                        depth=schema.default("vit.mae.decoder_depth"),
+                                        heads=schema.default("vit.mae.decoder_heads"), mlp_ratio=4.0, learned_pos=False,
+                                        norm_pix_loss=schema.default("vit.mae.norm_pix_loss"))
 
 
 def kept_count(num_patches: int, mask_ratio: float) -> int:
@@ -94,7 +98,7 @@ def normalize_patches(patches: torch.Tensor, eps: float = NORM_PIX_EPS) -> torch
 
 
 def masked_patch_loss(pred: torch.Tensor, target_patches: torch.Tensor, mask: torch.Tensor,
-                      norm_pix: bool = True) -> torch.Tensor:
+                      norm_pix: bool = DECODER_DEFAULTS["norm_pix_loss"]) -> torch.Tensor:
     """Mean squared error over the hidden patches only (mask 1); visible patches carry no loss."""
     target = normalize_patches(target_patches) if norm_pix else target_patches
     per_patch = ((pred.float() - target.float()) ** 2).mean(dim=-1)
@@ -163,8 +167,11 @@ def _init_weights(module: nn.Module) -> None:
 class MaskedAutoencoder(nn.Module):
     """MAE: `encoder` is a plain timm ViT (num_classes=0), `decoder` a MaeDecoder."""
 
-    def __init__(self, encoder: nn.Module, decoder_dim: int = 128, decoder_depth: int = 2, decoder_heads: int = 4,
-                 decoder_mlp_ratio: float = 4.0, learned_decoder_pos: bool = False, norm_pix_loss: bool = True) -> None:
+    def __init__(self, encoder: nn.Module, decoder_dim: int = DECODER_DEFAULTS["dim"],
+                 decoder_depth: int = DECODER_DEFAULTS["depth"], decoder_heads: int = DECODER_DEFAULTS["heads"],
+                 decoder_mlp_ratio: float = DECODER_DEFAULTS["mlp_ratio"],
+                 learned_decoder_pos: bool = DECODER_DEFAULTS["learned_pos"],
+                 norm_pix_loss: bool = DECODER_DEFAULTS["norm_pix_loss"]) -> None:
         super().__init__()
         self.encoder = encoder
         embed = encoder.patch_embed
@@ -228,14 +235,6 @@ def build_mae_from_decoder_config(encoder_config: dict[str, Any], decoder: dict[
         raise ValueError(f"unknown decoder settings {sorted(unknown)}; known: {sorted(DECODER_DEFAULTS)}")
     return build_mae(encoder_config, spec["dim"], spec["depth"], spec["heads"], spec["mlp_ratio"],
                      spec["learned_pos"], spec["norm_pix_loss"])
-
-
-def resize_to(imgs: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear resize of (B, C, S, S) crops to the model's img_size (antialiased when shrinking)."""
-    if imgs.shape[-1] == size and imgs.shape[-2] == size:
-        return imgs
-    shrink = imgs.shape[-1] > size or imgs.shape[-2] > size
-    return F.interpolate(imgs, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
 
 
 def _load(path: Path) -> Any:

@@ -14,12 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from paintbench.vit import build_encoder
-from paintbench.vit.methods import compile_encoder, compile_module, gather_with_grad, mlp, normalized, pooled_features, world
+from paintbench.vit.core import (build_encoder, compile_encoder, compile_module, gather_with_grad, mlp, normalized,
+                                 pool_tokens, world)
 from paintbench.vit.views import multi_crop, view_settings
-
-SIMCLR_DEFAULTS: dict[str, Any] = dict(hidden_dim=2048, proj_dim=128, head_layers=2, temperature=0.2,
-                                       clip_grad=None)
 
 
 def nt_xent(local: tuple[torch.Tensor, torch.Tensor], everyone: tuple[torch.Tensor, torch.Tensor], offset: int,
@@ -58,7 +55,7 @@ class SimclrObjective(nn.Module):
 
     def forward(self, crops: torch.Tensor, seeds: torch.Tensor, step: int) -> torch.Tensor:
         first, second = multi_crop(crops, self.views, self.views, 2, 0, seeds)
-        projected = normalized(self.head(pooled_features(self.backbone, torch.cat([first, second]), self.pooling)))
+        projected = normalized(self.head(pool_tokens(self.backbone, torch.cat([first, second]), self.pooling)))
         local = projected.chunk(2)
         everyone = (gather_with_grad(local[0]), gather_with_grad(local[1]))
         rank = world()[0]

@@ -1,5 +1,5 @@
 """Self-supervised pretraining (MAE, DINO or SimCLR: paintbench.vit.methods) by optimizer steps, on one or N
-processes, resumable bit-for-bit from `out_dir/checkpoint.pt`.
+processes, resumable bit-for-bit from `out_dir/resume.pt`.
 
 Every source of randomness is either derived from (seed, step/epoch) or saved in the checkpoint: batch indices
 come from a per-epoch permutation seeded by (seed, epoch), so resuming needs no DataLoader state; each sample's
@@ -12,9 +12,11 @@ gradients: with losses that are means over samples this is the single-process st
 gathers its negatives, DINO averages its centre over processes). The checkpoint does not depend on the number
 of processes, so a run resumes under another N. Process 0 writes every file.
 
-Outputs in out_dir: checkpoint.pt (every `checkpoint_every` steps and at the end), encoder.pt (encoder
-state_dict + encoder_config, at the end), train_log.tsv (step, loss, lr, seconds, replicate_map; one row per
-step, replicate_map only at tracked steps) and train_loss.png. All but the log are written atomically.
+Outputs in out_dir: checkpoint.pt (the finished run's whole state), encoder.pt (encoder state_dict +
+encoder_config), train_log.tsv (step, loss, lr, seconds, replicate_map; one row per step, replicate_map only at
+tracked steps) and train_loss.png. While training, the state is saved every `checkpoint_every` steps to resume.pt,
+which no rule declares: Snakemake deletes a job's outputs before it runs and after it fails, and this file is what
+a rerun continues from; it is removed once checkpoint.pt is written. All but the log are written atomically.
 
 A checkpoint resumes only when it was made with the same settings and the same data: `data_fingerprint`
 (paintbench.vit.crops.fingerprint: the illumination functions, normalization, crop settings and crop content)
@@ -39,8 +41,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from paintbench.atomic import atomic_path
-from paintbench.vit import autocast, pick_device
-from paintbench.vit.methods import build_objective, mean_over_processes, method_settings, step_seeds, world
+from paintbench.registry import LOSS_NAMES
+from paintbench.vit.core import autocast, mean_over_processes, pick_device, step_seeds, world
+from paintbench.vit.methods import build_objective, method_settings
 from paintbench.vit.model import load_encoder, load_mae
 
 __all__ = ["pretrain", "load_encoder", "load_mae"]  # the loaders live in model.py, beside build_mae
@@ -48,9 +51,11 @@ __all__ = ["pretrain", "load_encoder", "load_mae"]  # the loaders live in model.
 log = logging.getLogger(__name__)
 
 CHECKPOINT, ENCODER, LOG, PLOT = "checkpoint.pt", "encoder.pt", "train_log.tsv", "train_loss.png"
+# The state of an unfinished run: never a declared output, since Snakemake deletes a job's outputs before it runs
+# and after it fails, which would throw away what a rerun resumes from.
+RESUME = "resume.pt"
 LOG_COLUMNS = ("step", "loss", "lr", "seconds", "replicate_map")
 LOG_HEADER = "\t".join(LOG_COLUMNS) + "\n"
-LOSS_NAMES = {"mae": "masked-patch MSE", "dino": "DINO cross-entropy", "simclr": "NT-Xent"}
 # train_config entries that shape the trajectory: a checkpoint made with other values is not resumed.
 TRAJECTORY_KEYS = ("method", "settings", "views", "pooling", "steps", "batch_size", "lr", "weight_decay",
                    "warmup_steps", "seed", "n_crops", "crop_shape", "data")
@@ -160,6 +165,13 @@ def resumable(checkpoint: dict[str, Any], encoder_config: dict, train_config: di
     data, old = train_config.get("data") or {}, saved.get("data") or {}
     differ += [f"data: {part}" for part in sorted(set(data) | set(old)) if data.get(part) != old.get(part)]
     return differ + (["encoder_config"] if checkpoint["encoder_config"] != encoder_config else [])
+
+
+def latest_state(paths: list[Path]) -> tuple[dict[str, Any] | None, Path | None]:
+    """The saved training state with the most steps among `paths` (a finished checkpoint, a resume file), and its
+    file; (None, None) when there is none."""
+    states = [(torch.load(path, map_location="cpu", weights_only=True), path) for path in paths if path.exists()]
+    return max(states, key=lambda found: int(found[0]["step"]), default=(None, None))
 
 
 def _log_row(row: str, start: int) -> bool:
@@ -332,7 +344,7 @@ def pretrain(crops: Dataset, encoder_config: dict[str, Any], out_dir: Path, *, s
         raise ValueError(f"config key 'vit.batch_size': {batch_size} does not split over {processes} processes "
                          "(vit.gpus)")
     out_dir = Path(out_dir)
-    ckpt_path = out_dir / CHECKPOINT
+    ckpt_path, resume_path = out_dir / CHECKPOINT, out_dir / RESUME
     train_config = dict(method=method, settings=method_settings(method, settings), views=dict(views or {}),
                         pooling=pooling, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                         warmup_steps=warmup_steps, seed=seed, n_crops=len(crops),
@@ -341,15 +353,15 @@ def pretrain(crops: Dataset, encoder_config: dict[str, Any], out_dir: Path, *, s
                         log_every=log_every, track_every=track_every, data=data_fingerprint or {})
     state = build_state(encoder_config, dev, train_config, compile_model)
     start, elapsed, history = 0, 0.0, None
-    if resume and ckpt_path.exists():
-        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    saved, found = latest_state([ckpt_path, resume_path]) if resume else (None, None)
+    if saved is not None:
         differ = resumable(saved, encoder_config, train_config)
         if differ:
-            log.warning("%s: not resumed, settings differ (%s); starting over", ckpt_path, ", ".join(differ))
+            log.warning("%s: not resumed, settings differ (%s); starting over", found, ", ".join(differ))
         else:
             state.restore(saved)
             start, elapsed, history = int(saved["step"]), float(saved["seconds"]), saved.get("history")
-            log.info("%s: resuming at step %d of %d", ckpt_path, start, steps)
+            log.info("%s: resuming at step %d of %d", found, start, steps)
     out_dir.mkdir(parents=True, exist_ok=True)
     loss_log = LossLog(out_dir / LOG, start, history)
     # Batches depend on (seed, step) only; the loader's own generator merely seeds worker processes.
@@ -375,15 +387,17 @@ def pretrain(crops: Dataset, encoder_config: dict[str, Any], out_dir: Path, *, s
                     bar.update(len(losses))
                     bar.set_postfix(loss=f"{losses[-1]:.4f}")
                 if step % checkpoint_every == 0 or step == steps:
-                    state.save(ckpt_path, step, elapsed + time.perf_counter() - t0, loss_log.rows)
+                    state.save(ckpt_path if step == steps else resume_path, step, elapsed + time.perf_counter() - t0,
+                               loss_log.rows)
     finally:
         loss_log.close()
     if start == steps:  # nothing trained in this call: resumed at the end, or steps == 0
         log.info("%s: at step %d of %d, writing outputs only", ckpt_path, start, steps)
-        if steps == 0:
-            state.save(ckpt_path, 0, elapsed, loss_log.rows)
+        if steps == 0 or not ckpt_path.exists():
+            state.save(ckpt_path, start, elapsed, loss_log.rows)
     encoder_path = out_dir / ENCODER
     if rank == 0:
+        resume_path.unlink(missing_ok=True)  # checkpoint.pt now holds the finished state
         with atomic_path(encoder_path) as tmp:
             torch.save({"encoder": state.objective.encoder.state_dict(), "encoder_config": encoder_config,
                         "method": method}, tmp)

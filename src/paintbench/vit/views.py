@@ -28,9 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-VIEW_DEFAULTS: dict = {"global_scale": [0.5, 1.0], "local_scale": [0.15, 0.5], "local_size_ratio": 0.5,
-                       "flip": True, "rotate90": True, "intensity_scale": 0.1, "intensity_shift": 0.05,
-                       "noise": 0.02, "blur_prob": 0.0, "blur_sigma": [0.1, 1.0]}
+from paintbench import schema
+
+VIEW_DEFAULTS: dict = {key: schema.default(f"vit.views.{key}") for key in schema.key_schema("vit.views")["properties"]}
 KINDS = ("global", "local")
 
 
@@ -58,13 +58,13 @@ class ViewSettings:
     size: int  # output side in pixels (the model's input size for global views, smaller for local)
     scale: tuple[float, float]  # random resized crop: area fraction of the input crop, e.g. (0.4, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect ratio range (sampled log-uniformly)
-    flip: bool = True  # random horizontal and vertical flips
-    rotate90: bool = True  # random multiples of 90 degrees (cells have no orientation)
-    intensity_scale: float = 0.1  # per-channel gain ~ U(1 - s, 1 + s), independent per channel
-    intensity_shift: float = 0.05  # per-channel offset ~ U(-t, t) times the channel's mean in the view
-    noise: float = 0.02  # Gaussian pixel noise, std as a fraction of the channel's std in the view
-    blur_prob: float = 0.0  # probability of a Gaussian blur (same sigma for all channels of a sample)
-    blur_sigma: tuple[float, float] = (0.1, 1.0)  # in output pixels
+    flip: bool = VIEW_DEFAULTS["flip"]  # random horizontal and vertical flips
+    rotate90: bool = VIEW_DEFAULTS["rotate90"]  # random multiples of 90 degrees (cells have no orientation)
+    intensity_scale: float = VIEW_DEFAULTS["intensity_scale"]  # per-channel gain ~ U(1 - s, 1 + s), per channel
+    intensity_shift: float = VIEW_DEFAULTS["intensity_shift"]  # per-channel offset ~ U(-t, t) x the channel's mean
+    noise: float = VIEW_DEFAULTS["noise"]  # Gaussian pixel noise, std as a fraction of the channel's std in the view
+    blur_prob: float = VIEW_DEFAULTS["blur_prob"]  # probability of a Gaussian blur (one sigma for a sample's channels)
+    blur_sigma: tuple[float, float] = tuple(VIEW_DEFAULTS["blur_sigma"])  # in output pixels
 
     def __post_init__(self) -> None:
         if not (isinstance(self.size, numbers.Integral) and not isinstance(self.size, bool) and self.size >= 1):
@@ -84,19 +84,15 @@ class ViewSettings:
 
 
 def view_settings(config: dict, size: int, kind: str) -> ViewSettings:
-    """Settings for `kind` ("global" or "local") views of side `size` from the `vit.views` config (VIEW_DEFAULTS).
-
-    Both kinds are checked whichever is asked for, so a bad local_scale fails before training starts;
-    `local_size_ratio` is checked here but used by the caller, which rounds the local size to whole patches."""
+    """Settings for `kind` ("global" or "local") views of side `size` from the `vit.views` config (VIEW_DEFAULTS,
+    the schema's). Both kinds are checked whichever is asked for, so a bad local_scale fails before training starts;
+    the local views' size is the caller's (DINO's vit.dino.local_size_ratio, rounded to whole patches)."""
     if kind not in KINDS:
         raise ValueError(f"view kind must be one of {KINDS}, got {kind!r}")
     unknown = sorted(set(config) - set(VIEW_DEFAULTS))
     if unknown:
         raise ValueError(f"config key 'vit.views.{unknown[0]}': unknown (known: {sorted(VIEW_DEFAULTS)})")
     merged = {**VIEW_DEFAULTS, **config}
-    if not (_is_number(merged["local_size_ratio"]) and 0 < merged["local_size_ratio"] <= 1):
-        raise ValueError(f"config key 'vit.views.local_size_ratio': needs a number in (0, 1], "
-                         f"got {merged['local_size_ratio']!r}")
     shared = {k: merged[k] for k in ("flip", "rotate90", "intensity_scale", "intensity_shift", "noise", "blur_prob",
                                      "blur_sigma")}
     built = {}

@@ -7,6 +7,8 @@ per plate against the plate's negative controls (as the profiles stage does), an
 replicate-retrieval AP is returned: positives are the other wells of the same perturbation in the same condition,
 negatives the query plate's controls, as in the benchmark (paintbench.retrieval.replicate_retrieval). It is a
 cheap proxy of the benchmark: wells of the pretraining sample only, mean pooling of a few crops per well.
+It scores a model with the benchmark's own code, so it sits beside retrieval, above the ViT branch it watches:
+the command line hands `replicate_tracker(...)` to paintbench.vit.train.pretrain as a callable.
 """
 
 from __future__ import annotations
@@ -22,8 +24,7 @@ import torch
 from paintbench.metrics import retrieval_ap
 from paintbench.profiles import annotate, normalize
 from paintbench.retrieval import CONDITION, PERT, is_negcon, is_query, with_condition_columns
-from paintbench.vit.embed import pool_tokens
-from paintbench.vit.model import resize_to
+from paintbench.vit.core import pool_tokens, resize_to
 
 log = logging.getLogger(__name__)
 WELL = ["Metadata_Plate", "Metadata_Well"]

@@ -1,5 +1,4 @@
-"""`paintbench check-config | plan`: a configuration as the workflow will run it, before anything runs (registered
-by paintbench.cli)."""
+"""`paintbench check-config | plan`: a configuration as the workflow will run it, before anything runs."""
 
 from __future__ import annotations
 
@@ -7,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from paintbench.cli_format import add_command
+from paintbench.cli.options import add_command
 
 
 def _configuration(args: argparse.Namespace) -> dict[str, Any]:
@@ -21,7 +20,8 @@ def _configuration(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_check_config(args: argparse.Namespace) -> None:
     import yaml
 
-    from paintbench.config import ConfigError, load_schema
+    from paintbench.config import ConfigError
+    from paintbench.schema import load_schema
 
     if args.reference:
         from paintbench.config_reference import reference_markdown

@@ -1,0 +1,64 @@
+"""`paintbench STAGE ...`: the one command line every Snakemake rule calls.
+
+One module per stage family, named after the rule file it serves (download, illum, cellprofiler, vit, profiles,
+retrieval, target_id, report) plus config (check-config, plan). Each rule's log starts with the exact command, so
+any stage can be rerun by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+import time
+
+from paintbench.cli import cellprofiler, config, download, illum, profiles, report, retrieval, target_id, vit
+from paintbench.cli.options import HelpFormatter
+
+log = logging.getLogger("paintbench")
+
+STAGES = (download, illum, cellprofiler, vit, profiles, retrieval, target_id, report, config)
+# Errors of the input or the configuration: one line that names the file, plate or key is the whole message.
+# Anything else is a bug, and keeps its traceback.
+EXPECTED_ERRORS = (ValueError, FileNotFoundError, RuntimeError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from paintbench import __version__
+
+    parser = argparse.ArgumentParser(prog="paintbench", description=__doc__.splitlines()[0], formatter_class=HelpFormatter,
+                                     epilog="`paintbench COMMAND --help` describes a command, with an example.")
+    parser.add_argument("--version", action="version", version=f"paintbench {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, also log its traceback (as does PAINTBENCH_DEBUG=1 in the environment)")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="COMMAND", help="the stage to run")
+    for stage in STAGES:
+        stage.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("PAINTBENCH_DEBUG", "") not in ("", "0")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose or debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    log.info("rerun this stage with: %s", shlex.join(["python", "-m", "paintbench", *argv]))
+    started = time.perf_counter()
+    try:
+        args.func(args)
+    except EXPECTED_ERRORS as err:
+        if debug:
+            log.exception("%s failed:", args.stage)
+        log.error("%s failed: %s", args.stage, err)
+        if not debug:
+            log.info("for the traceback, rerun with: python -m paintbench --debug %s", shlex.join(argv))
+        return 1
+    log.info("%s finished in %.1f s", args.stage, time.perf_counter() - started)
+    return 0
