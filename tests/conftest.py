@@ -148,6 +148,22 @@ def fault_proxy(s3_gallery):
 
 
 # --------------------------------------------------------------------------------------------
+# A real LINCS plate (Cell Painting profiles of 58 compounds with DMSO controls) for the metric oracles
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def lincs():
+    """(profiles with row_id and a boolean control column, feature names) of the LINCS plate in tests/data."""
+    import pandas as pd
+
+    from tests.helpers import LINCS_PLATE, PERT
+
+    df = pd.read_csv(LINCS_PLATE)
+    feats = [c for c in df.columns if not c.startswith("Metadata_")]
+    meta = df.drop(columns=feats).assign(row_id=np.arange(len(df)), control=df[PERT].eq("DMSO"))
+    return pd.concat([meta, df[feats]], axis=1), feats
+
+
+# --------------------------------------------------------------------------------------------
 # A small demo run through both branches to the report: shared by the report and cluster tests
 # --------------------------------------------------------------------------------------------
 # Two replicate plates per modality: the smallest layout on which every task has something to score.

@@ -30,6 +30,20 @@ REAL_SITE = DATA / "real_site_BR00143976_C03_f03"
 REAL_CHANNELS = {"DNA": 5, "ER": 2, "RNA": 6, "AGP": 3, "Mito": 4}
 
 
+LINCS_PLATE = DATA / "lincs_plate" / "SQ00015054_normalized_feature_select.csv.gz"  # a real LINCS plate
+PERT, PLATE = "Metadata_broad_sample", "Metadata_Plate"
+
+
+def replicate_ap(df, feats, query_mask=None):
+    """Replicate retrieval's per-query APs on a table with a boolean `control` column: positives share the
+    perturbation, negatives are the query plate's controls."""
+    from paintbench.metrics import retrieval_ap
+
+    control = df["control"].to_numpy()
+    query = ~control if query_mask is None else query_mask
+    return retrieval_ap(df, feats, query_mask=query, pos_same=[PERT], neg_mask=control, neg_same=[PLATE])
+
+
 def synthetic_crispr_plate(folder: Path, plate: str, n_wells: int, sites: list[int], field_size: int,
                            cells_per_field: int):
     """A small synthetic CRISPR plate (HIF1A/ALDH2 guides + controls) with its LoadData table and illumination

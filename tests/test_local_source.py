@@ -75,4 +75,6 @@ def test_local_source_through_snakemake(tmp_path, user_metadata):
     table = pd.read_csv(tmp_path / "results" / "load_data" / "BR00143976.csv")
     assert len(table) == 1 and table.loc[0, "FileName_OrigMito"] == "r03c03f03p01-ch4sk1fk1fl1.tiff"
     log = (tmp_path / "results" / "logs" / "download" / "BR00143976.log").read_text()
-    assert "rerun this stage with: python -m paintbench download --source local --plate BR00143976" in log
+    command = log.split("rerun this stage with: ", 1)[1].splitlines()[0]
+    assert command.startswith("python -m paintbench download ") and "--source local" in command
+    assert "--plate BR00143976" in command

@@ -4,7 +4,6 @@ tested in test_significance.py."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,8 +13,7 @@ from paintbench import metrics
 from paintbench.metrics import average_precision, retrieval_ap
 from paintbench.significance import fraction_retrieved, score_groups
 
-LINCS = Path(__file__).parent / "data/lincs_plate/SQ00015054_normalized_feature_select.csv.gz"
-PERT, PLATE = "Metadata_broad_sample", "Metadata_Plate"
+from tests.helpers import PERT, PLATE, replicate_ap
 
 
 def ap1(sim, positive, valid=None):
@@ -126,12 +124,6 @@ def test_multilabel_two_tables_and_abs_similarity():
 # ---------------------------------------------------------------------------------------------
 
 
-def replicate_ap(df, feats, query_mask=None):
-    control = df["control"].to_numpy()
-    query = ~control if query_mask is None else query_mask
-    return retrieval_ap(df, feats, query_mask=query, pos_same=[PERT], neg_mask=control, neg_same=[PLATE])
-
-
 def copairs_replicate_ap(df, feats):
     import copairs.map as cm
     from copairs.matching import assign_reference_index
@@ -144,7 +136,6 @@ def copairs_replicate_ap(df, feats):
 
 
 def test_tie_rule_equals_copairs():
-    pytest.importorskip("copairs")
     b = 0.6 + 1e-10  # equal to 0.6 once rounded to float32 (copairs' precision)
     rows = [  # plate 0: float32 tie; plate 1: exact duplicate; the negative listed first in both
         ("DMSO", 0, [b, np.sqrt(1 - b * b), 0]), ("c0", 0, [1, 0, 0]), ("c0", 0, [0.6, 0.8, 0]),
@@ -157,14 +148,6 @@ def test_tie_rule_equals_copairs():
     ref = copairs_replicate_ap(df, ["x", "y", "z"]).set_index("row_id")["average_precision"]
     assert ours.to_dict() == pytest.approx({1: 1.0, 2: 0.5, 4: 1.0, 5: 0.5}, abs=1e-12)
     np.testing.assert_allclose(ours.loc[ref.index], ref, atol=1e-9)
-
-
-@pytest.fixture(scope="module")
-def lincs():
-    df = pd.read_csv(LINCS)
-    feats = [c for c in df.columns if not c.startswith("Metadata_")]
-    meta = df.drop(columns=feats).assign(row_id=np.arange(len(df)), control=df[PERT].eq("DMSO"))
-    return pd.concat([meta, df[feats]], axis=1), feats
 
 
 def compare_to_copairs(ours, ref, key, group, tmp_path, null_size=10_000):
@@ -196,7 +179,6 @@ def compare_to_copairs(ours, ref, key, group, tmp_path, null_size=10_000):
 
 
 def test_lincs_replicate_retrieval_matches_copairs(lincs, tmp_path):
-    pytest.importorskip("copairs")
     df, feats = lincs
     om, flipped = compare_to_copairs(replicate_ap(df, feats), copairs_replicate_ap(df, feats),
                                      "row_id", PERT, tmp_path)
@@ -204,7 +186,6 @@ def test_lincs_replicate_retrieval_matches_copairs(lincs, tmp_path):
 
 
 def test_lincs_moa_matching_matches_copairs(lincs, tmp_path):
-    pytest.importorskip("copairs")
     import copairs.map as cm
 
     df, feats = lincs

@@ -8,10 +8,9 @@ import pytest
 
 from paintbench.cli import main as paintbench
 from paintbench.metadata import plate_layout, select_wells
-from paintbench.retrieval import (compound_gene_matching, consensus, replicate_retrieval, run_task,
-                                  sister_matching)
+from paintbench.retrieval import (compound_gene_matching, replicate_retrieval, sister_matching)
 from paintbench.synthetic import PARAMETERS, ground_truth
-from tests.helpers import DATA
+from tests.helpers import LINCS_PLATE
 
 PLATES = {"compound": ["BR00116991", "BR00116992", "BR00116993"], "crispr": ["BR00117000", "BR00117003", "BR00117004"]}
 PLATEMAPS = ["JUMP-Target-1_compound_platemap", "JUMP-Target-1_crispr_platemap", "JUMP-Target-1_orf_platemap"]
@@ -93,7 +92,7 @@ def test_sister_and_compound_gene_matching(planted):
 def test_cli_scores_a_users_own_table(tmp_path):
     """The LINCS plate (not a CPJUMP1 plate): its dose series are the replicates, DMSO the controls."""
     output = tmp_path / "replicate.parquet"
-    assert paintbench(["retrieval", "--profiles", str(DATA / "lincs_plate" / "SQ00015054_normalized_feature_select.csv.gz"),
+    assert paintbench(["retrieval", "--profiles", str(LINCS_PLATE),
                        "--task", "replicate_retrieval", "--control-col", "", "--control-value", "DMSO",
                        "--null-size", "2000", "--output", str(output)]) == 0
     scored = pd.read_parquet(output)

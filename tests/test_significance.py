@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 from math import comb
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,12 +13,10 @@ import pytest
 from statsmodels.stats.multitest import multipletests
 
 from paintbench import significance
-from paintbench.metrics import retrieval_ap
 from paintbench.significance import (expected_min_p, null_distribution, query_p_values, score_groups,
                                      wilson_interval)
 
-LINCS = Path(__file__).parent / "data/lincs_plate/SQ00015054_normalized_feature_select.csv.gz"
-PERT, PLATE = "Metadata_broad_sample", "Metadata_Plate"
+from tests.helpers import PERT, PLATE, replicate_ap
 
 
 def exact_null(n_pos: int, n_total: int) -> dict[float, float]:
@@ -120,12 +117,6 @@ def plate_design(seed: int, n_pert: int = 200, reps: int = 4, n_ctrl: int = 16, 
     return pd.concat([meta, pd.DataFrame(x, columns=feats)], axis=1), feats
 
 
-def replicate_ap(df, feats, query_mask=None):
-    control = df["control"].to_numpy()
-    query = ~control if query_mask is None else query_mask
-    return retrieval_ap(df, feats, query_mask=query, pos_same=[PERT], neg_mask=control, neg_same=[PLATE])
-
-
 def test_perfectly_separated_replicates():
     df, feats = plate_design(0, n_pert=20, effect=50.0)
     ap = replicate_ap(df, feats)
@@ -170,18 +161,9 @@ def test_wilson_interval_known_values():
     assert high[0] == pytest.approx(0.2775, abs=1e-4)
 
 
-@pytest.fixture(scope="module")
-def lincs():
-    df = pd.read_csv(LINCS)
-    feats = [c for c in df.columns if not c.startswith("Metadata_")]
-    meta = df.drop(columns=feats).assign(row_id=np.arange(len(df)), control=df[PERT].eq("DMSO"))
-    return pd.concat([meta, df[feats]], axis=1), feats
-
-
 def test_lincs_cpjump1_protocol_against_copairs_per_query_p_values(lincs, tmp_path, monkeypatch):
     """Independent computation: copairs' AP per query and its per-query p-values (copairs.compute.p_values, its own
     null draws, ties against the observation), geometric mean per compound, BH: the same p within MC error."""
-    pytest.importorskip("copairs")
     import copairs.map as cm
     from copairs.compute import p_values
     from copairs.matching import assign_reference_index
@@ -209,9 +191,10 @@ def test_lincs_cpjump1_protocol_against_copairs_per_query_p_values(lincs, tmp_pa
     q_ref = multipletests(p_ref, method="fdr_bh")[1]
     flipped = (scored["corrected_p_value"].to_numpy() < 0.05) != (q_ref < 0.05)
     assert np.all(np.abs(q_ref[flipped] - 0.05) < 0.01)
-    # The paper's statistic has more power than copairs 0.5's on the same APs (measured: 0.81 vs 0.53).
+    # The paper's statistic has more power than copairs 0.5's on the same APs: measured here (null 20,000, seed 0)
+    # 38 vs 32 of the 58 compounds (0.66 vs 0.55); 40 vs 32 at null 100,000 (scripts/bench_protocols.py).
     copairs_protocol = score_groups(ours, PERT, "copairs", null_size=n, seed=0)
-    assert scored["below_corrected_p"].mean() > copairs_protocol["below_corrected_p"].mean() + 0.1
+    assert scored["below_corrected_p"].sum() >= copairs_protocol["below_corrected_p"].sum() + 4
 
 
 def test_lincs_label_shuffled_wells_are_rarely_retrieved(lincs):

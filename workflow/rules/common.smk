@@ -239,7 +239,7 @@ def report_inputs(*roles: str):
     """An input function of the report's rules, the files of `roles` as a dict of file lists (for `unpack`)."""
     def inputs(wildcards) -> dict[str, list[str]]:
         files = report_files()
-        return {role: list(files[role].values()) for role in roles if role in files}
+        return {role: list(files[role].values()) for role in roles if files.get(role)}
     return inputs
 
 
@@ -248,7 +248,7 @@ def report_args(*roles: str) -> str:
     files = report_files()
     words = []
     for role in roles:
-        if role not in files:
+        if not files.get(role):
             continue
         if role in UNTAGGED:
             words.append(f"{UNTAGGED[role]} {' '.join(files[role].values())}")

@@ -32,6 +32,9 @@ KEYED_FILES = {
 }
 
 
+OWNER_METAVAR = {"feature set": "FS", "plate": "PLATE", "method": "METHOD"}
+
+
 def _dest(field: str) -> str:
     return f"files_{field}"
 
@@ -50,16 +53,16 @@ def _add_files(p: argparse.ArgumentParser, fields: list[str], tasks: bool = True
     for field in fields:
         if field in KEYED_FILES:
             flag, name, help_text = KEYED_FILES[field]
-            group.add_argument(flag, dest=_dest(field), nargs="+", type=tagged, metavar=f"{name.split()[-1].upper()}=FILE",
+            group.add_argument(flag, dest=_dest(field), nargs="+", type=tagged, metavar=f"{OWNER_METAVAR[name]}=FILE",
                                help=help_text)
     if "illum" in fields:
         group.add_argument("--illum", dest=_dest("illum"), nargs="+", metavar="NPY",
                            help="illumination functions (illum/PLATE/PLATE_Illum<Channel>.npy)")
     if "mae_checkpoint" in fields:
-        group.add_argument("--mae-checkpoint", dest=_dest("mae_checkpoint"), help="the MAE's checkpoint.pt "
+        group.add_argument("--mae-checkpoint", dest=_dest("mae_checkpoint"), metavar="PT", help="the MAE's checkpoint.pt "
                                                                                 "(reconstructions)")
     if "ground_truth" in fields:
-        group.add_argument("--ground-truth", dest=_dest("ground_truth"), help="synthetic runs: the planted answer "
+        group.add_argument("--ground-truth", dest=_dest("ground_truth"), metavar="PARQUET", help="synthetic runs: the planted answer "
                                                                             "(synthetic/ground_truth.parquet)")
     # 0.2's form: the run's folder and feature sets, the files read from it (see RunFiles.from_results_dir).
     p.add_argument("--results-dir", default=None, help=argparse.SUPPRESS)

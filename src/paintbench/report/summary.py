@@ -274,7 +274,8 @@ def build_summary(files: RunFiles, published: pd.DataFrame | None = None, datase
     full = pd.concat([summary, reference], ignore_index=True) if not reference.empty else summary
     comparable = reference.set_index(["task", *CONDITION])["comparable"] if len(reference) else pd.Series(dtype=bool)
     keys = pd.MultiIndex.from_frame(full[["task", *CONDITION]])
-    full["comparable"] = np.where(full["row_kind"] == "paper", full["comparable"],
+    paper_flags = full["comparable"] if "comparable" in full else False  # no column: the paper reports no condition
+    full["comparable"] = np.where(full["row_kind"] == "paper", paper_flags,
                                   comparable.reindex(keys).fillna(False).to_numpy())
     full = add_intervals(typed(full).assign(unit=lambda t: t["task"].map(UNITS)))
     full["best"] = mark_best(full)
