@@ -39,6 +39,7 @@ def flat_illum(folder, plate: str, shape) -> None:
         np.save(folder / illum_filename(plate, channel), np.ones(shape, dtype=np.float32))
 
 
+@pytest.mark.slow
 def test_real_field_segmentation_and_feature_families(tmp_path):
     load_data = load_data_table("BR00143976", REAL_SITE, ["C03"], [3], REAL_CHANNELS)
     flat_illum(tmp_path / "illum", "BR00143976", (540, 540))
@@ -64,6 +65,7 @@ def synthetic_plate(tmp_path_factory):
     return folder, wells, fields, load_data
 
 
+@pytest.mark.slow
 def test_synthetic_nuclei_counts_and_skipped_field(synthetic_plate, tmp_path):
     folder, wells, fields, load_data = synthetic_plate
     broken = load_data.copy()

@@ -3,6 +3,8 @@ workflow folder's copy when the working directory has none; absolute paths as gi
 
 from __future__ import annotations
 
+import pytest
+
 import shutil
 from pathlib import Path
 
@@ -59,6 +61,7 @@ def test_the_rule_is_stated_in_the_schema():
         assert "working directory, then in the workflow folder" in " ".join(subschema["description"].split()), key
 
 
+@pytest.mark.slow
 def test_the_workflow_uses_the_working_directorys_pipeline_and_the_bundled_metadata(tmp_path):
     """snakemake --directory tmp: config/cellprofiler/analysis_demo.cppipe exists there (its copy is used);
     config/metadata does not (the workflow folder's is)."""

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import re
 
 from tests.helpers import REPO, snakemake
+
+pytestmark = pytest.mark.slow  # Snakemake dry runs and lint of whole workflows
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:

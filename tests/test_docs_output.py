@@ -19,6 +19,8 @@ import pytest
 
 from tests.helpers import REPO
 
+pytestmark = pytest.mark.slow  # walks the small demo's outputs
+
 DOC = REPO / "docs" / "output.md"
 ROOTS = ("results_dir", "data_dir")
 TABLES = (".parquet", ".tsv", ".csv", ".csv.gz")
@@ -120,7 +122,6 @@ def test_doc_parses_and_names_real_rules():
     assert not undocumented, f"rules whose outputs docs/output.md does not describe (add a 'Rule:' line): {undocumented}"
 
 
-@pytest.mark.slow
 def test_every_output_file_and_column_is_documented(small_demo_run):
     """Walks the small demo's results_dir and data_dir (also the files other tests add, e.g. reports/query/)."""
     _, results = small_demo_run

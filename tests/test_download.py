@@ -259,6 +259,7 @@ def test_listing_follows_pages(s3_gallery):
     assert all(isinstance(obj, RemoteObject) and obj.size == len(s3_gallery.objects[obj.key]) for obj in paged)
 
 
+@pytest.mark.slow
 def test_s3_source_through_snakemake(s3_gallery, tmp_path):
     """The download rule, as a user runs it: `--config endpoint_url=...`, a subset, resumable."""
     from tests.helpers import REPO, snakemake

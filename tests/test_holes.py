@@ -19,6 +19,8 @@ from paintbench.metadata import plate_layout, select_wells
 from paintbench.synthetic import generate_plate, ground_truth
 from tests.helpers import CPJUMP1_CHANNELS, REPO, snakemake
 
+pytestmark = pytest.mark.slow  # a plate with holes through the workflow
+
 PLATES = ["BR00116993", "BR00116994"]  # plates the shared bucket holds no images of otherwise
 SITES = [1, 2]
 

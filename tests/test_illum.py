@@ -111,6 +111,7 @@ def test_cli_writes_every_fluorescent_channel(synthetic_plate, tmp_path):
     assert sorted(p.name for p in (tmp_path / "illum").iterdir()) == sorted(illum_filename(PLATE, c) for c in CHANNELS)
 
 
+@pytest.mark.slow
 def test_matches_cellprofiler_correct_illumination_calculate(tmp_path):
     """Our functions against real CellProfiler 5 running the illum.cppipe recipe at our filter size, on one plate.
 

@@ -210,6 +210,7 @@ def test_plate_heatmap_of_a_96_well_plate_is_8_by_12(tmp_path, monkeypatch):
         figures.plate_grid(wells, "Metadata_Object_Count", 96)
 
 
+@pytest.mark.slow
 def test_a_96_well_plate_with_imagexpress_names_through_snakemake(tmp_path):
     """Your own 96-well plate, named ImageXpress-style, to CellProfiler well profiles."""
     metadata = user_metadata(tmp_path / "metadata")  # Plate_format left empty: inferred 96; Sites_per_well 2

@@ -63,6 +63,7 @@ def test_local_source_names_the_missing_channel(tmp_path, user_metadata):
     assert not output.exists()
 
 
+@pytest.mark.slow
 def test_local_source_through_snakemake(tmp_path, user_metadata):
     channels = "{" + ", ".join(f"{k}: {v}" for k, v in REAL_CHANNELS.items()) + "}"
     snakemake([

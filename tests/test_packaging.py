@@ -18,6 +18,8 @@ from packaging.requirements import Requirement
 
 from tests.helpers import LINCS_PLATE, REPO
 
+pytestmark = pytest.mark.slow  # builds and installs a wheel into a fresh environment
+
 # Needed at run time without an import of its own: tifffile decodes the Gallery's LZW TIFFs with it.
 RUNTIME_ONLY = {"imagecodecs"}
 

@@ -19,6 +19,8 @@ from paintbench.published import published_key
 from paintbench.synthetic import PARAMETERS, ground_truth
 from tests.helpers import snakemake
 
+pytestmark = pytest.mark.slow  # the paper's 40 published tables through the workflow
+
 PLATEMAPS = ["JUMP-Target-1_compound_platemap", "JUMP-Target-1_crispr_platemap", "JUMP-Target-1_orf_platemap"]
 N_FEATURES = 24
 

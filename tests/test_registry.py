@@ -13,7 +13,7 @@ import yaml
 
 from paintbench import registry, schema
 from paintbench.cli import build_parser
-from paintbench.cli.options import ConfigOption, render
+from paintbench.cli.options import render
 from tests.helpers import REPO
 
 RAW_SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())  # read independently

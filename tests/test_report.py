@@ -16,6 +16,8 @@ from matplotlib.image import imread
 
 from tests.helpers import REPO, snakemake
 
+pytestmark = pytest.mark.slow  # a small demo run through both branches to the report
+
 FEATURE_SETS = ["cellprofiler", "vitmae", "vitdino", "vitsimclr"]
 REPLICATE = {("A549", "compound", 24), ("A549", "crispr", 144), ("A549", "orf", 48)}
 PAPER = {"compound": 0.7614, "crispr": 0.6787, "orf": 0.0563}  # CPJUMP1 paper's figure 4, A549 at these time points

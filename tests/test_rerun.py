@@ -12,6 +12,8 @@ import pytest
 from tests.helpers import REPO, snakemake
 from tests.test_dag import job_counts
 
+pytestmark = pytest.mark.slow  # dry runs of the finished small demo
+
 REPORT = {"report_summary", "report_figures", "report_html"}
 PLATE = "BR00117000"
 

@@ -21,6 +21,8 @@ import yaml
 from tests.conftest import small_demo_config
 from tests.helpers import REPO, snakemake
 
+pytestmark = pytest.mark.slow  # a real single-node SLURM cluster
+
 STATE = Path(os.environ.get("PAINTBENCH_SLURM_DIR", "/tmp/paintbench-slurm"))
 TINY_PLATES = ["BR00117000", "BR00117003"]  # CRISPR replicates: CSK's two guides + 2 controls each
 

@@ -277,6 +277,7 @@ def test_strong_phenotype_is_visible_and_null_is_not(phenotype_plate):
         assert abs(_well_measure(plate, well, feature) - center) / spread < 3
 
 
+@pytest.mark.slow
 def test_demo_download_stage_through_snakemake(tmp_path):
     """The demo's first stage as a user runs it: planted ground truth + plates following the real platemaps."""
     from paintbench.metadata import plate_layout, select_wells

@@ -56,6 +56,7 @@ def assert_same_run(a, b, exact: bool) -> None:
             assert diff.max() < 1e-3 and diff.mean() < 2e-5, (key, diff.max().item(), diff.mean().item())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_two_processes_equal_one_and_resume_across_process_counts(tmp_path, method):
     """DDP (gloo, 2 processes of 4 crops) against one process of 8: same losses and weights within float
@@ -154,6 +155,7 @@ def test_nt_xent_known_answers():
     assert nt_xent((same, same), (same, same), 0, 0.1).item() == pytest.approx(math.log(5), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_cli_launches_torchrun_for_several_gpus(tmp_path):
     """`paintbench vit-pretrain --gpus 2` (what the rule runs for vit.gpus: 2) starts 2 processes itself and writes
     one encoder; on CPU they use gloo."""

@@ -133,6 +133,7 @@ def test_pretraining_reduces_held_out_loss(tmp_path):
     assert checkpoint["step"] == 150 and checkpoint["encoder_config"] == TINY
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     run_small(reference, encoder_config=TINY_DROP_PATH)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 import pandas as pd
 import torch
 import yaml
 
 from paintbench.vit import build_encoder
 from tests.helpers import REPO, snakemake
+
+pytestmark = pytest.mark.slow  # the ViT branch through Snakemake
 
 PLATE = "BR00117000"
 
