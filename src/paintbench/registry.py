@@ -37,15 +37,6 @@ TASK_TITLES = {"replicate_retrieval": "replicate retrieval", "sister_matching": 
                "compound_gene_matching": "compound-gene matching"}
 TARGET_ID_TABLES = ("summary", "queries", "polypharmacology", "pairs")  # target_id/<feature set><suffix>.parquet
 
-# Profile post-processing: the steps a chain (profiles.chains) is built from, in the schema's order.
-PROFILE_STEPS = ("var", "mad", "standardize", "int", "featselect", "wellpos", "cc", "outlier", "sphering", "pca",
-                 "harmony")
-CONTROL_FITTED_STEPS = ("mad", "standardize", "sphering")  # fitted on the negative controls only
-COUNT_STEPS = ("cc",)  # need the well's cell count (Metadata_Object_Count), which image feature sets carry
-# Layout and batch controls and the label-shuffled calibration: what a profile set retrieves without biology.
-LAYOUT_CONTROLS = ("shuffled_replicate_retrieval", "same_position_controls", "different_position_replicates",
-                   "plate_predictability", "nn_target_accuracy")
-
 # Choices of enumerated settings (schema enums and argparse choices).
 SOURCES = ("s3", "local", "synthetic")
 ILLUM_SOURCES = ("computed", "gallery")
