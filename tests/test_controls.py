@@ -204,7 +204,7 @@ def test_nearest_neighbour_accuracy_matches_brute_force_and_honours_exclusions()
     compounds = table.drop_duplicates(PERT).dropna(subset=["Metadata_target_list"])
     sets = [set(t.split("|")) for t in compounds["Metadata_target_list"]]
     pairs = [bool(a & b) for i, a in enumerate(sets) for j, b in enumerate(sets) if i != j]
-    assert row["chance"] == pytest.approx(np.mean(pairs), abs=0.02)
+    assert row["chance"] == pytest.approx(np.mean(pairs), abs=0.01)  # Monte Carlo SD ~0.002
     assert 0 < row["p_value"] <= 1
     # without the exclusion (no well column) the decoy is P00's neighbour, and the accuracy is the naive one's
     naive, _, naive_chosen = brute_force_nn_accuracy(table, features, exclude_wells=False)

@@ -72,14 +72,26 @@ def _none(table: pd.DataFrame, features: list[str], options: dict[str, Any]) -> 
     return table[features], "identity"
 
 
+def variance_operations() -> list[str]:
+    """pycytominer's near-constant filters. In pycytominer 1.7 'variance_threshold' is sklearn's minimum variance
+    (1e-6) and the freq_cut / unique_cut rule is 'frequency_threshold'; older releases ran that rule under
+    'variance_threshold' alone, so freq_cut / unique_cut act in both."""
+    from importlib.util import find_spec
+
+    has_frequency = find_spec("pycytominer.operations.frequency_threshold") is not None
+    return ["variance_threshold", "frequency_threshold"] if has_frequency else ["variance_threshold"]
+
+
 def _var(table: pd.DataFrame, features: list[str], options: dict[str, Any]) -> StepResult:
-    """pycytominer's variance_threshold: near-constant features carry no signal and break the whitening."""
+    """pycytominer's near-constant filters (variance_operations): such features carry no signal and break the
+    whitening."""
     from pycytominer import feature_select
 
-    selected = feature_select(table[features], features=features, operation=["variance_threshold"],
+    operations = variance_operations()
+    selected = feature_select(table[features], features=features, operation=operations,
                               freq_cut=options["freq_cut"], unique_cut=options["unique_cut"])
     kept = [c for c in features if c in selected.columns]
-    return table[kept], f"freq_cut={options['freq_cut']:g}, unique_cut={options['unique_cut']:g}"
+    return table[kept], f"{'+'.join(operations)}: freq_cut={options['freq_cut']:g}, unique_cut={options['unique_cut']:g}"
 
 
 def _mad(table: pd.DataFrame, features: list[str], options: dict[str, Any]) -> StepResult:

@@ -65,7 +65,7 @@ def cmd_layout_controls(args: argparse.Namespace) -> None:
 
     profiles = own_profiles(args, read_table(args.profiles))
     controls = layout_controls(profiles, scorable_features(profiles), args.protocol, args.null_size, args.seed,
-                               args.draws)
+                               args.nn_draws)
     write_table(controls, args.output)
     log.info("%d layout and batch control rows -> %s", len(controls), args.output)
 
@@ -96,7 +96,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                      "--output results/retrieval/cellprofiler/layout_controls.parquet"])
     p.add_argument("--profiles", required=True, help="Parquet, CSV or CSV.GZ with Metadata_ columns and features")
     add_config_options(p, RETRIEVAL_OPTIONS[:1] + RETRIEVAL_OPTIONS[2:])
-    p.add_argument("--draws", type=int, default=1000, help="target-list permutations behind the 1-NN accuracy's chance")
+    p.add_argument("--nn-draws", type=int, default=1000,
+                   help="target-list permutations behind the 1-NN target accuracy's chance")
     p.add_argument("--output", required=True, help="one row per control and condition (Parquet)")
     add_own_columns(p)
     p.set_defaults(func=cmd_layout_controls)
