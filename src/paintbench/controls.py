@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from paintbench.metrics import cosine_similarity, retrieval_ap
-from paintbench.retrieval import (ANNOTATION, CONDITION, PERT, TARGETS, _finish, consensus, is_negcon, is_query,
+from paintbench.retrieval import (ANNOTATION, CONDITION, PERT, TARGETS, score_condition, consensus, is_negcon, is_query,
                                   with_condition_columns)
 from paintbench.significance import Protocol, config_null, fraction_retrieved, score_groups
 
@@ -106,7 +106,7 @@ def _expected_ap(ap: pd.DataFrame, null_size: int, seed: int) -> np.ndarray:
 def _retrieval_row(control: str, condition: dict, ap: pd.DataFrame, group: list[str], unit: str,
                    protocol: Protocol, null_size: int, seed: int, note: str = "") -> dict:
     """Score per-query APs per `group` with retrieval's machinery and summarize them in one row."""
-    ap, scored = _finish(ap, group, condition, protocol, null_size, seed)
+    ap, scored = score_condition(ap, group, condition, protocol, null_size, seed)
     if scored.empty:
         return _row(control, condition, 0, f"no {unit} with a positive pair to score")
     null_per_query = ap[group].assign(_null=_expected_ap(ap, null_size, seed))
@@ -133,7 +133,7 @@ def same_position_controls(profiles: pd.DataFrame, features: list[str], protocol
 
     Queries: negcon wells whose Metadata_Well holds a negcon well on another plate of the condition; positives:
     those wells; negatives: the query plate's negcon wells at other positions; cosine; scored per well position
-    (retrieval._finish, BH within the condition). High mAP / fraction retrieved: the features see position.
+    (retrieval.score_condition, BH within the condition). High mAP / fraction retrieved: the features see position.
     """
     control, rows = "same_position_controls", []
     for condition, sub in _conditions(profiles):

@@ -61,7 +61,7 @@ def is_query(profiles: pd.DataFrame) -> np.ndarray:
     return ~is_negcon(profiles) & ~empty.to_numpy()
 
 
-def _finish(ap: pd.DataFrame, group: list[str], condition: dict, protocol: Protocol, null_size: int, seed: int,
+def score_condition(ap: pd.DataFrame, group: list[str], condition: dict, protocol: Protocol, null_size: int, seed: int,
             names: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-query p-values (cpjump1) and the per-group table of one condition, both carrying the condition."""
     ap = ap[ap["n_pos_pairs"] > 0].reset_index(drop=True)
@@ -103,7 +103,7 @@ def replicate_retrieval(profiles: pd.DataFrame, features: list[str], protocol: P
             log.warning("replicate retrieval %s: %d queries, %d controls: skipped", key, query.sum(), negcon.sum())
             continue
         ap = retrieval_ap(sub, features, query_mask=query, pos_same=[PERT], neg_mask=negcon, neg_same=["Metadata_Plate"])
-        ap, scored = _finish(ap, [PERT], dict(zip(CONDITION, key)), protocol, null_size, seed)
+        ap, scored = score_condition(ap, [PERT], dict(zip(CONDITION, key)), protocol, null_size, seed)
         aps.append(ap)
         maps.append(scored)
     return _concat(aps), _concat(maps)
@@ -150,7 +150,7 @@ def sister_matching(profiles: pd.DataFrame, features: list[str], replicate_score
             ap = retrieval_ap(table, features, pos_same=[GENE], neg_diff=[GENE])
         else:
             continue  # ORF plates carry one ORF per gene: no sisters
-        ap, scored = _finish(ap, [GENE], condition, protocol, null_size, seed, names=PERT)
+        ap, scored = score_condition(ap, [GENE], condition, protocol, null_size, seed, names=PERT)
         aps.append(ap)
         maps.append(scored)
     return _concat(aps), _concat(maps)
@@ -192,7 +192,7 @@ def compound_gene_matching(profiles: pd.DataFrame, features: list[str], replicat
             ap = ap.assign(**{GENE: ap[TARGETS], "Metadata_query_modality": ap["Metadata_modality"]})
             matched = {f"Metadata_matched_{k[len('Metadata_'):]}": genetic_condition[k]
                        for k in ("Metadata_modality", "Metadata_timepoint", "Metadata_plate_group")}
-            ap, scored = _finish(ap, [GENE], {**compound_condition, **matched}, protocol, null_size, seed, names=PERT)
+            ap, scored = score_condition(ap, [GENE], {**compound_condition, **matched}, protocol, null_size, seed, names=PERT)
             aps.append(ap)
             maps.append(scored.assign(compound_gene_negatives=negatives))
     return _concat(aps), _concat(maps)
