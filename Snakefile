@@ -38,6 +38,8 @@ include: "workflow/rules/common.smk"
 wildcard_constraints:
     plate=alternatives(PLATES),
     shard=r"s\d{3}",
+    feature_set=alternatives(FEATURE_SETS),
+    chain=alternatives(RUN_CHAINS),
 
 
 include: "workflow/rules/download.smk"

@@ -170,9 +170,12 @@ def lincs():
 SMALL_DEMO_PLATES = ["BR00116991", "BR00116992", "BR00117000", "BR00117003", "BR00117020", "BR00117021"]
 
 
+SMALL_DEMO_GENES = ["EZH2", "PTPN2", "FOXM1", "CSK", "PLK1", "BRD4"]
+
+
 def small_demo_config(folder, **overrides) -> str:
-    """config/demo.yaml (its six genes, BI-2536's planted pattern) cut to 4 controls per plate, two replicate plates
-    per modality and 128 px fields: 120 fields.
+    """config/demo.yaml (its planted classes and position artefact, BI-2536's pattern) cut to six of its genes, 4
+    controls per plate, two replicate plates per modality and 128 px fields: 120 fields.
 
     Too few controls and replicates for any permutation p-value to reach q < 0.05 (replicate retrieval's
     smallest p is 1/5), so sister matching is empty: the report must show that as zero rows. The compound-gene
@@ -182,9 +185,11 @@ def small_demo_config(folder, **overrides) -> str:
     from tests.helpers import REPO
 
     config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
-    config.update(plates=SMALL_DEMO_PLATES, negcon_wells=4, data_dir=str(folder / "data"),
+    config.update(plates=SMALL_DEMO_PLATES, negcon_wells=4, genes=SMALL_DEMO_GENES, data_dir=str(folder / "data"),
                   results_dir=str(folder / "results"))
-    config["synthetic"].update(field_size=128, cells_per_field=14)
+    classes = config["synthetic"]["gene_classes"]
+    config["synthetic"].update(field_size=128, cells_per_field=14,
+                               gene_classes={gene: classes[gene] for gene in SMALL_DEMO_GENES})
     config["vit"].update(steps=60, warmup_steps=5, checkpoint_every=30)
     for method in ("dino", "simclr"):  # every method at vit.steps
         config["vit"][method]["steps"] = None

@@ -159,6 +159,17 @@ def test_wellpos_removes_a_planted_position_effect_but_keeps_a_varied_treatment(
     assert records.loc[0, "fitted_on"] == "all wells" and np.isnan(records.loc[0, "controls_per_feature"])
 
 
+def test_wellpos_needs_positions_shared_by_plates():
+    one_plate = plates_table(1, 12, 3, 4)
+    with pytest.raises(ValueError, match="step 'wellpos': every well position is on one plate only"):
+        apply_chain(one_plate, ["wellpos"])
+    extra = plates_table(1, 13, 3, 4, seed=3).iloc[[12]].assign(Metadata_Plate="P9")  # W012 only on P9
+    table = pd.concat([plates_table(2, 12, 3, 4), extra], ignore_index=True)
+    out, features, records = apply_chain(table, ["wellpos"])
+    np.testing.assert_array_equal(out.iloc[-1][features].to_numpy(float), table.iloc[-1][features].to_numpy(float))
+    assert "1 well(s) at a position no other plate has left as they were" in records.loc[0, "detail"]
+
+
 def test_cc_removes_a_planted_count_effect_and_keeps_the_mean():
     table = plates_table(2, 60, 2, 10, seed=2)
     log_count = np.log1p(table["Metadata_Object_Count"].to_numpy())

@@ -68,17 +68,18 @@ def test_every_command_help_runs_as_a_process():
 
 
 def test_renamed_options_keep_their_old_names_hidden():
-    """profiles --scored-output and report-figures --figures-dir are named after what the workflow calls the files;
-    0.1's names still parse (hidden from --help)."""
+    """report-figures --figures-dir is named after what the workflow calls the folder; 0.1's name still parses
+    (hidden from --help). profiles' 0.2 normalization options parse too, and fail saying what replaced them."""
     parser = build_parser()
-    old = parser.parse_args(["profiles", "--wells", "w.parquet", "--output", "n.parquet", "--selected-output", "s.parquet"])
-    new = parser.parse_args(["profiles", "--wells", "w.parquet", "--output", "n.parquet", "--scored-output", "s.parquet"])
-    assert old.scored_output == new.scored_output == "s.parquet"
     figures = ["report-figures", "--results-dir", "r", "--plates", "P", "--summary", "s.tsv", "--feature-sets", "cellprofiler"]
     assert parser.parse_args([*figures, "--out-dir", "f"]).figures_dir == "f"
     assert parser.parse_args([*figures, "--figures-dir", "f"]).figures_dir == "f"
-    assert "--selected-output" not in COMMANDS["profiles"].format_help()
     assert "--out-dir" not in COMMANDS["report-figures"].format_help()
+    for old in (["--selected-output", "s.parquet"], ["--scored-output", "s.parquet"], ["--feature-selection"]):
+        assert old[0] not in COMMANDS["profiles"].format_help()
+        done = subprocess.run([sys.executable, "-m", "paintbench", "profiles", "--wells", "w.parquet", "--output",
+                               "n.parquet", *old], capture_output=True, text=True)
+        assert done.returncode == 1 and f"profiles --{old[0][2:]}" in done.stderr and "profile-chain" in done.stderr
 
 
 def test_check_config_keeps_its_positional_form():

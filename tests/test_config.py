@@ -27,7 +27,7 @@ def test_shipped_configs_are_valid_and_defaults_are_filled():
     assert demo_config["endpoint_url"] is None  # default filled
     assert demo_config["download"]["max_attempts"] == 6  # nested default filled
     assert demo_config["synthetic"]["seed"] == 7
-    assert demo_config["cellprofiler"]["wells_per_shard"] == 24 and not demo_config["cellprofiler"]["skip_bad_fields"]
+    assert demo_config["cellprofiler"]["wells_per_shard"] == 64 and not demo_config["cellprofiler"]["skip_bad_fields"]
 
 
 def test_plates_all_expands_to_the_whole_batch():
@@ -69,6 +69,17 @@ def test_paper_config_scores_published_profiles_only():
         ({"vit": {"gpus": 3}}, ["'vit.mae.batch_size'", "256", "vit.gpus = 3"]),
         ({"vit": {"views": {"noise": -1}}}, ["'vit.views.noise'", "-1"]),
         ({"vit": {"mae": {"decoder_dim": 100, "decoder_heads": 8}}}, ["'vit.mae.decoder_dim'", "decoder_heads"]),
+        # profile chains: an unknown step, an unknown chain, a step whose column the feature set lacks
+        ({"profiles": {"chains": {"mine": ["mad", "whiten"]}}}, ["'profiles.chains.mine.1'", "'whiten' is not one of"]),
+        ({"profiles": {"feature_sets": {"vit": ["mad", "mine"]}}},
+         ["'profiles.feature_sets.vit'", "unknown chain 'mine'", "known: none, mad"]),
+        ({"profiles": {"chains": {"counted": ["cc", "mad"]}, "feature_sets": {"vit": ["counted"]}}},
+         ["'profiles.chains.counted'", "step cc", "Metadata_Object_Count", "vitmae"]),
+        ({"profiles": {"chains": {"annotated": ["mad"]}}}, ["'profiles.chains.annotated'", "neither 'annotated'"]),
+        ({"profiles": {"spherize": True}}, ["'profiles.spherize'", "profile chains", "mad_sphering"]),
+        ({"profiles": {"steps": {"sphering": {"regularization": "best"}}}}, ["'profiles.steps.sphering.regularization'"]),
+        ({"source": "s3", "feature_sets": ["published_cellprofiler"], "profiles": {"feature_sets": {"published": ["mad"]}}},
+         ["'profiles.feature_sets.published'", "refits", "use none"]),
     ],
 )
 def test_invalid_configuration_names_the_key(overrides, expected):
@@ -99,3 +110,18 @@ def test_command_line_strings_are_typed_by_the_schema():
     assert config["channels"]["DNA"] == 5
     with pytest.raises(ConfigError, match="'sites.0': 'one' is not of type 'integer'"):
         check_config(demo(sites=["one"]))
+
+
+def test_the_chain_example_of_the_usage_guide_is_valid():
+    """docs/usage.md's bake-off example, on the demo: every chain it adds is run by the kind that names it."""
+    import re
+
+    from paintbench.config import feature_set_chains
+
+    text = (REPO / "docs" / "usage.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if b.startswith("profiles:"))
+    config = check_config(demo(**yaml.safe_load(block)))
+    chains = feature_set_chains(config)
+    assert chains["vitdino"] == ["mad", "mad_pca_sphering"]
+    assert chains["cellprofiler"] == ["mad_featselect", "mad_featselect_harmony"]
+    assert config["profiles"]["steps"]["pca"]["variance"] == 0.95

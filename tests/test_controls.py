@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from paintbench.controls import (ALPHA, COLUMNS, CONTROLS, NO_POSITION_CHANGE, different_position_replicates,
-                                 layout_controls, nearest_neighbour_target_accuracy, plate_predictability,
+                                 layout_controls, nearest_neighbour_target_accuracy, plate_predictability, pooled_p,
                                  same_position_controls, shuffled_replicates)
 from paintbench.retrieval import CONDITION, replicate_retrieval, user_profiles
 from paintbench.significance import fraction_retrieved
@@ -60,6 +60,32 @@ def features_of(table: pd.DataFrame) -> list[str]:
 def only_row(table: pd.DataFrame) -> pd.Series:
     assert len(table) == 1 and list(table.columns) == COLUMNS
     return table.iloc[0]
+
+
+# --- the pooled p-value of the retrieval controls ---------------------------------------------------------------
+
+def test_pooled_p_is_the_null_of_independent_queries():
+    """One positive among two candidates: a query's AP is 1 or 1/2, each with probability 1/2. Ten perfect queries
+    have a pooled p of 2^-10 (independent queries), not 1/2 (one draw shared by every query)."""
+    perfect = pd.DataFrame({"average_precision": 1.0, "n_pos_pairs": [1] * 10, "n_total_pairs": 2})
+    assert pooled_p(perfect, 200_000, 0) == pytest.approx(2.0**-10, rel=0.15)
+    # a mixed configuration: 5 perfect queries with (1, 2) and 3 with (1, 3) -> P(all perfect) = 2^-5 3^-3
+    mixed = pd.DataFrame({"average_precision": 1.0, "n_pos_pairs": [1] * 8, "n_total_pairs": [2] * 5 + [3] * 3})
+    assert pooled_p(mixed, 200_000, 0) == pytest.approx(2.0**-5 / 27, rel=0.15)
+
+
+def test_pooled_p_is_calibrated_on_null_rankings():
+    """Queries ranked at random: the pooled p falls below 0.05 in about 5% of repeats."""
+    from paintbench.significance import null_distribution
+
+    rng = np.random.default_rng(3)
+    calls = []
+    for repeat in range(300):
+        k, n = 2, 12
+        ap = null_distribution(k, n, 20, rng)
+        calls.append(pooled_p(pd.DataFrame({"average_precision": ap, "n_pos_pairs": k, "n_total_pairs": n}), 2000,
+                              repeat) < 0.05)
+    assert 0.02 <= np.mean(calls) <= 0.09
 
 
 # --- 1. same position ---------------------------------------------------------------------------------------------

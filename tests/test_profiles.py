@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from paintbench.metadata import plate_layout
-from paintbench.profiles import annotate, build_profiles, normalize, select_features, spherize
+from paintbench.profiles import annotate, annotated_profiles, normalize, select_features
 
 PLATES = ["BR00116991", "BR00116992"]
 
@@ -73,18 +73,8 @@ def test_feature_selection_drops_correlated_constant_and_missing():
     assert {"Cells_Intensity_Feature0", "Cells_Intensity_Feature1"} <= set(kept)
 
 
-def test_spherize_whitens_the_controls():
-    annotated = annotate(well_table(PLATES[0], 0))
-    features = [c for c in annotated.columns if c.startswith("Cells_")]
-    annotated["Cells_Intensity_Feature1"] += 0.8 * annotated["Cells_Intensity_Feature0"]
-    white = spherize(normalize(annotated, features), features)
-    controls = white.loc[white["Metadata_control_type"] == "negcon", features].to_numpy()
-    np.testing.assert_allclose(np.cov(controls, rowvar=False), np.eye(len(features)), atol=1e-3)
-
-
-def test_build_profiles_for_both_kinds_of_feature_set():
-    tables = [well_table(p, i) for i, p in enumerate(PLATES)]
-    normalized, selected = build_profiles(tables, None, feature_selection=True)
-    assert len(normalized) == len(selected) == 192 and selected.shape[1] <= normalized.shape[1]
-    normalized, selected = build_profiles(tables, None, feature_selection=False)
-    assert selected is None and not normalized.filter(like="Cells_").isna().any().any()
+def test_annotated_profiles_of_every_plate_drop_features_missing_everywhere():
+    tables = [well_table(p, i).assign(Cells_Intensity_Missing=np.nan) for i, p in enumerate(PLATES)]
+    annotated = annotated_profiles(tables, None)
+    assert len(annotated) == 192 and "Cells_Intensity_Missing" not in annotated
+    assert annotated["Metadata_control_type"].eq("negcon").any() and annotated["Metadata_broad_sample"].notna().any()

@@ -79,9 +79,9 @@ def scored(modality, timepoint, maps, below, matched=None, group="benchmark"):
                           "Metadata_plate_group": group, "Metadata_broad_sample": [f"p{i}" for i in range(len(maps))],
                           "mean_average_precision": maps, "below_corrected_p": below, "testable": True,
                           "protocol": "cpjump1"})
-    if matched:
+    if matched:  # matching tasks score genes
         table = table.assign(Metadata_matched_modality=matched[0], Metadata_matched_timepoint=matched[1],
-                             Metadata_matched_plate_group="benchmark")
+                             Metadata_matched_plate_group="benchmark", Metadata_gene=[f"g{i}" for i in range(len(maps))])
     return table
 
 
@@ -107,7 +107,7 @@ def write_results(root, maps_by_set):
 
 def test_summary_is_typed_with_intervals_reference_values_and_empty_rows(tmp_path):
     write_results(tmp_path, {"a": [0.9] * 10, "b": [0.2] * 10})
-    summary = build_summary(RunFiles.from_results_dir(tmp_path, ["a", "b"], []), published=PUBLISHED)
+    summary, _ = build_summary(RunFiles.from_results_dir(tmp_path, ["a", "b"], []), published=PUBLISHED)
     a = summary[summary["feature_set"] == "a"].set_index(["task", "condition"])
     row = a.loc[("replicate_retrieval", "A549 compound 24 h")]
     assert row["fraction_retrieved"] == 0.9 and row["n_perturbations"] == 10 and row["n_retrieved"] == 9
@@ -142,15 +142,23 @@ def test_compound_gene_rows_are_comparable_with_paper_code_negatives(tmp_path):
     write_results(tmp_path, {"a": [0.9] * 10})
     path = tmp_path / "retrieval" / "a" / "compound_gene_matching.parquet"
     pd.read_parquet(path).assign(compound_gene_negatives="paper_code").to_parquet(path)
-    paper = build_summary(RunFiles.from_results_dir(tmp_path, ["a"], []), published=PUBLISHED).query("row_kind == 'paper'")
+    paper = build_summary(RunFiles.from_results_dir(tmp_path, ["a"], []), published=PUBLISHED)[0].query("row_kind == 'paper'")
     assert paper["comparable"].all()
 
 
 def test_best_respects_the_intervals(tmp_path):
     write_results(tmp_path, {"a": [0.9] * 10, "b": [0.2] * 10})
-    summary = build_summary(RunFiles.from_results_dir(tmp_path, ["a", "b"], []), published=PUBLISHED).set_index(["feature_set", "task", "condition"])
-    # crispr: both retrieve 3 of 10 -> tied; compound: 9 of 10 each -> tied as well (identical verdicts).
-    assert summary.loc[("a", "replicate_retrieval", "A549 crispr 144 h"), "best"] == "tied"
+    summary, paired = build_summary(RunFiles.from_results_dir(tmp_path, ["a", "b"], []), published=PUBLISHED)
+    summary = summary.set_index(["feature_set", "task", "condition"])
+    # crispr: both retrieve 3 of 10, so their intervals are identical (interval rule: tied); but a's mAP is 0.7
+    # above b's on every one of the 10 perturbations: the paired sign-flip test (exact, p = 2/1024) calls a best.
+    assert summary.loc[("a", "replicate_retrieval", "A549 crispr 144 h"), "interval_best"] == "tied"
+    assert summary.loc[("a", "replicate_retrieval", "A549 crispr 144 h"), "best"] == "best"
+    assert summary.loc[("b", "replicate_retrieval", "A549 crispr 144 h"), "best"] == ""
+    row = summary.loc[("b", "replicate_retrieval", "A549 crispr 144 h")]
+    assert row["paired_reference"] == "a" and row["paired_difference"] == pytest.approx(-0.7)
+    crispr = paired[(paired["task"] == "replicate_retrieval") & (paired["Metadata_modality"] == "crispr")]
+    assert crispr["p_value"].item() == pytest.approx(2 / 1024) and crispr["n_units"].item() == 10
     marks = mark_best(pd.DataFrame({
         "task": "t", "row_kind": "measured", "feature_set": ["x", "y", "z"], "n_perturbations": 300,
         "fraction_retrieved": [0.8, 0.5, 0.75], "fraction_retrieved_low": [0.75, 0.44, 0.70],
@@ -167,7 +175,7 @@ def test_best_respects_the_intervals(tmp_path):
                                            ("own", "not CPJUMP1's: a reference for a different dataset")])
 def test_runs_on_other_plates_label_the_paper_as_another_dataset(tmp_path, dataset, note):
     write_results(tmp_path, {"a": [0.9] * 10})
-    summary = build_summary(RunFiles.from_results_dir(tmp_path, ["a"], []), published=PUBLISHED, dataset=dataset)
+    summary, _ = build_summary(RunFiles.from_results_dir(tmp_path, ["a"], []), published=PUBLISHED, dataset=dataset)
     paper = summary[summary["row_kind"] == "paper"]
     assert len(paper) == 2 and not paper["comparable"].any() and not summary["comparable"].any()
     assert paper["notes"].str.contains(note).all()

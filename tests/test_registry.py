@@ -38,6 +38,9 @@ NOT_CONFIG = {
     **{(command, "wells"): "a shard's or plate's wells, or files of well profiles"
        for command in ("plate-qc", "cellprofiler", "profiles")},
     ("query", "results_dir"): "the finished run a user looks up",
+    ("profile-chain", "steps"): "one chain's steps (a list of profiles.chains), not the ViT's training steps",
+    ("report-summary", "published"): "the paper's values table, not profiles.feature_sets.published",
+    ("report-html", "cellprofiler"): "the CellProfiler executable whose version the report shows, not a chain list",
     **{(command, "plates"): "the rules pass the run's plates, expanded"
        for command in ("published-profiles", "report-figures", "report-html")},
     **{("vit-pretrain", flag): "overrides --settings (vit.mae); unset: as --settings says"

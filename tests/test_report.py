@@ -19,6 +19,7 @@ from tests.helpers import REPO, snakemake
 pytestmark = pytest.mark.slow  # a small demo run through both branches to the report
 
 FEATURE_SETS = ["cellprofiler", "vitmae", "vitdino", "vitsimclr"]
+HEADLINE = {"cellprofiler": "cellprofiler/mad_featselect", **{fs: f"{fs}/mad" for fs in FEATURE_SETS[1:]}}
 REPLICATE = {("A549", "compound", 24), ("A549", "crispr", 144), ("A549", "orf", 48)}
 PAPER = {"compound": 0.7614, "crispr": 0.6787, "orf": 0.0563}  # CPJUMP1 paper's figure 4, A549 at these time points
 
@@ -29,7 +30,7 @@ def paintbench(*args: str) -> subprocess.CompletedProcess:
 
 
 def conditions(summary: pd.DataFrame, feature_set: str, task: str) -> list[tuple]:
-    rows = summary[(summary["feature_set"] == feature_set) & (summary["task"] == task)]
+    rows = summary[(summary["profile_set"] == HEADLINE[feature_set]) & (summary["task"] == task)]
     return [tuple(None if pd.isna(v) else v for v in row) for row in rows[
         ["Metadata_cell_type", "Metadata_modality", "Metadata_timepoint", "Metadata_matched_modality",
          "Metadata_matched_timepoint"]].itertuples(index=False)]
@@ -45,10 +46,11 @@ def test_summary_has_every_task_condition_and_feature_set(small_demo_run):
         assert sorted(conditions(summary, fs, "compound_gene_matching")) == [("A549", "compound", 24, "crispr", 144),
                                                                              ("A549", "compound", 24, "orf", 48)]
         # Independent recomputation of one row from the task's own result table.
-        table = pd.read_parquet(results / "retrieval" / fs / "replicate_retrieval.parquet")
+        table = pd.read_parquet(results / "retrieval" / HEADLINE[fs] / "replicate_retrieval.parquet")
         crispr = table[table["Metadata_modality"] == "crispr"]
-        row = summary[(summary["feature_set"] == fs) & (summary["task"] == "replicate_retrieval")
+        row = summary[(summary["profile_set"] == HEADLINE[fs]) & (summary["task"] == "replicate_retrieval")
                       & (summary["Metadata_modality"] == "crispr")].iloc[0]
+        assert row["headline"] and row["chain"] == HEADLINE[fs].split("/")[1]
         assert row["n_perturbations"] == len(crispr) == 11  # six genes' guides (EZH2's two wells hold one guide)
         assert row["mean_average_precision"] == pytest.approx(crispr["mean_average_precision"].mean())
         assert row["fraction_retrieved"] == pytest.approx(crispr["below_corrected_p"].mean())
@@ -56,6 +58,7 @@ def test_summary_has_every_task_condition_and_feature_set(small_demo_run):
         # summary says so instead of reporting a silent zero.
         assert row["n_untestable"] == (~crispr["testable"]).sum() >= 10 and row["protocol"] == "cpjump1"
         sister = summary[(summary["feature_set"] == fs) & (summary["task"] == "sister_matching")]
+        assert sister["profile_set"].nunique() == 3  # every chain of the feature set
         assert (sister["n_perturbations"] == 0).all() and sister["fraction_retrieved"].isna().all()
     reference = summary[summary["row_kind"] == "paper"]
     replicate = reference[reference["task"] == "replicate_retrieval"]
@@ -153,7 +156,7 @@ def test_query_unknown_names_suggest_close_matches(small_demo_run):
     done = paintbench("query", "--results-dir", str(results), "--gene", "CKS")
     assert done.returncode == 1 and "did you mean CSK" in done.stderr
     done = paintbench("query", "--results-dir", str(results), "--feature-set", "dino", "--gene", "CSK")
-    assert done.returncode == 1 and "no scored profiles for feature set 'dino'" in done.stderr
+    assert done.returncode == 1 and "feature set 'dino': name one of its chains" in done.stderr
 
 
 def test_polypharmacology_call_follows_the_planted_target(small_demo_run):
@@ -166,7 +169,7 @@ def test_polypharmacology_call_follows_the_planted_target(small_demo_run):
     _, results = small_demo_run
     calls = {}
     for fs in FEATURE_SETS:
-        table = pd.read_parquet(results / "target_id" / f"{fs}_polypharmacology.parquet")
+        table = pd.read_parquet(results / "target_id" / f"{HEADLINE[fs]}_polypharmacology.parquet")
         bi2536 = table[table["Metadata_pert_iname"] == "BI-2536"]
         assert set(bi2536["target"]) == {"BRD4", "PLK1"}, fs
         assert set(bi2536["Metadata_matched_modality"]) == {"crispr", "orf"}, fs
@@ -179,7 +182,10 @@ def test_polypharmacology_call_follows_the_planted_target(small_demo_run):
     assert re.search(r"<td class='l'>BI-2536</td>.*?<td class='l'><b>PLK1</b></td>", page), "the report shows the call"
     summary = pd.read_csv(results / "reports" / "summary.tsv", sep="\t")
     shortlist = summary[summary["task"] == "target_identification"]
-    assert set(shortlist["feature_set"]) == set(FEATURE_SETS) and set(shortlist["k"]) == {1, 5, 10}
+    assert set(shortlist["profile_set"]) == {f"{fs}/{chain}" for fs in FEATURE_SETS for chain in
+                                             (["mad_featselect"] if fs == "cellprofiler" else ["mad"])
+                                             + ["mad_sphering", "wellpos_mad"]}
+    assert set(shortlist["k"]) == {1, 5, 10}
     first = shortlist[shortlist["k"] == 1]
     assert (first["recall_at_k"] > first["random_recall_at_k"]).any()
 
@@ -229,7 +235,8 @@ def test_target_lookup_in_a_real_browser(small_demo_run):
         assert [float(r[3]) for r in shown] == pytest.approx(expected["q_value"].tolist(), rel=0.06)
         assert [r[4] == "annotated" for r in shown] == [g in ("PLK1", "BRD4") for g in expected["Metadata_gene"]]
         # A feature set that ranks PLK1 first for BI-2536 (the planted answer; test above) shows it on top.
-        poly = {fs: pd.read_parquet(results / "target_id" / f"{fs}_polypharmacology.parquet") for fs in FEATURE_SETS}
+        poly = {fs: pd.read_parquet(results / "target_id" / f"{HEADLINE[fs]}_polypharmacology.parquet")
+                for fs in FEATURE_SETS}
         leaders = [fs for fs, t in poly.items() if ((t["Metadata_pert_iname"] == "BI-2536") & (t["target"] == "PLK1")
                                                     & (t["Metadata_matched_modality"] == "crispr") & (t["rank"] == 1)).any()]
         assert leaders, "no feature set ranks PLK1 first for BI-2536"

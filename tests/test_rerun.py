@@ -35,13 +35,22 @@ def test_finished_run_is_up_to_date(small_demo_run):
 
 def test_forcerun_a_stage_reruns_it_and_everything_downstream(small_demo_run):
     jobs = planned(small_demo_run, "--forcerun", "profiles")
-    assert set(jobs) == {"profiles", "replicate_retrieval", "matching", "target_id"} | REPORT
-    assert jobs["profiles"] == jobs["target_id"] == 4 and jobs["matching"] == 8  # 4 feature sets; 2 matching tasks each
+    assert set(jobs) == {"profiles", "profile_chain", "replicate_retrieval", "matching", "target_id",
+                         "layout_controls"} | REPORT
+    # 4 feature sets, 3 chains each (profiles.feature_sets' defaults); 2 matching tasks per profile set
+    assert jobs["profiles"] == 4 and jobs["profile_chain"] == jobs["target_id"] == jobs["layout_controls"] == 12
+    assert jobs["matching"] == 24
+
+
+def test_changing_a_chain_reruns_only_that_chain(small_demo_run):
+    jobs = planned(small_demo_run, "--config", "profiles={steps: {sphering: {regularization: 0.1}}}")
+    assert set(jobs) == {"profile_chain", "replicate_retrieval", "matching", "target_id", "layout_controls"} | REPORT
+    assert jobs["profile_chain"] == 4  # the mad_sphering chain of every feature set, nothing else
 
 
 def test_changing_a_retrieval_parameter_reruns_only_retrieval_and_reports(small_demo_run):
     jobs = planned(small_demo_run, "--config", "retrieval={null_size: 2000, seed: 0}")
-    assert set(jobs) == {"replicate_retrieval", "matching"} | REPORT
+    assert set(jobs) == {"replicate_retrieval", "matching", "layout_controls"} | REPORT
 
 
 def test_one_branch_one_rule_one_plate(small_demo_run):
@@ -85,7 +94,9 @@ REPORT_READS = [("qc/BR00117000.tsv", "plate_qc", "report_html"),
                 ("vit/crops/BR00117000.centres.parquet", "vit_crops", "report_html"),
                 ("synthetic/ground_truth.parquet", "synthetic_ground_truth", "report_html"),
                 ("vit/mae/checkpoint.pt", "vit_pretrain", "report_figures"),
-                ("profiles/vitsimclr/normalized.parquet", "profiles", "report_figures")]
+                ("profiles/vitsimclr/mad.parquet", "profile_chain", "report_figures"),
+                ("profiles/cellprofiler/mad_sphering.steps.tsv", "profile_chain", "report_summary"),
+                ("retrieval/vitdino/wellpos_mad/layout_controls.parquet", "layout_controls", "report_summary")]
 
 
 @pytest.mark.parametrize("path, writer, reader", REPORT_READS, ids=[p for p, _, _ in REPORT_READS])

@@ -139,8 +139,16 @@ def _wellpos(table: pd.DataFrame, features: list[str], options: dict[str, Any]) 
     Removes position (edge, gradient) effects. CPJUMP1's replicate plates share one layout, so a position's mean
     also holds the treatment signal its replicates share: this step removes some true signal too. It is a
     bake-off member and a layout control, its effect measured by the benchmark, not assumed to help."""
-    means = table.groupby(WELL)[features].transform("mean")
-    return table[features] - means, "per-position mean over all plates removed"
+    plates = table.groupby(WELL)[PLATE].transform("nunique")
+    if (plates < 2).all():
+        raise ValueError("step 'wellpos': every well position is on one plate only; its mean over plates would be "
+                         "the well itself (wellpos needs plates that share a layout)")
+    alone = plates < 2  # a position on one plate keeps its values: its mean is the well itself
+    means = table.groupby(WELL)[features].transform("mean").where(~alone, 0.0)
+    detail = "per-position mean over all plates removed"
+    if alone.any():
+        detail += f"; {int(alone.sum())} well(s) at a position no other plate has left as they were"
+    return table[features] - means, detail
 
 
 def _cc(table: pd.DataFrame, features: list[str], options: dict[str, Any]) -> StepResult:

@@ -216,7 +216,8 @@ def paired_comparisons(results: dict[str, pd.DataFrame], task: str, n_permutatio
     return _with_q(table)[columns]
 
 
-def _condition_keys(comparisons: pd.DataFrame) -> list[str]:
+def condition_keys(comparisons: pd.DataFrame) -> list[str]:
+    """The columns that key a condition of a comparisons table (task first): paired_best's keys."""
     return ["task", *[c for c in CONDITION + MATCHED if c in comparisons.columns]]
 
 
@@ -234,7 +235,7 @@ def paired_best(comparisons: pd.DataFrame, sets: list[str], alpha: float = ALPHA
     comparison row in a condition are marked there; rows naming other sets are ignored.
     """
     order = {name: i for i, name in enumerate(sets)}
-    keys = _condition_keys(comparisons)
+    keys = condition_keys(comparisons)
     chosen = comparisons[comparisons["set_a"].isin(order) & comparisons["set_b"].isin(order)]
     marks: dict[tuple, dict[str, str]] = {}
     for key, group in chosen.groupby(keys, dropna=False, sort=True):
@@ -258,7 +259,7 @@ def paired_best(comparisons: pd.DataFrame, sets: list[str], alpha: float = ALPHA
 
 def best_table(comparisons: pd.DataFrame, sets: list[str], alpha: float = ALPHA) -> pd.DataFrame:
     """paired_best as a long table: task, condition columns, profile_set, best."""
-    keys = _condition_keys(comparisons)
+    keys = condition_keys(comparisons)
     rows = [{**dict(zip(keys, key)), "profile_set": name, "best": mark}
             for key, by_set in paired_best(comparisons, sets, alpha).items() for name, mark in by_set.items()]
     return pd.DataFrame(rows, columns=[*keys, "profile_set", "best"])

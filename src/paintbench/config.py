@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import jsonschema
 import yaml
 
 from paintbench.metadata import MetadataError, known_plates, paper_plates, plate_info, unknown_name_message
-from paintbench.registry import CHANNELS, PUBLISHED, VIT_METHODS, VIT_TRAINING_KEYS
+from paintbench.registry import CELLPROFILER, CHAIN_KINDS, CHANNELS, PUBLISHED, VIT_METHODS, VIT_TRAINING_KEYS
 from paintbench.schema import BUNDLED_METADATA, load_schema
 
 DEPRECATED_MAE_KEYS = ("mask_ratio", "decoder_dim", "decoder_depth", "decoder_heads", "norm_pix_loss", "checkpoint")
@@ -171,6 +172,51 @@ def check_semantics(config: dict[str, Any]) -> None:
     if config["source"] == "local" and shared_folder and len(config["plates"]) > 1:
         raise ConfigError("config key 'local.image_dir': must contain '{plate}' when several plates are configured "
                           "(or image_pattern a (?P<plate>...) group, when one folder holds every plate)")
+    check_chains(config)
+
+
+# Steps that refit the per-plate normalization: published profiles were normalized by the consortium already.
+CONTROL_FITTED = {"mad", "standardize", "sphering", "wellpos", "cc", "harmony"}
+
+
+def profile_chains(config: dict[str, Any]) -> dict[str, list[str]]:
+    """The built-in chains (the schema's default of profiles.chains) with the configuration's added or replaced."""
+    from paintbench.schema import default
+
+    return {**default("profiles.chains"), **config["profiles"]["chains"]}
+
+
+def feature_set_chains(config: dict[str, Any]) -> dict[str, list[str]]:
+    """The chains each of the run's feature sets runs, headline first (profiles.feature_sets)."""
+    kinds = config["profiles"]["feature_sets"]
+    return {fs: list(dict.fromkeys(kinds[CHAIN_KINDS[fs]])) for fs in config["feature_sets"]}
+
+
+def check_chains(config: dict[str, Any]) -> None:
+    """Chains name known steps, feature sets name known chains, and each step has what it needs; before any job."""
+    if config["profiles"]["spherize"]:
+        raise ConfigError("config key 'profiles.spherize' is replaced by profile chains: name a chain with the "
+                          "sphering step in profiles.feature_sets (e.g. cellprofiler: [mad_featselect, mad_sphering])")
+    chains = profile_chains(config)
+    reserved = {"annotated", *config["plates"]}  # file names beside the chains' in profiles/<feature set>/
+    for name in chains:
+        if name in reserved or not re.fullmatch(r"[A-Za-z0-9_]+", name):
+            raise ConfigError(f"config key 'profiles.chains.{name}': a chain's name is letters, digits and _, and "
+                              "neither 'annotated' nor a plate barcode")
+    for kind, names in config["profiles"]["feature_sets"].items():
+        for name in names:
+            if name not in chains:
+                raise ConfigError(f"config key 'profiles.feature_sets.{kind}': unknown chain {name!r} "
+                                  f"(known: {', '.join(chains)})")
+    for fs, names in feature_set_chains(config).items():
+        for name in names:
+            if fs == PUBLISHED and set(chains[name]) & CONTROL_FITTED:
+                raise ConfigError(f"config key 'profiles.feature_sets.published': chain {name!r} "
+                                  f"({', '.join(chains[name])}) refits what the consortium's published profiles "
+                                  "already had (normalized, feature-selected); use none")
+            if "cc" in chains[name] and fs != CELLPROFILER:
+                raise ConfigError(f"config key 'profiles.chains.{name}': step cc needs the cell count "
+                                  f"(Metadata_Object_Count), which feature set {fs} does not have; only cellprofiler does")
 
 
 def check_image_pattern(config: dict[str, Any]) -> None:

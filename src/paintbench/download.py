@@ -47,6 +47,7 @@ class SyntheticSource:
     field_size: int
     cells_per_field: int
     metadata_dir: str | None = None
+    position_sd: float = 0.0
 
 
 def field_problems(plate: str, image_dir: str | Path, wells: list[str], sites: list[int], channels: dict[str, int],
@@ -94,7 +95,8 @@ def fetch_images(plate: Plate, wells: list[str], sites: list[int], channels: dic
 
         fields = generate_plate(plate.barcode, wells, sites, channels, read_table(source.ground_truth), image_dir,
                                 field_size=source.field_size, cells_per_field=source.cells_per_field,
-                                seed=source.seed, metadata_dir=source.metadata_dir)
+                                seed=source.seed, metadata_dir=source.metadata_dir,
+                                position_sd=source.position_sd)
         write_table(fields, image_dir / "synthetic_fields.parquet")
         log.info("plate %s: generated %d fields, %d cells", plate.barcode, len(fields), fields["n_cells"].sum())
     return []

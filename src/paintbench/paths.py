@@ -42,6 +42,10 @@ class RunPaths:
     def ground_truth(self) -> str:
         return self._r("synthetic", "ground_truth.parquet")
 
+    def position_effects(self) -> str:
+        """The synthetic plates' planted per-well-position artefact."""
+        return self._r("synthetic", "position_effects.parquet")
+
     def load_data(self, plate: str) -> str:
         return self._r("load_data", f"{plate}.csv")
 
@@ -86,29 +90,42 @@ class RunPaths:
     def well_profiles(self, feature_set: str, plate: str) -> str:
         return self._r("profiles", feature_set, f"{plate}.parquet")
 
-    def normalized(self, feature_set: str) -> str:
-        return self._r("profiles", feature_set, "normalized.parquet")
+    def annotated(self, feature_set: str) -> str:
+        """Every plate's well profiles with the platemap's annotation: what each chain starts from."""
+        return self._r("profiles", feature_set, "annotated.parquet")
 
-    def scored(self, feature_set: str) -> str:
-        """The profiles the retrieval tasks score (feature-selected where selection applies)."""
-        return self._r("profiles", feature_set, "scored.parquet")
+    def scored(self, profile_set: str) -> str:
+        """The profiles of one (feature set, chain) pair, registry.profile_set's 'FS/CHAIN': what retrieval scores."""
+        return self._r("profiles", f"{profile_set}.parquet")
+
+    def chain_steps(self, profile_set: str) -> str:
+        """What each step of the chain did (features in and out, wells it fitted on)."""
+        return self._r("profiles", f"{profile_set}.steps.tsv")
 
     def published_cache(self) -> str:
         return f"{self.data}/published_profiles"
 
     # retrieval and target identification
-    def retrieval(self, feature_set: str, task: str, per_query: bool = False) -> str:
-        """Per-unit results of a task; per_query: its per-query AP table."""
-        return self._r("retrieval", feature_set, f"{task}{'_ap' if per_query else ''}.parquet")
+    def retrieval(self, profile_set: str, task: str, per_query: bool = False) -> str:
+        """Per-unit results of a task on one profile set; per_query: its per-query AP table."""
+        return self._r("retrieval", profile_set, f"{task}{'_ap' if per_query else ''}.parquet")
 
-    def target_id(self, feature_set: str, table: str = "summary") -> str:
+    def layout_controls(self, profile_set: str) -> str:
+        """The layout and batch controls of one profile set (controls.LAYOUT_COLUMNS)."""
+        return self._r("retrieval", profile_set, "layout_controls.parquet")
+
+    def target_id(self, profile_set: str, table: str = "summary") -> str:
         if table not in TARGET_ID_TABLES:
             raise ValueError(f"unknown target-identification table {table!r} (known: {', '.join(TARGET_ID_TABLES)})")
-        return self._r("target_id", f"{feature_set}{'' if table == 'summary' else '_' + table}.parquet")
+        return self._r("target_id", f"{profile_set}{'' if table == 'summary' else '_' + table}.parquet")
 
     # report
     def summary(self) -> str:
         return self._r("reports", "summary.tsv")
+
+    def comparisons(self) -> str:
+        """Paired comparisons of profile sets on the same perturbations."""
+        return self._r("reports", "comparisons.tsv")
 
     def figures_dir(self) -> str:
         return self._r("reports", "figures")
@@ -117,7 +134,8 @@ class RunPaths:
         return self._r("reports", "index.html")
 
     def query_stem(self, name: str, feature_set: str) -> str:
-        return self._r("reports", "query", f"{name}_{feature_set}")
+        """`paintbench query`'s output stem; a profile set FS/CHAIN is written FS_CHAIN (one file, no folder)."""
+        return self._r("reports", "query", f"{name}_{feature_set.replace('/', '_')}")
 
     # every rule's log and benchmark
     def log(self, *parts: str) -> str:

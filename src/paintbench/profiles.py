@@ -1,5 +1,5 @@
-"""Well profiles -> annotated, normalized (and, for CellProfiler, feature-selected) tables: the same code for
-every feature set.
+"""Well profiles -> one annotated table per feature set, and the steps the profile chains share: the per-plate
+robust z-score and the consortium's feature selection (paintbench.chains runs them in chains).
 
 Normalization is per plate against its negative controls, a robust z-score as pycytominer's `mad_robustize`:
 (x - median_negcon) / (1.4826 * MAD_negcon). pycytominer adds 1e-18 to the MAD, so a feature constant across a
@@ -86,17 +86,11 @@ def spherize(profiles: pd.DataFrame, features: list[str], epsilon: float = 1e-6)
     return out
 
 
-def build_profiles(well_tables: list[pd.DataFrame], metadata_dir: str | Path | None, feature_selection: bool,
-                   whiten: bool = False) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """(normalized, feature-selected or None) for one feature set; NaN-only features are dropped first."""
-    wells = pd.concat(well_tables, ignore_index=True)
-    annotated = annotate(wells, metadata_dir)
-    features = [c for c in feature_columns(annotated) if annotated[c].notna().any()]
-    normalized = normalize(annotated, features)
-    metadata = [c for c in normalized.columns if c.startswith("Metadata_")]
-    normalized = normalized[metadata + features]
-    if not feature_selection:
-        return (spherize(normalized, features) if whiten else normalized), None
-    kept = select_features(normalized, features)
-    selected = normalized[metadata + kept]
-    return normalized, (spherize(selected, kept) if whiten else selected)
+def annotated_profiles(well_tables: list[pd.DataFrame], metadata_dir: str | Path | None) -> pd.DataFrame:
+    """Every plate's well profiles of one feature set, annotated; features missing in every well are dropped. Each
+    profile chain (paintbench.chains) starts from this table."""
+    annotated = annotate(pd.concat(well_tables, ignore_index=True), metadata_dir)
+    empty = [c for c in feature_columns(annotated) if annotated[c].isna().all()]
+    if empty:
+        log.info("%d feature(s) missing in every well dropped: %s", len(empty), empty[:5])
+    return annotated.drop(columns=empty)

@@ -48,9 +48,26 @@ PRECISIONS = ("auto", "bf16", "fp32")
 AGGREGATIONS = ("median", "mean")
 DATASETS = ("cpjump1", "synthetic", "own")  # whose plates a run scores (only cpjump1 stands beside the paper)
 GENE_CLASSES = ("strong", "weak", "null")
+# Profile chains (paintbench.chains): the steps, which of them fit on negative controls, and which kind of feature
+# set (profiles.feature_sets.<kind>) a feature set takes its chains from.
+PROFILE_STEPS = ("none", "var", "mad", "standardize", "int", "featselect", "wellpos", "cc", "outlier", "sphering",
+                 "pca", "harmony")
+CHAIN_KINDS = {CELLPROFILER: "cellprofiler", **{fs: "vit" for fs in VIT_FEATURE_SETS}, PUBLISHED: "published"}
+LAYOUT_CONTROLS = ("same_position_controls", "different_position_replicates", "shuffled_replicates",
+                   "plate_predictability", "nearest_neighbour_target_accuracy")
 QC_STAGES = ("download", "illum", "cellprofiler", "vit_crops", "vit_embed")  # qc/<plate>/<stage>.tsv fragments
 
 
 def alternatives(names: Iterable[str]) -> str:
     """A regular expression matching exactly one of `names` (Snakemake wildcard constraints)."""
     return "|".join(names)
+
+
+def profile_set(feature_set: str, chain: str) -> str:
+    """The name of one (feature set, chain) pair: what retrieval, target identification and the report score."""
+    return f"{feature_set}/{chain}"
+
+
+def split_profile_set(name: str) -> tuple[str, str]:
+    feature_set, _, chain = name.partition("/")
+    return feature_set, chain

@@ -14,16 +14,16 @@ from paintbench.cli.cellprofiler import CELLPROFILER_OPTIONS
 from paintbench.cli.options import METADATA_DIR as METADATA_DIR_OPTION
 from paintbench.cli.options import S3_OPTIONS, render
 from paintbench.cli.profiles import PROFILE_OPTIONS
-from paintbench.cli.retrieval import RETRIEVAL_OPTIONS
+from paintbench.cli.retrieval import LAYOUT_CONTROL_OPTIONS, RETRIEVAL_OPTIONS
 from paintbench.cli.target_id import TARGET_ID_OPTIONS
 from paintbench.cli.vit import CROP_OPTIONS, EMBED_OPTIONS, MODEL_OPTIONS, PRETRAIN_OPTIONS, TRAINING_OPTIONS
-from paintbench.config import resolve_command, resolve_input_path, vit_method
+from paintbench.config import feature_set_chains, profile_chains, resolve_command, resolve_input_path, vit_method
 from paintbench.metadata import known_plates, plate_info, plate_layout, select_wells
 from paintbench.paths import RunPaths, crop_prefix
 from paintbench.plan import plate_disk_mb
 from paintbench.registry import (CELLPROFILER, CHANNELS, FEATURE_SET_METHODS, IMAGE_FEATURE_SETS, MATCHING_TASKS,
                                  METHOD_FEATURE_SETS, PAPER, PUBLISHED, TARGET_ID_TABLES, TASKS, VIT_METHODS,
-                                 VIT_TRAINING_KEYS, alternatives)
+                                 VIT_TRAINING_KEYS, alternatives, profile_set)
 from paintbench.schema import BUNDLED_METADATA
 
 RESULTS = config["results_dir"]
@@ -49,6 +49,13 @@ VIT = config["vit"]
 VIT_PRETRAIN_PLATES = VIT["pretrain_plates"] or PLATES
 METHOD = {method: vit_method(config, method) for method in VIT_METHODS}
 PRETRAINED = [m for m in RUN_METHODS if not METHOD[m]["checkpoint"]]  # methods this run pretrains itself
+# Profile chains: each feature set's chains, headline first (profiles.feature_sets); every (feature set, chain)
+# pair, a profile set FS/CHAIN, is scored like a feature set.
+CHAINS = profile_chains(config)
+SET_CHAINS = feature_set_chains(config)
+RUN_CHAINS = list(dict.fromkeys(chain for chains in SET_CHAINS.values() for chain in chains))
+PROFILE_SETS = [profile_set(fs, chain) for fs in FEATURE_SETS for chain in SET_CHAINS[fs]]
+HEADLINE_SETS = {fs: profile_set(fs, SET_CHAINS[fs][0]) for fs in FEATURE_SETS}
 
 
 def vit_encoder(method: str) -> str:
@@ -168,6 +175,13 @@ def json_text(value) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+def chain_step_options(chain: str) -> str:
+    """The options (profiles.steps) of the chain's own steps only: changing one step's options reruns the chains
+    that use it, not every chain."""
+    steps = config["profiles"]["steps"]
+    return json_text({step: steps[step] for step in CHAINS[chain] if step in steps})
+
+
 def vit_encoder_args() -> str:
     """A user checkpoint may be a plain state_dict: its architecture then comes from the config (a paintbench
     checkpoint must then have been trained with the same architecture)."""
@@ -192,23 +206,34 @@ def tagged(mapping: dict) -> str:
     return " ".join(f"{name}={path}" for name, path in mapping.items())
 
 
-def retrieval_results(per_query: bool = False) -> dict[str, dict[str, str]]:
-    return {task: {fs: PATHS.retrieval(fs, task, per_query) for fs in FEATURE_SETS} for task in TASKS}
+def report_sets(scope: str) -> dict[str, str]:
+    """NAME -> profile set of the report's inputs: every profile set by its own name ("all": the summary, the
+    bake-off), or each feature set's headline chain under the feature set's name ("headline": figures, the page)."""
+    return {ps: ps for ps in PROFILE_SETS} if scope == "all" else HEADLINE_SETS
 
 
-def target_id_tables() -> dict[str, dict[str, str]]:
-    """The target_id stage's tables of every feature set: summary, per-query, polypharmacology and pairs."""
-    return {table: {fs: PATHS.target_id(fs, table) for fs in FEATURE_SETS} for table in TARGET_ID_TABLES}
+def retrieval_results(scope: str, per_query: bool = False) -> dict[str, dict[str, str]]:
+    sets = report_sets(scope)
+    return {task: {name: PATHS.retrieval(ps, task, per_query) for name, ps in sets.items()} for task in TASKS}
 
 
-def report_files() -> dict[str, dict[str, str]]:
-    """Every file the report reads, by role and owner (feature set, plate or method): only what the run's
-    feature sets produce, decided here in the DAG."""
-    targets = target_id_tables()
-    files = {**{task: sets for task, sets in retrieval_results().items()},
-             "replicate_ap": retrieval_results(per_query=True)[TASKS[0]], "shortlists": targets["summary"],
-             "polypharmacology": targets["polypharmacology"], "pairs": targets["pairs"],
-             "normalized": {fs: PATHS.normalized(fs) for fs in IMAGE_SETS}}
+def target_id_tables(scope: str) -> dict[str, dict[str, str]]:
+    """The target_id stage's tables: summary, per-query, polypharmacology and pairs."""
+    sets = report_sets(scope)
+    return {table: {name: PATHS.target_id(ps, table) for name, ps in sets.items()} for table in TARGET_ID_TABLES}
+
+
+def report_files(scope: str = "headline") -> dict[str, dict[str, str]]:
+    """Every file the report reads, by role and owner (profile set, feature set, plate or method): only what the
+    run's feature sets produce, decided here in the DAG."""
+    targets = target_id_tables(scope)
+    sets = report_sets(scope)
+    files = {**retrieval_results(scope), "replicate_ap": retrieval_results(scope, per_query=True)[TASKS[0]],
+             "shortlists": targets["summary"], "polypharmacology": targets["polypharmacology"],
+             "pairs": targets["pairs"],
+             "profiles": {fs: PATHS.scored(HEADLINE_SETS[fs]) for fs in IMAGE_SETS},
+             "layout_controls": {name: PATHS.layout_controls(ps) for name, ps in sets.items()},
+             "chain_steps": {name: PATHS.chain_steps(ps) for name, ps in sets.items()}}
     if IMAGE_SETS:
         files["illum"] = {f"{plate}/{channel}": PATHS.illum_function(plate, channel) for plate in PLATES
                           for channel in CHANNELS}
@@ -230,22 +255,23 @@ def report_files() -> dict[str, dict[str, str]]:
 # The report commands' options for each role of report_files().
 REPORT_OPTIONS = {**{task: f"--{task.replace('_', '-')}" for task in TASKS}, "replicate_ap": "--replicate-ap",
                   "shortlists": "--shortlists", "polypharmacology": "--polypharmacology", "pairs": "--pairs",
-                  "normalized": "--normalized", "cell_counts": "--cell-counts", "qc": "--qc", "crops": "--crops",
+                  "profiles": "--profiles", "layout_controls": "--layout-controls", "chain_steps": "--chain-steps",
+                  "cell_counts": "--cell-counts", "qc": "--qc", "crops": "--crops",
                   "crop_centres": "--crop-centres", "train_logs": "--train-log"}
 UNTAGGED = {"illum": "--illum", "mae_checkpoint": "--mae-checkpoint", "ground_truth": "--ground-truth"}
 
 
-def report_inputs(*roles: str):
+def report_inputs(*roles: str, scope: str = "headline"):
     """An input function of the report's rules, the files of `roles` as a dict of file lists (for `unpack`)."""
     def inputs(wildcards) -> dict[str, list[str]]:
-        files = report_files()
+        files = report_files(scope)
         return {role: list(files[role].values()) for role in roles if files.get(role)}
     return inputs
 
 
-def report_args(*roles: str) -> str:
+def report_args(*roles: str, scope: str = "headline") -> str:
     """The report command's options naming the files of `roles` (the same files report_inputs declares)."""
-    files = report_files()
+    files = report_files(scope)
     words = []
     for role in roles:
         if not files.get(role):

@@ -3,7 +3,8 @@
 
 rule synthetic_ground_truth:
     output:
-        PATHS.ground_truth(),
+        truth=PATHS.ground_truth(),
+        positions=PATHS.position_effects(),
     log:
         PATHS.log("synthetic_ground_truth"),
     benchmark:
@@ -22,12 +23,13 @@ rule synthetic_ground_truth:
         "../../envs/paintbench.yaml"
     shell:
         "python -m paintbench ground-truth --platemaps {params.platemaps} --metadata-dir {params.metadata_dir}"
-        " {params.options} --gene-classes {params.classes} --output {output} > {log} 2>&1"
+        " {params.options} --gene-classes {params.classes} --output {output.truth}"
+        " --position-output {output.positions} > {log} 2>&1"
 
 
 rule download:
     input:
-        branch(config["source"] == "synthetic", then=rules.synthetic_ground_truth.output),
+        branch(config["source"] == "synthetic", then=rules.synthetic_ground_truth.output.truth),
     output:
         load_data=PATHS.load_data("{plate}"),
         qc=PATHS.qc_fragment("{plate}", "download"),

@@ -1,12 +1,12 @@
-# Stage 4: annotate, normalize per plate against negative controls, feature-select (CellProfiler): every feature set.
+# Stage 4: annotate every plate's wells of a feature set, then each of its profile chains (profiles.feature_sets):
+# normalization, feature selection, whitening, ... as named steps (paintbench.chains).
 
 
 rule profiles:
     input:
         wells=lambda wildcards: [PATHS.well_profiles(wildcards.feature_set, plate) for plate in PLATES],
     output:
-        normalized=PATHS.normalized("{feature_set}"),
-        scored=PATHS.scored("{feature_set}"),
+        annotated=PATHS.annotated("{feature_set}"),
     log:
         PATHS.log("profiles", "{feature_set}"),
     benchmark:
@@ -14,7 +14,6 @@ rule profiles:
     wildcard_constraints:
         feature_set=alternatives(IMAGE_FEATURE_SETS),
     params:
-        selection=lambda wildcards: "--feature-selection" if wildcards.feature_set == CELLPROFILER else "",
         options=lambda wildcards: options(PROFILE_OPTIONS),
     threads: 1
     resources:
@@ -23,14 +22,12 @@ rule profiles:
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        # scored.parquet = the table the retrieval tasks use (feature-selected where selection applies).
-        "python -m paintbench profiles --wells {input.wells} {params.selection} {params.options}"
-        " --output {output.normalized} --scored-output {output.scored} > {log} 2>&1"
+        "python -m paintbench profiles --wells {input.wells} {params.options} --output {output.annotated} > {log} 2>&1"
 
 
 rule published_profiles:
     output:
-        scored=PATHS.scored(PUBLISHED),
+        annotated=PATHS.annotated(PUBLISHED),
     log:
         PATHS.log("profiles", PUBLISHED),
     benchmark:
@@ -48,4 +45,28 @@ rule published_profiles:
         "../../envs/paintbench.yaml"
     shell:
         "python -m paintbench published-profiles --plates {params.plates} {params.options}"
-        " --cache-dir {params.cache_dir} --output {output.scored} > {log} 2>&1"
+        " --cache-dir {params.cache_dir} --output {output.annotated} > {log} 2>&1"
+
+
+rule profile_chain:
+    input:
+        annotated=PATHS.annotated("{feature_set}"),
+    output:
+        scored=PATHS.scored("{feature_set}/{chain}"),
+        steps=PATHS.chain_steps("{feature_set}/{chain}"),
+    log:
+        PATHS.log("profiles", "{feature_set}", "{chain}"),
+    benchmark:
+        PATHS.benchmark("profiles", "{feature_set}", "{chain}")
+    params:
+        steps=lambda wildcards: " ".join(CHAINS[wildcards.chain]),
+        step_options=lambda wildcards: chain_step_options(wildcards.chain),
+    threads: 1
+    resources:
+        mem_mb=mem_mb(8000),
+        runtime=60,
+    conda:
+        "../../envs/paintbench.yaml"
+    shell:
+        "python -m paintbench profile-chain --profiles {input.annotated} --name {wildcards.chain} --steps {params.steps}"
+        " --step-options '{params.step_options}' --output {output.scored} --steps-output {output.steps} > {log} 2>&1"

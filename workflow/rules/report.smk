@@ -1,23 +1,26 @@
 # Stage 6: summary table, figures and the self-contained HTML report; feature sets side by side. Each rule
 # declares every file its command reads (report_inputs) and names the same files on the command (report_args).
-SUMMARY_INPUTS = [*TASKS, "shortlists"]
-FIGURE_INPUTS = [*TASKS, "replicate_ap", "polypharmacology", "normalized", "illum", "cell_counts", "crops",
+# The summary reads every profile set (every feature set under every chain: the bake-off); figures and the page
+# each feature set's headline chain, named by the feature set.
+SUMMARY_INPUTS = [*TASKS, "shortlists", "layout_controls", "chain_steps"]
+FIGURE_INPUTS = [*TASKS, "replicate_ap", "polypharmacology", "profiles", "illum", "cell_counts", "crops",
                  "train_logs", "mae_checkpoint"]
 HTML_INPUTS = [*TASKS, "polypharmacology", "pairs", "qc", "cell_counts", "crop_centres", "ground_truth"]
 
 
 rule report_summary:
     input:
-        unpack(report_inputs(*SUMMARY_INPUTS)),
+        unpack(report_inputs(*SUMMARY_INPUTS, scope="all")),
         published=paper_values(),
     output:
         summary=report(PATHS.summary(), caption="../report/summary.rst", category="Report"),
+        comparisons=PATHS.comparisons(),
     log:
         PATHS.log("report", "summary"),
     benchmark:
         PATHS.benchmark("report", "summary")
     params:
-        files=lambda wildcards: report_args(*SUMMARY_INPUTS),
+        files=lambda wildcards: report_args(*SUMMARY_INPUTS, scope="all"),
         dataset=run_dataset(),
     localrule: True
     threads: 1
@@ -28,7 +31,7 @@ rule report_summary:
         "../../envs/paintbench.yaml"
     shell:
         "python -m paintbench report-summary {params.files} --published {input.published} --dataset {params.dataset}"
-        " --output {output.summary} > {log} 2>&1"
+        " --comparisons-output {output.comparisons} --output {output.summary} > {log} 2>&1"
 
 
 rule report_figures:

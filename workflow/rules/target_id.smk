@@ -1,20 +1,20 @@
-# Stage 5b: from benchmark to biology, per feature set: how good the target-identification and virtual-screening
+# Stage 5b: from benchmark to biology, per profile set (feature set and chain): how good the target-identification and virtual-screening
 # shortlists are (recall@k, precision@k, best rank against random), and which target each multi-target compound
 # follows (polypharmacology).
 
 
 rule target_id:
     input:
-        profiles=PATHS.scored("{feature_set}"),
+        profiles=PATHS.scored("{feature_set}/{chain}"),
     output:
-        summary=PATHS.target_id("{feature_set}", "summary"),
-        queries=PATHS.target_id("{feature_set}", "queries"),
-        polypharmacology=PATHS.target_id("{feature_set}", "polypharmacology"),
-        pairs=PATHS.target_id("{feature_set}", "pairs"),
+        summary=PATHS.target_id("{feature_set}/{chain}", "summary"),
+        queries=PATHS.target_id("{feature_set}/{chain}", "queries"),
+        polypharmacology=PATHS.target_id("{feature_set}/{chain}", "polypharmacology"),
+        pairs=PATHS.target_id("{feature_set}/{chain}", "pairs"),
     log:
-        PATHS.log("target_id", "{feature_set}"),
+        PATHS.log("target_id", "{feature_set}/{chain}"),
     benchmark:
-        PATHS.benchmark("target_id", "{feature_set}")
+        PATHS.benchmark("target_id", "{feature_set}/{chain}")
     params:
         options=lambda wildcards: options(TARGET_ID_OPTIONS),
     threads: 1

@@ -28,12 +28,14 @@ GENERATOR_OPTIONS = [
     ConfigOption("--seed", "synthetic.seed", "seed of the generator"),
     ConfigOption("--field-size", "synthetic.field_size", "field width and height in pixels"),
     ConfigOption("--cells-per-field", "synthetic.cells_per_field", "mean cells in a negative-control field"),
+    ConfigOption("--position-effect", "synthetic.position_effect", "SD of the planted per-well-position artefact"),
 ]
 GROUND_TRUTH_OPTIONS = [
     ConfigOption("--seed", "synthetic.seed", "seed of the draws of gene classes and effect directions"),
     ConfigOption("--strong-fraction", "synthetic.strong_fraction", "share of target directions with a strong phenotype"),
     ConfigOption("--null-fraction", "synthetic.null_fraction", "share of perturbations with no phenotype"),
     ConfigOption("--effect-scale", "synthetic.effect_scale", "multiplies every planted effect"),
+    ConfigOption("--position-effect", "synthetic.position_effect", "SD of the planted per-well-position artefact"),
 ]
 
 
@@ -47,7 +49,7 @@ def _source(args: argparse.Namespace):
         if args.ground_truth is None:
             raise ValueError("--ground-truth is required with --source synthetic")
         return SyntheticSource(Path(args.ground_truth), args.seed, args.field_size, args.cells_per_field,
-                               resolved_metadata_dir(args))
+                               resolved_metadata_dir(args), args.position_effect)
     return None
 
 
@@ -76,6 +78,14 @@ def cmd_ground_truth(args: argparse.Namespace) -> None:
                          resolved_metadata_dir(args), effect_scale=args.effect_scale, gene_classes=classes)
     write_table(truth, args.output)
     log.info("ground truth: %d perturbations -> %s", len(truth), args.output)
+    if args.position_output:
+        from paintbench.layout import all_wells
+        from paintbench.synthetic import position_effects
+
+        wells = all_wells(384)  # a 96-well position's name is the same well of the 384 table
+        write_table(position_effects(wells, args.seed, args.position_effect), args.position_output)
+        log.info("position artefact (SD %g) of %d well positions -> %s", args.position_effect, len(wells),
+                 args.position_output)
 
 
 def cmd_plate_qc(args: argparse.Namespace) -> None:
@@ -127,6 +137,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="set named genes' classes (strong, weak, null), e.g. BRD4=null (config key "
                         "synthetic.gene_classes)")
     p.add_argument("--output", required=True, help="ground truth table (Parquet)")
+    p.add_argument("--position-output", default=None,
+                   help="the planted per-well-position artefact (Parquet: Metadata_Well, effect_*)")
     p.set_defaults(func=cmd_ground_truth)
 
     p = add_command(sub, "plate-qc", "join the QC records of a plate's stages (missing, damaged, skipped fields)",

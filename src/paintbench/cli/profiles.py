@@ -1,4 +1,4 @@
-"""`paintbench profiles | published-profiles`: the commands of workflow/rules/profiles.smk."""
+"""`paintbench profiles | profile-chain | published-profiles`: the commands of workflow/rules/profiles.smk."""
 
 from __future__ import annotations
 
@@ -11,24 +11,41 @@ from paintbench.cli.options import (METADATA_DIR, ConfigOption, add_command, add
 
 log = logging.getLogger("paintbench")
 
-PROFILE_OPTIONS = [ConfigOption("--spherize", "profiles.spherize", "ZCA whitening on the negative controls"), METADATA_DIR]
+PROFILE_OPTIONS = [METADATA_DIR]
 
 
 def cmd_profiles(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from paintbench.atomic import write_table
-    from paintbench.profiles import build_profiles
+    from paintbench.profiles import annotated_profiles
 
-    tables = [pd.read_parquet(p) for p in args.wells]
-    normalized, selected = build_profiles(tables, resolved_metadata_dir(args), args.feature_selection, args.spherize)
-    write_table(normalized, args.output)
-    log.info("%d wells x %d features -> %s", len(normalized), normalized.shape[1], args.output)
-    if args.scored_output:
-        # The table retrieval scores: feature-selected where selection applies, else the normalized one.
-        scored = normalized if selected is None else selected
-        write_table(scored, args.scored_output)
-        log.info("scored profiles: %d columns -> %s", scored.shape[1], args.scored_output)
+    retired = [name.removeprefix("retired_").replace("_", "-") for name, value in vars(args).items()
+               if name.startswith("retired_") and value is not None]
+    if retired:
+        raise ValueError(f"profiles --{retired[0]}: normalization, feature selection and sphering are profile chain "
+                         "steps since 0.3; run `paintbench profile-chain --profiles ANNOTATED.parquet --steps mad "
+                         "featselect --output SCORED.parquet` on this command's output")
+    annotated = annotated_profiles([pd.read_parquet(p) for p in args.wells], resolved_metadata_dir(args))
+    write_table(annotated, args.output)
+    log.info("%d wells x %d columns -> %s", len(annotated), annotated.shape[1], args.output)
+
+
+def cmd_profile_chain(args: argparse.Namespace) -> None:
+    import json
+
+    from paintbench.atomic import read_table, write_table
+    from paintbench.chains import apply_chain, check_chain
+    from paintbench.profiles import feature_columns
+
+    annotated = read_table(args.profiles)
+    check_chain(args.steps, list(annotated.columns), name=args.name or ",".join(args.steps))
+    processed, features, records = apply_chain(annotated, args.steps, json.loads(args.step_options))
+    if args.steps_output:
+        write_table(records, args.steps_output)
+    write_table(processed, args.output)
+    log.info("chain %s: %d wells, %d -> %d features -> %s", "+".join(args.steps), len(processed),
+             len(feature_columns(annotated)), len(features), args.output)
 
 
 def cmd_published_profiles(args: argparse.Namespace) -> None:
@@ -42,27 +59,40 @@ def cmd_published_profiles(args: argparse.Namespace) -> None:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "profiles", "annotate, normalize (and feature-select) the well profiles of one feature set",
+    p = add_command(sub, "profiles", "annotate the well profiles of every plate of one feature set",
                     ["paintbench profiles --wells results/profiles/cellprofiler/BR00116991.parquet "
-                     "results/profiles/cellprofiler/BR00116992.parquet --feature-selection "
-                     "--output results/profiles/cellprofiler/normalized.parquet "
-                     "--scored-output results/profiles/cellprofiler/scored.parquet"])
+                     "results/profiles/cellprofiler/BR00116992.parquet "
+                     "--output results/profiles/cellprofiler/annotated.parquet"])
     p.add_argument("--wells", nargs="+", required=True, help="well-level Parquet files (one per plate)")
-    p.add_argument("--feature-selection", action="store_true", help="variance, correlation 0.9, NA, blocklist")
     add_config_options(p, PROFILE_OPTIONS)
-    p.add_argument("--output", required=True, help="normalized.parquet: annotated, normalized per plate")
-    p.add_argument("--scored-output", default=None,
-                   help="scored.parquet: the table the retrieval tasks score (feature-selected with --feature-selection)")
-    # 0.1's name of --scored-output, kept working for old command lines but not shown.
-    p.add_argument("--selected-output", dest="scored_output", help=argparse.SUPPRESS)
+    p.add_argument("--output", required=True, help="annotated.parquet: every plate's wells with the platemap's columns")
+    # 0.2's normalization options: normalization is a chain's step now; kept so an old command line fails saying so.
+    for old in ("--scored-output", "--selected-output", "--feature-selection", "--spherize"):
+        p.add_argument(old, dest="retired_" + old.lstrip("-").replace("-", "_"), nargs="?", const=True, default=None,
+                       help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_profiles)
+
+    from paintbench.registry import PROFILE_STEPS
+
+    p = add_command(sub, "profile-chain", "apply a chain of post-processing steps to a feature set's annotated profiles",
+                    ["paintbench profile-chain --profiles results/profiles/cellprofiler/annotated.parquet "
+                     "--steps mad featselect --output results/profiles/cellprofiler/mad_featselect.parquet "
+                     "--steps-output results/profiles/cellprofiler/mad_featselect.steps.tsv"])
+    p.add_argument("--profiles", required=True, help="annotated.parquet (or any table with Metadata_ columns)")
+    p.add_argument("--steps", nargs="+", choices=PROFILE_STEPS, required=True, help="the steps, in order")
+    p.add_argument("--name", default=None, help="the chain's name, for messages (a name under the profiles.chains configuration key)")
+    p.add_argument("--step-options", default="{}",
+                   help='JSON of the steps\' options (the profiles.steps configuration section), e.g. \'{"sphering": {"regularization": 0.01}}\'')
+    p.add_argument("--output", required=True, help="the processed profiles (Parquet)")
+    p.add_argument("--steps-output", default=None, help="what each step did (TSV: features in/out, wells fitted on)")
+    p.set_defaults(func=cmd_profile_chain)
 
     p = add_command(sub, "published-profiles", "the consortium's published CellProfiler profiles as a feature set",
                     ["paintbench published-profiles --plates BR00116991 BR00116992 "
-                     "--cache-dir data/published_profiles --output results/profiles/published_cellprofiler/scored.parquet"])
+                     "--cache-dir data/published_profiles --output results/profiles/published_cellprofiler/annotated.parquet"])
     p.add_argument("--plates", nargs="+", required=True, help="plate barcodes")
     add_config_options(p, [METADATA_DIR])
     add_s3_options(p)
     p.add_argument("--cache-dir", default=None, help="where the downloaded csv.gz files are kept")
-    p.add_argument("--output", required=True, help="scored.parquet of the published_cellprofiler feature set")
+    p.add_argument("--output", required=True, help="annotated.parquet of the published_cellprofiler feature set (normalized and feature-selected by the consortium)")
     p.set_defaults(func=cmd_published_profiles)

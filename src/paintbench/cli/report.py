@@ -1,8 +1,11 @@
 """`paintbench report-summary | report-figures | report-html | query`: the commands of workflow/rules/report.smk,
 and the target look-up on a finished run.
 
-The report commands take every file they read as an argument, NAME=FILE where a file belongs to a feature set, a
-plate or a method (e.g. `--replicate-retrieval cellprofiler=results/retrieval/cellprofiler/replicate_retrieval.parquet`).
+The report commands take every file they read as an argument, NAME=FILE where a file belongs to a feature set (or a
+profile set FS/CHAIN), a plate or a method (e.g. `--replicate-retrieval
+cellprofiler/mad_featselect=results/retrieval/cellprofiler/mad_featselect/replicate_retrieval.parquet`). report-summary
+takes every profile set by its own name; report-figures and report-html each feature set's headline chain under the
+feature set's name.
 The 0.2 form, `--results-dir DIR` (with --feature-sets), still works: it reads the same files from a results folder.
 """
 
@@ -19,11 +22,13 @@ log = logging.getLogger("paintbench")
 
 # RunFiles field -> (option, what NAME is, help): the files the report commands read.
 KEYED_FILES = {
-    "replicate_ap": ("--replicate-ap", "feature set", "per-query replicate-retrieval APs (retrieval/FS/replicate_retrieval_ap.parquet)"),
-    "shortlists": ("--shortlists", "feature set", "target-identification summaries (target_id/FS.parquet)"),
-    "polypharmacology": ("--polypharmacology", "feature set", "polypharmacology calls (target_id/FS_polypharmacology.parquet)"),
-    "pairs": ("--pairs", "feature set", "compound-gene pair cosines of the look-up (target_id/FS_pairs.parquet)"),
-    "normalized": ("--normalized", "feature set", "normalized well profiles (profiles/FS/normalized.parquet)"),
+    "replicate_ap": ("--replicate-ap", "feature set", "per-query replicate-retrieval APs (retrieval/FS/CHAIN/replicate_retrieval_ap.parquet)"),
+    "shortlists": ("--shortlists", "feature set", "target-identification summaries (target_id/FS/CHAIN.parquet)"),
+    "polypharmacology": ("--polypharmacology", "feature set", "polypharmacology calls (target_id/FS/CHAIN_polypharmacology.parquet)"),
+    "pairs": ("--pairs", "feature set", "compound-gene pair cosines of the look-up (target_id/FS/CHAIN_pairs.parquet)"),
+    "profiles": ("--profiles", "feature set", "scored well profiles of the feature set's headline chain (profiles/FS/CHAIN.parquet)"),
+    "layout_controls": ("--layout-controls", "profile set", "layout and batch controls (retrieval/FS/CHAIN/layout_controls.parquet)"),
+    "chain_steps": ("--chain-steps", "profile set", "what each chain step did (profiles/FS/CHAIN.steps.tsv)"),
     "cell_counts": ("--cell-counts", "plate", "CellProfiler well profiles, for cells per well (profiles/cellprofiler/PLATE.parquet)"),
     "qc": ("--qc", "plate", "the plate's QC table (qc/PLATE.tsv)"),
     "crops": ("--crops", "plate", "the plate's pretraining crop sample (vit/crops/PLATE.npy, its index .parquet beside it)"),
@@ -32,7 +37,7 @@ KEYED_FILES = {
 }
 
 
-OWNER_METAVAR = {"feature set": "FS", "plate": "PLATE", "method": "METHOD"}
+OWNER_METAVAR = {"feature set": "FS", "profile set": "FS/CHAIN", "plate": "PLATE", "method": "METHOD"}
 
 
 def _dest(field: str) -> str:
@@ -103,7 +108,10 @@ def cmd_report_summary(args: argparse.Namespace) -> None:
     files = run_files(args, [])
     if args.results_dir and not args.target_id:
         files.shortlists = {}
-    summary = build_summary(files, published=read_published(args.published), dataset=args.dataset)
+    summary, paired = build_summary(files, published=read_published(args.published), dataset=args.dataset)
+    if args.comparisons_output:
+        write_table(paired, args.comparisons_output)
+        log.info("%d paired comparisons -> %s", len(paired), args.comparisons_output)
     write_table(summary, args.output)
     log.info("%d summary rows (%d reference rows) -> %s", len(summary),
              int((summary["row_kind"] == "paper").sum()), args.output)
@@ -126,9 +134,10 @@ def cmd_report_figures(args: argparse.Namespace) -> None:
 def cmd_report_html(args: argparse.Namespace) -> None:
     from paintbench.report.build import read_manifest
     from paintbench.report.html import write_report
+    from paintbench.report.bakeoff import headline_view
     from paintbench.report.summary import read_summary
 
-    summary = read_summary(args.summary)
+    summary = headline_view(read_summary(args.summary))
     scored = list(dict.fromkeys(summary.loc[summary["row_kind"] != "paper", "feature_set"].dropna()))
     files = run_files(args, args.plates, scored)
     figures_dir = Path(args.figures_dir)
@@ -159,32 +168,34 @@ def cmd_query(args: argparse.Namespace) -> None:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    example = "results/retrieval/{fs}/{task}.parquet"
+    example = "results/retrieval/{fs}/mad/{task}.parquet"
     tasks = " ".join(f"{_task_option(t)} " + " ".join(f"{fs}={example.format(fs=fs, task=t)}" for fs in ("cellprofiler", "vitmae"))
                      for t in TASKS)
-    p = add_command(sub, "report-summary", "summary.tsv: feature set x task x condition, with published values",
-                    [f"paintbench report-summary {tasks} --shortlists cellprofiler=results/target_id/cellprofiler.parquet "
-                     "vitmae=results/target_id/vitmae.parquet "
+    p = add_command(sub, "report-summary", "summary.tsv: profile set x task x condition, with published values",
+                    [f"paintbench report-summary {tasks} --shortlists cellprofiler/mad=results/target_id/cellprofiler/mad.parquet "
+                     "vitmae/mad=results/target_id/vitmae/mad.parquet "
                      "--published config/metadata/cpjump1_published_cellprofiler.tsv --output results/reports/summary.tsv"])
-    _add_files(p, ["shortlists"])
+    _add_files(p, ["shortlists", "layout_controls", "chain_steps"])
     p.add_argument("--published", required=True, help="TSV of the CPJUMP1 paper's CellProfiler values per task and condition")
     p.add_argument("--dataset", choices=DATASETS, default=DATASETS[0],
                    help="whose plates the run scored: only a cpjump1 run is comparable with the paper's values")
     p.add_argument("--synthetic", dest="dataset", action="store_const", const="synthetic", help=argparse.SUPPRESS)
     # 0.2: with --results-dir, read the shortlist tables too.
     p.add_argument("--target-id", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--comparisons-output", default=None,
+                   help="paired comparisons of the profile sets (TSV: reports/comparisons.tsv)")
     p.add_argument("--output", required=True, help="summary table (TSV)")
     p.set_defaults(func=cmd_report_summary)
 
     p = add_command(sub, "report-figures", "the report's figures (PNG + SVG) and their manifest",
                     [f"paintbench report-figures --summary results/reports/summary.tsv --plates BR00116991 {tasks} "
-                     "--replicate-ap cellprofiler=results/retrieval/cellprofiler/replicate_retrieval_ap.parquet "
+                     "--replicate-ap cellprofiler=results/retrieval/cellprofiler/mad_featselect/replicate_retrieval_ap.parquet "
                      "--illum results/illum/BR00116991/BR00116991_Illum{DNA,ER,RNA,AGP,Mito}.npy "
                      "--train-log mae=results/vit/mae/train_log.tsv --mae-checkpoint results/vit/mae/checkpoint.pt "
                      "--figures-dir results/reports/figures"])
     p.add_argument("--summary", required=True, help="the run's reports/summary.tsv")
     p.add_argument("--plates", nargs="+", required=True, help="the run's plate barcodes")
-    _add_files(p, ["replicate_ap", "polypharmacology", "normalized", "illum", "cell_counts", "crops", "train_logs",
+    _add_files(p, ["replicate_ap", "polypharmacology", "profiles", "illum", "cell_counts", "crops", "train_logs",
                    "mae_checkpoint"])
     p.add_argument("--metadata-dir", default=None,
                    help="plate metadata, for each plate's format (96 or 384 wells) in the plate maps; unset: 384")
@@ -198,8 +209,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "report-html", "self-contained reports/index.html",
                     [f"paintbench report-html --summary results/reports/summary.tsv --figures-dir results/reports/figures "
                      f"--plates BR00116991 {tasks} --qc BR00116991=results/qc/BR00116991.tsv "
-                     "--pairs cellprofiler=results/target_id/cellprofiler_pairs.parquet "
-                     "--polypharmacology cellprofiler=results/target_id/cellprofiler_polypharmacology.parquet "
+                     "--pairs cellprofiler=results/target_id/cellprofiler/mad_featselect_pairs.parquet "
+                     "--polypharmacology cellprofiler=results/target_id/cellprofiler/mad_featselect_polypharmacology.parquet "
                      "--output results/reports/index.html"])
     p.add_argument("--summary", required=True, help="the run's reports/summary.tsv")
     p.add_argument("--figures-dir", required=True, help="the folder report-figures wrote")

@@ -19,6 +19,7 @@ RETRIEVAL_OPTIONS = [
     ConfigOption("--null-size", "retrieval.null_size", "random rank lists per null distribution"),
     ConfigOption("--seed", "retrieval.seed", "seed of the permutation nulls"),
 ]
+LAYOUT_CONTROL_OPTIONS = [option for option in RETRIEVAL_OPTIONS if option.flag != "--compound-gene-negatives"]
 
 
 def own_profiles(args: argparse.Namespace, profiles):
@@ -74,13 +75,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     from paintbench.registry import TASKS
 
     p = add_command(sub, "retrieval", "mAP, p, q and fraction retrieved for one task, on any well-level table",
-                    ["paintbench retrieval --profiles results/profiles/cellprofiler/scored.parquet "
-                     "--task replicate_retrieval --output results/retrieval/cellprofiler/replicate_retrieval.parquet "
-                     "--ap-output results/retrieval/cellprofiler/replicate_retrieval_ap.parquet",
-                     "paintbench retrieval --profiles results/profiles/cellprofiler/scored.parquet "
+                    ["paintbench retrieval --profiles results/profiles/cellprofiler/mad_featselect.parquet "
+                     "--task replicate_retrieval --output results/retrieval/cellprofiler/mad_featselect/replicate_retrieval.parquet "
+                     "--ap-output results/retrieval/cellprofiler/mad_featselect/replicate_retrieval_ap.parquet",
+                     "paintbench retrieval --profiles results/profiles/cellprofiler/mad_featselect.parquet "
                      "--task compound_gene_matching "
-                     "--replicate-results results/retrieval/cellprofiler/replicate_retrieval.parquet "
-                     "--output results/retrieval/cellprofiler/compound_gene_matching.parquet"])
+                     "--replicate-results results/retrieval/cellprofiler/mad_featselect/replicate_retrieval.parquet "
+                     "--output results/retrieval/cellprofiler/mad_featselect/compound_gene_matching.parquet"])
     p.add_argument("--profiles", required=True, help="Parquet, CSV or CSV.GZ with Metadata_ columns and features")
     p.add_argument("--task", choices=TASKS, required=True, help="the retrieval task")
     p.add_argument("--output", required=True, help="per-perturbation table (Parquet)")
@@ -92,10 +93,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_retrieval)
 
     p = add_command(sub, "layout-controls", "what well position, plate and chance alone retrieve, on any well-level table",
-                    ["paintbench layout-controls --profiles results/profiles/cellprofiler/scored.parquet "
-                     "--output results/retrieval/cellprofiler/layout_controls.parquet"])
+                    ["paintbench layout-controls --profiles results/profiles/cellprofiler/mad_featselect.parquet "
+                     "--output results/retrieval/cellprofiler/mad_featselect/layout_controls.parquet"])
     p.add_argument("--profiles", required=True, help="Parquet, CSV or CSV.GZ with Metadata_ columns and features")
-    add_config_options(p, RETRIEVAL_OPTIONS[:1] + RETRIEVAL_OPTIONS[2:])
+    add_config_options(p, LAYOUT_CONTROL_OPTIONS)
     p.add_argument("--nn-draws", type=int, default=1000,
                    help="target-list permutations behind the 1-NN target accuracy's chance")
     p.add_argument("--output", required=True, help="one row per control and condition (Parquet)")

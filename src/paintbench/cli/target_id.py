@@ -39,11 +39,11 @@ def cmd_target_id(args: argparse.Namespace) -> None:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "target-id", "shortlist quality of target identification and virtual screening, and "
                     "polypharmacology calls, for one feature set",
-                    ["paintbench target-id --profiles results/profiles/cellprofiler/scored.parquet "
-                     "--output results/target_id/cellprofiler.parquet "
-                     "--queries-output results/target_id/cellprofiler_queries.parquet "
-                     "--polypharmacology-output results/target_id/cellprofiler_polypharmacology.parquet "
-                     "--pairs-output results/target_id/cellprofiler_pairs.parquet"])
+                    ["paintbench target-id --profiles results/profiles/cellprofiler/mad_featselect.parquet "
+                     "--output results/target_id/cellprofiler/mad_featselect.parquet "
+                     "--queries-output results/target_id/cellprofiler/mad_featselect_queries.parquet "
+                     "--polypharmacology-output results/target_id/cellprofiler/mad_featselect_polypharmacology.parquet "
+                     "--pairs-output results/target_id/cellprofiler/mad_featselect_pairs.parquet"])
     p.add_argument("--profiles", required=True, help="the feature set's scored.parquet")
     add_config_options(p, TARGET_ID_OPTIONS)
     p.add_argument("--output", required=True, help="per task x condition x k: recall@k, precision@k, best rank, p")

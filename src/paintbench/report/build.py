@@ -21,6 +21,8 @@ from paintbench.report.figures import (comparison_figure, fraction_retrieved_fig
 from paintbench.report.image_figures import (examples_figure, illumination_figure, reconstruction_figure,
                                              training_figure)
 from paintbench.registry import METHOD_TITLES, SHORTLIST_TASKS, TASK_TITLES, TASKS
+from paintbench.report.bakeoff import headline_view
+from paintbench.report.bakeoff_view import bakeoff_figure
 from paintbench.report.inputs import RunFiles
 from paintbench.report.reference import paper_comparison_figure, paper_differences
 from paintbench.report.summary import REFERENCE
@@ -140,7 +142,7 @@ def _crops_of_wells(crops: dict[str, Path], wells: pd.DataFrame, limit: int, see
 
 
 def _example_figure(files: RunFiles, feature_sets: list[str], out: Path, n: int = 3) -> list[Figure]:
-    if not files.crops or not files.normalized:
+    if not files.crops or not files.profiles:
         return []
     maps = pd.concat([read_table(files.result(fs, "replicate_retrieval")) for fs in feature_sets])
     if maps.empty:
@@ -156,8 +158,8 @@ def _example_figure(files: RunFiles, feature_sets: list[str], out: Path, n: int 
         crops = _crops_of_wells(files.crops, wells[wells[PERT] == row[PERT]].drop_duplicates(
             ["Metadata_Plate", "Metadata_Well"]), EXAMPLES_PER_GROUP)
         groups.append((f"{label} ({row['Metadata_modality']})\nmAP {row['mean_average_precision']:.2f}", crops))
-    first = next(fs for fs in [*feature_sets, *files.normalized] if fs in files.normalized)
-    profiles = read_table(files.normalized[first])
+    first = next(fs for fs in [*feature_sets, *files.profiles] if fs in files.profiles)
+    profiles = read_table(files.profiles[first])
     negcon = profiles.loc[profiles["Metadata_control_type"] == "negcon", ["Metadata_Plate", "Metadata_Well"]]
     groups.append(("negative controls", _crops_of_wells(files.crops, negcon, EXAMPLES_PER_GROUP)))
     examples_figure(groups, out / "examples", "Best and worst retrieved perturbations")
@@ -197,6 +199,17 @@ def _image_figures(files: RunFiles, out: Path) -> list[Figure]:
     return figures
 
 
+def _bakeoff_figures(summary: pd.DataFrame, out: Path) -> list[Figure]:
+    scored = summary[summary["row_kind"].isin(["measured", "published_profiles"])]
+    if scored["profile_set"].nunique() < 2 or scored["chain"].nunique() < 2:
+        return []
+    bakeoff_figure(summary, out / "bakeoff")
+    return [Figure("bakeoff", "Bake-off", "Every feature set under every chain",
+                   "Fraction retrieved (q < 0.05; all conditions of a task pooled) with its 95% Wilson interval, per "
+                   "feature set (x) and post-processing chain (marker). The paired verdicts per condition are in the "
+                   "bake-off table and reports/comparisons.tsv.")]
+
+
 def make_figures(files: RunFiles, summary: pd.DataFrame, out_dir: str | Path,
                  plate_formats: dict[str, int] | None = None) -> list[Figure]:
     """Write every figure (PNG + SVG) into out_dir and the manifest figures.json; returns the manifest.
@@ -204,10 +217,11 @@ def make_figures(files: RunFiles, summary: pd.DataFrame, out_dir: str | Path,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     scored = [fs for fs in files.feature_sets if fs != REFERENCE]
-    retrieval = summary[summary["task"].isin(TASKS)]
-    figures = [*_retrieval_figures(files, scored, retrieval, out), *_target_figures(files, scored, summary, out),
-               *_plate_figures(files, scored, out, plate_formats), *_example_figure(files, scored, out),
-               *_image_figures(files, out)]
+    view = headline_view(summary)  # the feature-set figures show each feature set's headline chain
+    retrieval = view[view["task"].isin(TASKS)]
+    figures = [*_retrieval_figures(files, scored, retrieval, out), *_bakeoff_figures(summary, out),
+               *_target_figures(files, scored, view, out), *_plate_figures(files, scored, out, plate_formats),
+               *_example_figure(files, scored, out), *_image_figures(files, out)]
     with atomic_path(out / MANIFEST) as tmp:
         tmp.write_text(json.dumps([asdict(f) for f in figures], indent=1))
     return figures

@@ -24,6 +24,8 @@ from paintbench.atomic import atomic_path, read_table
 from paintbench.citations import footer_html
 from paintbench.qc import read_fragment, summarize
 from paintbench.registry import TASK_TITLES, TASKS
+from paintbench.report.bakeoff import headline_view
+from paintbench.report.bakeoff_view import bakeoff_html, controls_html
 from paintbench.report.build import Figure
 from paintbench.report.inputs import RunFiles
 from paintbench.report.reference import planted_table
@@ -83,11 +85,14 @@ def _fraction(row: pd.Series) -> str:
 
 
 def glance_table(summary: pd.DataFrame) -> str:
-    """Task x condition rows; per feature set 'fraction retrieved [95% interval] (mAP, n)'; best in bold, tied in
-    italics (the interval rule of paintbench.report.summary); the paper's value where the paper reports it."""
+    """Task x condition rows; per feature set (its headline chain named) 'fraction retrieved [95% interval] (mAP, n)';
+    best in bold, tied in italics (the paired rule of paintbench.report.bakeoff); the paper's value where the paper
+    reports it."""
     scored = summary[summary["row_kind"] != "paper"]
     feature_sets = list(dict.fromkeys(scored["feature_set"]))
-    head = "".join(f"<th>{html.escape(fs)}</th>" for fs in feature_sets)
+    chains = scored.drop_duplicates("feature_set").set_index("feature_set")["chain"] if "chain" in scored else {}
+    head = "".join(f"<th>{html.escape(fs)}" + (f"<br><span class='muted'>{html.escape(str(chains[fs]))}</span>"
+                   if fs in chains and not pd.isna(chains[fs]) else "") + "</th>" for fs in feature_sets)
     rows = []
     for _, group in summary.groupby(["task", "condition"], dropna=False, sort=False):
         first = group.iloc[0]
@@ -221,9 +226,33 @@ def run_folder(files: RunFiles, summary_path: Path) -> str:
     return os.path.commonpath(paths)
 
 
+def bakeoff_section(summary: pd.DataFrame) -> str:
+    """Every (feature set, chain) pair and the layout controls: what the headline numbers do not decide alone."""
+    table, controls = bakeoff_html(summary), controls_html(summary)
+    if not table and not controls:
+        return ""
+    chains = summary.loc[summary["headline"].fillna(False).astype(bool) & summary["chain"].notna(), ["feature_set", "chain"]]
+    named = ", ".join(f"{fs}: {chain}" for fs, chain in chains.drop_duplicates().itertuples(index=False))
+    text = ("<h2>Bake-off: feature sets under post-processing chains</h2><p>The headline numbers above use each "
+            f"feature set's chosen chain ({html.escape(named)}). Below, every chain each feature set ran; bold = "
+            "best chain of its feature set by a paired test of per-unit mAP (sign-flip permutation, BH), italics = "
+            "tied; &Delta;mAP is the paired difference against the reference named, with its 95% bootstrap "
+            "interval. Full comparisons: <code>reports/comparisons.tsv</code>.</p>" + table)
+    if controls:
+        text += ("<h3>Layout and batch controls</h3><p>What position, plate and chance alone retrieve: negative "
+                 "controls at the same well position on other plates as 'replicates'; replicates restricted to "
+                 "other positions; replicate retrieval on label-shuffled wells (the chain's false discoveries: "
+                 "fraction retrieved should stay near 0.05 or below); how well a classifier tells the plates apart "
+                 "from negative controls; 1-NN target accuracy of compounds (never the same compound or well "
+                 "position) against its permutation chance.</p>" + controls)
+    return text
+
+
 def render(summary: pd.DataFrame, figures_dir: Path, figures: list[Figure], files: RunFiles, folder: str,
            config_text: str, versions: dict[str, str]) -> str:
-    everything, summary = summary, summary[summary["task"].isin(TASKS)]
+    full = summary
+    everything = headline_view(full)
+    summary = everything[everything["task"].isin(TASKS)]
     measured = list(dict.fromkeys(everything.loc[everything["row_kind"] == "measured", "feature_set"]))
     sections: dict[str, list[str]] = {}
     for figure in figures:
@@ -233,7 +262,8 @@ def render(summary: pd.DataFrame, figures_dir: Path, figures: list[Figure], file
             "<h2>At a glance</h2><p>Fraction retrieved (q &lt; 0.05) per task and condition with its 95% interval, "
             "the mean mAP and the number of units scored (perturbations; target genes or genes in matching). "
             "Full table: <code>reports/summary.tsv</code>.</p>", glance_table(summary),
-            "<h2>Reading these numbers</h2>" + notes_html(summary), planted_html(files, summary),
+            "<h2>Reading these numbers</h2>" + notes_html(summary), bakeoff_section(full),
+            planted_html(files, summary),
             targets_section(files, everything, measured)]
     for section, items in sections.items():
         body.append(f"<h2>{html.escape(section)}</h2>" + "".join(items))

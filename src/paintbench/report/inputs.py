@@ -19,7 +19,7 @@ from paintbench.registry import CELLPROFILER, CHANNELS, TASKS
 log = logging.getLogger(__name__)
 
 PlateFiles = dict[str, Path]  # plate -> file
-SetFiles = dict[str, Path]  # feature set -> file
+SetFiles = dict[str, Path]  # feature set (or profile set FS/CHAIN) -> file
 
 
 @dataclass
@@ -31,7 +31,9 @@ class RunFiles:
     shortlists: SetFiles = field(default_factory=dict)  # target_id/<fs>.parquet
     polypharmacology: SetFiles = field(default_factory=dict)
     pairs: SetFiles = field(default_factory=dict)
-    normalized: SetFiles = field(default_factory=dict)  # the image feature sets' normalized profiles
+    profiles: SetFiles = field(default_factory=dict)  # the image feature sets' scored profiles (headline chain)
+    layout_controls: SetFiles = field(default_factory=dict)  # retrieval/<fs>/<chain>/layout_controls.parquet
+    chain_steps: SetFiles = field(default_factory=dict)  # profiles/<fs>/<chain>.steps.tsv
     illum: dict[str, dict[str, Path]] = field(default_factory=dict)  # plate -> channel -> function
     cell_counts: PlateFiles = field(default_factory=dict)  # CellProfiler well profiles (Metadata_Object_Count)
     qc: PlateFiles = field(default_factory=dict)
@@ -58,8 +60,8 @@ class RunFiles:
         listed: list[tuple[str, Path]] = []
         for task, sets in self.retrieval.items():
             listed += [(f"{task} results ({fs})", p) for fs, p in sets.items()]
-        for label in ("replicate_ap", "shortlists", "polypharmacology", "pairs", "normalized", "cell_counts", "qc",
-                      "crops", "crop_centres", "train_logs"):
+        for label in ("replicate_ap", "shortlists", "polypharmacology", "pairs", "profiles", "layout_controls",
+                      "chain_steps", "cell_counts", "qc", "crops", "crop_centres", "train_logs"):
             listed += [(f"{label.replace('_', ' ')} ({key})", p) for key, p in getattr(self, label).items()]
         listed += [(f"illumination function ({plate} {ch})", p) for plate, chs in self.illum.items() for ch, p in chs.items()]
         listed += [(label, p) for label, p in (("MAE checkpoint", self.mae_checkpoint),
@@ -69,7 +71,8 @@ class RunFiles:
     @classmethod
     def from_results_dir(cls, results_dir: str | Path, feature_sets: list[str], plates: list[str],
                          methods: list[str] | None = None) -> "RunFiles":
-        """The files of a results folder (paintbench.paths): the retrieval results of every feature set are
+        """The files of a results folder (paintbench.paths), `feature_sets` naming profile sets (FS/CHAIN, as
+        registry.profile_set writes them): the retrieval results of every one are
         required; every other file is taken when the folder has it (what a run of other feature sets lacks)."""
         paths = RunPaths(str(results_dir))
         found = lambda text: Path(text) if Path(text).exists() else None  # noqa: E731
@@ -80,7 +83,9 @@ class RunFiles:
         for table in ("polypharmacology", "pairs"):
             setattr(files, table, present({fs: paths.target_id(fs, table) for fs in feature_sets}))
         files.shortlists = present({fs: paths.target_id(fs) for fs in feature_sets})
-        files.normalized = present({fs: paths.normalized(fs) for fs in feature_sets})
+        files.profiles = present({fs: paths.scored(fs) for fs in feature_sets})
+        files.layout_controls = present({fs: paths.layout_controls(fs) for fs in feature_sets})
+        files.chain_steps = present({fs: paths.chain_steps(fs) for fs in feature_sets})
         files.illum = {p: {c: Path(paths.illum_function(p, c)) for c in CHANNELS} for p in plates
                        if all(found(paths.illum_function(p, c)) for c in CHANNELS)}
         files.cell_counts = present({p: paths.well_profiles(CELLPROFILER, p) for p in plates})

@@ -124,17 +124,40 @@ def with_matching_scores(ranked: pd.DataFrame, matching: pd.DataFrame | None) ->
     return ranked.merge(scores, on=columns, how="left")
 
 
-def load_run(results_dir: str | Path, feature_set: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """(scored profiles, compound-gene matching results or None) of one feature set of a finished run (a user's
-    look-up in a results folder, as paintbench.paths lays it out; matching is optional: a run may have stopped
-    before it)."""
+def headline_set(results_dir: str | Path, feature_set: str) -> str:
+    """A profile set FS/CHAIN as given; a bare feature set -> its headline chain, as the run's summary.tsv names
+    it (else its only chain)."""
+    if "/" in feature_set:
+        return feature_set
     paths = RunPaths(str(results_dir))
-    profiles_path = Path(paths.scored(feature_set))
+    summary_path = Path(paths.summary())
+    if summary_path.exists():
+        summary = read_table(summary_path)
+        heads = summary.loc[(summary["feature_set"] == feature_set) & summary["headline"].astype(str).eq("True"),
+                            "profile_set"].dropna()
+        if len(heads):
+            return str(heads.iloc[0])
+    # A chain's table has its steps record beside it; the plates' well profiles in the same folder do not.
+    chains = sorted(Path(p).name.removesuffix(".steps.tsv") for p in glob.glob(paths.chain_steps(f"{feature_set}/*")))
+    if len(chains) == 1:
+        return f"{feature_set}/{chains[0]}"
+    raise FileNotFoundError(f"feature set {feature_set!r}: name one of its chains as {feature_set}/CHAIN "
+                            f"(this run has: {', '.join(chains) or 'none'})")
+
+
+def load_run(results_dir: str | Path, feature_set: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """(scored profiles, compound-gene matching results or None) of one feature set (its headline chain) or
+    profile set FS/CHAIN of a finished run (a user's look-up in a results folder, as paintbench.paths lays it out;
+    matching is optional: a run may have stopped before it)."""
+    paths = RunPaths(str(results_dir))
+    name = headline_set(results_dir, feature_set)
+    profiles_path = Path(paths.scored(name))
     if not profiles_path.exists():
-        available = sorted(Path(found).parent.name for found in glob.glob(paths.scored("*")))
-        raise FileNotFoundError(f"{profiles_path}: no scored profiles for feature set {feature_set!r} "
+        available = sorted(f"{Path(p).parent.name}/{Path(p).name.removesuffix('.steps.tsv')}"
+                           for p in glob.glob(paths.chain_steps("*/*")))
+        raise FileNotFoundError(f"{profiles_path}: no scored profiles for {name!r} "
                                 f"(this run has: {', '.join(available) or 'none'})")
-    matching_path = Path(paths.retrieval(feature_set, "compound_gene_matching"))
+    matching_path = Path(paths.retrieval(name, "compound_gene_matching"))
     matching = read_table(matching_path) if matching_path.exists() else None
     return read_table(profiles_path), matching
 

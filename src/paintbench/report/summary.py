@@ -1,8 +1,11 @@
-"""summary.tsv: one typed row per feature set x task x condition, with the CPJUMP1 paper's values beside them.
+"""summary.tsv: one typed row per profile set (feature set x chain) x task x condition, with the CPJUMP1 paper's
+values beside them.
 
 Kinds of rows (`row_kind`):
-- measured: a feature set this run extracted and scored (cellprofiler, vitmae, ...);
+- measured: a feature set this run extracted and scored (cellprofiler, vitmae, ...) under one of its chains
+  (`chain`; `headline` marks each feature set's chosen chain, the first of profiles.feature_sets);
 - published_profiles: the consortium's published CellProfiler profiles of the same plates, scored by this run;
+- control: a layout or batch control of a profile set (paintbench.controls; `task` names the control);
 - paper: the paper's CellProfiler values (config/metadata/cpjump1_published_cellprofiler.tsv, each row naming the
   file of jump-cellpainting/2024_Chandrasekaran_NatureMethods it comes from). They sit beside every condition the
   paper reports; `comparable` says whether this run can be compared with them (real CPJUMP1 images, the cpjump1
@@ -13,9 +16,11 @@ modality, time point and plate group. Every expected (feature set, task, conditi
 to score shows n_perturbations 0 and empty values (never 0.0, which would read as a result).
 
 fraction_retrieved carries a 95% Wilson interval over the scored units (perturbations or genes);
-alt_fraction_retrieved is the same APs judged by the other protocol (alt_protocol), so the choice shows. `best` marks, per
-task and condition among the scored feature sets: 'best' for the leader when its interval lies wholly above every
-other feature set's; otherwise 'tied' for the leader and every feature set whose interval overlaps the leader's.
+alt_fraction_retrieved is the same APs judged by the other protocol (alt_protocol), so the choice shows. `best`
+(headline rows) and `chain_best` (a feature set's chains) are the paired marks of paintbench.report.bakeoff, and
+paired_* the paired difference of per-unit mAP against the row's paired_reference with its 95% bootstrap interval
+and BH q. `interval_best` is the older, conservative rule on independent intervals: 'best' for the leader when its
+Wilson interval lies wholly above every other set's, else 'tied' for every set overlapping the leader's.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import pandas as pd
 
 from paintbench.atomic import read_table
 from paintbench.registry import PAPER, PUBLISHED, SHORTLIST_TASKS, TASKS
+from paintbench.report.bakeoff import PAIRED_COLUMNS, comparisons, control_rows, label_profile_sets, paired_columns
 from paintbench.report.inputs import RunFiles
 from paintbench.schema import BUNDLED_METADATA
 from paintbench.significance import wilson_interval
@@ -41,11 +47,13 @@ REFERENCE = PAPER
 BENCHMARK_GROUP = "benchmark"
 INTEGERS = ["Metadata_timepoint", "Metadata_matched_timepoint", "n_perturbations", "n_retrieved", "n_untestable", "k"]
 FLOATS = ["mean_average_precision", "fraction_retrieved", "fraction_retrieved_low", "fraction_retrieved_high",
-          "alt_fraction_retrieved", *SHORTLIST]
-COLUMNS = ["feature_set", "row_kind", "protocol", "task", "unit", "condition", *CONDITION, "n_perturbations",
-           "n_retrieved", "n_untestable", "mean_average_precision", "fraction_retrieved", "fraction_retrieved_low",
-           "fraction_retrieved_high", "best", "alt_protocol", "alt_fraction_retrieved", "k", *SHORTLIST, "comparable",
-           "source", "notes"]
+          "alt_fraction_retrieved", *SHORTLIST, *PAIRED_COLUMNS[1:], "accuracy", "chance", "p_value",
+          "controls_per_feature"]
+COLUMNS = ["feature_set", "chain", "profile_set", "headline", "row_kind", "protocol", "task", "unit", "condition",
+           *CONDITION, "n_perturbations", "n_retrieved", "n_untestable", "mean_average_precision",
+           "fraction_retrieved", "fraction_retrieved_low", "fraction_retrieved_high", "best", "chain_best",
+           *PAIRED_COLUMNS, "interval_best", "accuracy", "chance", "p_value", "controls_per_feature", "alt_protocol",
+           "alt_fraction_retrieved", "k", *SHORTLIST, "comparable", "source", "notes"]
 DEFAULT_PUBLISHED = BUNDLED_METADATA / "cpjump1_published_cellprofiler.tsv"
 
 
@@ -59,9 +67,11 @@ def typed(table: pd.DataFrame) -> pd.DataFrame:
         table[column] = pd.to_numeric(table[column], errors="coerce").round().astype("Int64")
     for column in FLOATS:  # 6 decimals: far below any difference that matters, and readable in a spreadsheet
         table[column] = pd.to_numeric(table[column], errors="coerce").astype("float64").round(6)
-    for column in set(COLUMNS) - set(INTEGERS) - set(FLOATS) - {"comparable"}:
+    for column in set(COLUMNS) - set(INTEGERS) - set(FLOATS) - {"comparable", "headline"}:
         table[column] = table[column].astype("string")
-    table["comparable"] = table["comparable"].astype("boolean")
+    for column in ("comparable", "headline"):
+        table[column] = table[column].map(lambda v: pd.NA if pd.isna(v) else str(v).lower() in ("true", "1"),
+                                          na_action=None).astype("boolean")
     return table[COLUMNS]
 
 
@@ -245,10 +255,11 @@ def shortlist_rows(files: RunFiles) -> pd.DataFrame:
 
 
 def build_summary(files: RunFiles, published: pd.DataFrame | None = None, dataset: str = "cpjump1",
-                  tasks: tuple[str, ...] = TASKS) -> pd.DataFrame:
-    """summary.tsv of a finished run, with the shortlist rows of target identification when their tables are
-    given; a missing result file is an error naming it."""
-    parts, negatives = [], set()
+                  tasks: tuple[str, ...] = TASKS) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(summary.tsv, the paired comparisons) of a finished run, `files.feature_sets` naming profile sets (FS/CHAIN;
+    a bare name is a set of its own), with the shortlist rows of target identification and the layout controls
+    when their tables are given; a missing result file is an error naming it."""
+    parts, negatives, results = [], set(), {task: {} for task in tasks}
     feature_sets = files.feature_sets
     for feature_set in feature_sets:
         for task in tasks:
@@ -257,12 +268,14 @@ def build_summary(files: RunFiles, published: pd.DataFrame | None = None, datase
                 raise FileNotFoundError(f"{path}: no {task} results for feature set {feature_set!r}")
             table = read_table(path)
             negatives |= set(table.get("compound_gene_negatives", pd.Series(dtype=str)).dropna())
+            results[task][feature_set] = table
             parts.append(task_summary(table, feature_set, task).assign(source=str(path)))
     parts = [p for p in parts if not p.empty]
     if not parts:
         raise ValueError(f"every retrieval result of {', '.join(feature_sets)} is empty; nothing to summarize")
     summary = complete_conditions(pd.concat(parts, ignore_index=True), feature_sets, tasks)
-    summary["row_kind"] = np.where(summary["feature_set"] == PUBLISHED, "published_profiles", "measured")
+    published_set = summary["feature_set"].str.split("/").str[0] == PUBLISHED
+    summary["row_kind"] = np.where(published_set, "published_profiles", "measured")
     summary["source"] = summary["source"].fillna(pd.Series([str(files.result(fs, t)) for fs, t in
                                                             zip(summary["feature_set"], summary["task"])], index=summary.index))
     summary["notes"] = np.where(summary["n_perturbations"] == 0, "nothing to score in this condition", "")
@@ -278,14 +291,22 @@ def build_summary(files: RunFiles, published: pd.DataFrame | None = None, datase
     full["comparable"] = np.where(full["row_kind"] == "paper", paper_flags,
                                   comparable.reindex(keys).fillna(False).to_numpy())
     full = add_intervals(typed(full).assign(unit=lambda t: t["task"].map(UNITS)))
-    full["best"] = mark_best(full)
+    full["interval_best"] = mark_best(full)
+    paired = comparisons(results, feature_sets)
+    full = paired_columns(label_profile_sets(full), paired)
+    extra = [typed(shortlist_rows(files))] if files.shortlists else []
+    controls, per_set = control_rows(files.layout_controls, files.chain_steps)
+    if len(controls):
+        extra.append(typed(controls))
+    for rows in extra:
+        full = pd.concat([full, label_profile_sets(rows)], ignore_index=True)
     full["condition"] = [condition_label(row) for _, row in full.iterrows()]
-    if files.shortlists:
-        shortlists = typed(shortlist_rows(files))
-        shortlists["condition"] = [condition_label(row) for _, row in shortlists.iterrows()]
-        full = pd.concat([full, shortlists], ignore_index=True)
+    full["controls_per_feature"] = full["profile_set"].map(per_set)
     order = {task: i for i, task in enumerate((*tasks, *SHORTLIST_TASKS))}
-    kinds = {"measured": 0, "published_profiles": 1, "paper": 2}
-    full = full.assign(_task=full["task"].map(order), _kind=full["row_kind"].map(kinds))
-    full = full.sort_values(["_task", *CONDITION, "k", "_kind", "feature_set"], na_position="first")
-    return typed(full.drop(columns=["_task", "_kind"]).reset_index(drop=True))
+    kinds = {"measured": 0, "published_profiles": 1, "paper": 2, "control": 3}
+    sets = {name: i for i, name in enumerate(feature_sets)}
+    full = full.assign(_block=full["row_kind"].eq("control"), _task=full["task"].map(order).fillna(len(order)),
+                       _kind=full["row_kind"].map(kinds), _set=full["profile_set"].map(sets))
+    full = full.sort_values(["_block", "_task", "task", *CONDITION, "k", "_kind", "_set"], na_position="first",
+                            kind="stable")
+    return typed(full.drop(columns=["_block", "_task", "_kind", "_set"]).reset_index(drop=True)), paired

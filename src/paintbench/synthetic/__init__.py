@@ -26,10 +26,13 @@ from paintbench.synthetic.phenotypes import (
     PARAMETERS,
     effect_lookup,
     ground_truth,
+    position_effect,
+    position_effects,
     seeded_rng,
 )
 
-__all__ = ["PARAMETERS", "EFFECT_COLUMNS", "ground_truth", "generate_plate", "render_field", "plate_nuisance"]
+__all__ = ["PARAMETERS", "EFFECT_COLUMNS", "ground_truth", "generate_plate", "render_field", "plate_nuisance",
+           "position_effects"]
 
 TAG_PLATE, TAG_WELL, TAG_SITE = 10, 11, 12
 _MEAN = np.array([p.mean for p in PARAMETER_SPECS])
@@ -123,12 +126,14 @@ def generate_plate(
     cells_per_field: int = 24,
     seed: int = 0,
     metadata_dir: str | Path | None = None,
+    position_sd: float = 0.0,
 ) -> pd.DataFrame:
     """Write one TIFF per channel per field of the selected wells; return the true cell counts.
 
     `channels` maps Cell Painting names (DNA, ER, RNA, AGP, Mito; optionally Brightfield) to file
     channel numbers. The returned table has one row per field: Metadata_Plate, Metadata_Well,
-    Metadata_Site, n_cells (nuclei wholly inside the field), n_cells_touching_border.
+    Metadata_Site, n_cells (nuclei wholly inside the field), n_cells_touching_border. `position_sd` plants a
+    per-well-position artefact shared by every plate (phenotypes.position_effect).
     """
     unknown = sorted(set(channels) - set(CHANNELS) - set(BRIGHTFIELD_CHANNELS))
     if unknown:
@@ -150,7 +155,7 @@ def generate_plate(
         effect = effects[key]
         row, column = parse_well(well)
         well_rng = seeded_rng(seed, TAG_WELL, plate, row, column)
-        mean_z = well_mean(effect, nuisance["shift"], well_rng)
+        mean_z = well_mean(effect, nuisance["shift"], well_rng) + position_effect(well, seed, position_sd)
         edge = is_edge_well(well, plate_format)
         n_mean = expected_cells(cells_per_field, effect, edge, well_rng)
         brightness = EDGE_BRIGHTNESS if edge else 1.0

@@ -57,7 +57,7 @@ CLASS_ORDER = {"strong": 0, "weak": 1, "null": 2}
 EMPTY = "empty"
 
 # Tags that keep the random streams of different purposes apart (SeedSequence entropy).
-TAG_GENE, TAG_OWN, TAG_MAGNITUDE = 1, 2, 3
+TAG_GENE, TAG_OWN, TAG_MAGNITUDE, TAG_POSITION = 1, 2, 3, 4
 
 
 def stable_ints(text: str) -> list[int]:
@@ -282,3 +282,18 @@ def effect_lookup(truth: pd.DataFrame) -> dict[tuple[str, str], np.ndarray]:
     values = truth[EFFECT_COLUMNS].to_numpy(dtype=float)
     keys = zip(truth["Metadata_modality"], truth["Metadata_broad_sample"])
     return {key: values[i] for i, key in enumerate(keys)}
+
+
+def position_effect(well: str, seed: int, sd: float) -> np.ndarray:
+    """The planted artefact of one well position (cell-SD units over PARAMETERS), the same on every plate: CPJUMP1's
+    replicate plates share a layout, so an artefact of the position (edge evaporation, a reader's illumination) is
+    shared by every replicate pair. Zero when sd is 0."""
+    if sd <= 0:
+        return np.zeros(len(PARAMETERS))
+    return seeded_rng(seed, TAG_POSITION, well).normal(0.0, sd, len(PARAMETERS))
+
+
+def position_effects(wells: list[str], seed: int, sd: float) -> pd.DataFrame:
+    """The ground truth of the position artefact: one row per well position, effect_* columns."""
+    rows = [{"Metadata_Well": well, **dict(zip(EFFECT_COLUMNS, position_effect(well, seed, sd)))} for well in wells]
+    return pd.DataFrame(rows, columns=["Metadata_Well", *EFFECT_COLUMNS])
