@@ -167,7 +167,21 @@ def test_wellpos_needs_positions_shared_by_plates():
     table = pd.concat([plates_table(2, 12, 3, 4), extra], ignore_index=True)
     out, features, records = apply_chain(table, ["wellpos"])
     np.testing.assert_array_equal(out.iloc[-1][features].to_numpy(float), table.iloc[-1][features].to_numpy(float))
-    assert "1 well(s) at a position no other plate has left as they were" in records.loc[0, "detail"]
+    assert "1 well(s) at a position no other plate of their layout has left as they were" in records.loc[0, "detail"]
+
+
+def test_wellpos_averages_a_position_over_the_plates_of_its_layout():
+    """Two layouts (platemaps), each on two plates: a position's mean is taken over its layout's plates only."""
+    table = plates_table(4, 12, 3, 4, seed=4)
+    table["Metadata_Plate_Map_Name"] = table["Metadata_Plate"].map({"P0": "map1", "P1": "map1", "P2": "map2",
+                                                                  "P3": "map2"})
+    features = ["Cells_F0", "Cells_F1", "Cells_F2"]
+    table.loc[table["Metadata_Plate_Map_Name"] == "map2", features] += 50.0  # map2's plates hold other things
+    out, _, records = apply_chain(table, ["wellpos"])
+    np.testing.assert_allclose(out.groupby(["Metadata_Plate_Map_Name", "Metadata_Well"])[features].mean(), 0,
+                               atol=1e-9)
+    assert out[features].abs().to_numpy().max() < 20  # map2's offset never leaks into map1's wells
+    assert "Metadata_Plate_Map_Name x Metadata_Well" in records.loc[0, "detail"]
 
 
 def test_cc_removes_a_planted_count_effect_and_keeps_the_mean():

@@ -27,7 +27,7 @@ def test_shipped_configs_are_valid_and_defaults_are_filled():
     assert demo_config["endpoint_url"] is None  # default filled
     assert demo_config["download"]["max_attempts"] == 6  # nested default filled
     assert demo_config["synthetic"]["seed"] == 7
-    assert demo_config["cellprofiler"]["wells_per_shard"] == 64 and not demo_config["cellprofiler"]["skip_bad_fields"]
+    assert demo_config["cellprofiler"]["wells_per_shard"] == 72 and not demo_config["cellprofiler"]["skip_bad_fields"]
 
 
 def test_plates_all_expands_to_the_whole_batch():

@@ -99,7 +99,8 @@ def test_every_file_a_command_names_is_declared(tmp_path):
     result = snakemake(["-n", "-p", "--configfile", config], cwd=tmp_path)
     jobs = job_blocks(result.stdout + result.stderr)
     assert {job["rule"] for job in jobs} >= {"download", "illum", "cellprofiler_shard", "vit_crops", "vit_pretrain",
-                                             "vit_embed", "profiles", "replicate_retrieval", "matching", "target_id",
+                                             "vit_embed", "profiles", "profile_chain", "replicate_retrieval", "matching",
+                                             "target_id", "layout_controls",
                                              "report_summary", "report_figures", "report_html"}
     results = str(tmp_path / "results")
     undeclared = []

@@ -58,7 +58,7 @@ def test_summary_has_every_task_condition_and_feature_set(small_demo_run):
         # summary says so instead of reporting a silent zero.
         assert row["n_untestable"] == (~crispr["testable"]).sum() >= 10 and row["protocol"] == "cpjump1"
         sister = summary[(summary["feature_set"] == fs) & (summary["task"] == "sister_matching")]
-        assert sister["profile_set"].nunique() == 3  # every chain of the feature set
+        assert sister["profile_set"].nunique() == 2  # every chain of the feature set
         assert (sister["n_perturbations"] == 0).all() and sister["fraction_retrieved"].isna().all()
     reference = summary[summary["row_kind"] == "paper"]
     replicate = reference[reference["task"] == "replicate_retrieval"]
@@ -163,18 +163,20 @@ def test_polypharmacology_call_follows_the_planted_target(small_demo_run):
     """The demo plants CPJUMP1's BI-2536 pattern (annotated BRD4 and PLK1, phenotype along PLK1, BRD4 null): every
     call made names PLK1, in each genetic modality some feature set makes it, BRD4 never passes.
 
-    Measured on this small run: the learned feature sets rank PLK1 first everywhere (q 0.036 where called);
-    CellProfiler, on BI-2536's 4-8 cells per well (its planted phenotype thins the wells), ranks PLK1 1st / 2nd
-    and calls none."""
+    Measured on this small run (54 unrelated pairs per condition: q is at least 0.036): PLK1 ranks first in 14 of 16
+    (profile set, modality) pairs; the CRISPR call is made by CellProfiler, DINO (headline chains) and MAE's
+    sphering chain, the ORF call by the sphering chains of CellProfiler and DINO."""
     _, results = small_demo_run
     calls = {}
-    for fs in FEATURE_SETS:
-        table = pd.read_parquet(results / "target_id" / f"{HEADLINE[fs]}_polypharmacology.parquet")
+    for path in sorted((results / "target_id").glob("*/*_polypharmacology.parquet")):  # every chain of every set
+        name = f"{path.parent.name}/{path.name.removesuffix('_polypharmacology.parquet')}"
+        table = pd.read_parquet(path)
         bi2536 = table[table["Metadata_pert_iname"] == "BI-2536"]
-        assert set(bi2536["target"]) == {"BRD4", "PLK1"}, fs
-        assert set(bi2536["Metadata_matched_modality"]) == {"crispr", "orf"}, fs
-        assert not bi2536.loc[bi2536["target"] == "BRD4", "passes"].any(), fs
-        calls |= {(fs, m): c for m, c in zip(bi2536["Metadata_matched_modality"], bi2536["call"])}
+        assert set(bi2536["target"]) == {"BRD4", "PLK1"}, name
+        assert set(bi2536["Metadata_matched_modality"]) == {"crispr", "orf"}, name
+        assert not bi2536.loc[bi2536["target"] == "BRD4", "passes"].any(), name
+        calls |= {(name, m): c for m, c in zip(bi2536["Metadata_matched_modality"], bi2536["call"])}
+    assert len({name for name, _ in calls}) == 8  # 4 feature sets x 2 chains
     assert set(calls.values()) <= {"PLK1", "none"}, calls
     for modality in ("crispr", "orf"):
         assert any(c == "PLK1" for (fs, m), c in calls.items() if m == modality), calls
@@ -182,9 +184,8 @@ def test_polypharmacology_call_follows_the_planted_target(small_demo_run):
     assert re.search(r"<td class='l'>BI-2536</td>.*?<td class='l'><b>PLK1</b></td>", page), "the report shows the call"
     summary = pd.read_csv(results / "reports" / "summary.tsv", sep="\t")
     shortlist = summary[summary["task"] == "target_identification"]
-    assert set(shortlist["profile_set"]) == {f"{fs}/{chain}" for fs in FEATURE_SETS for chain in
-                                             (["mad_featselect"] if fs == "cellprofiler" else ["mad"])
-                                             + ["mad_sphering", "wellpos_mad"]}
+    assert set(shortlist["profile_set"]) == {"cellprofiler/mad_featselect", "cellprofiler/mad_sphering",
+                                             *(f"{fs}/{chain}" for fs in FEATURE_SETS[1:] for chain in ("mad", "mad_sphering"))}
     assert set(shortlist["k"]) == {1, 5, 10}
     first = shortlist[shortlist["k"] == 1]
     assert (first["recall_at_k"] > first["random_recall_at_k"]).any()

@@ -37,9 +37,9 @@ def test_forcerun_a_stage_reruns_it_and_everything_downstream(small_demo_run):
     jobs = planned(small_demo_run, "--forcerun", "profiles")
     assert set(jobs) == {"profiles", "profile_chain", "replicate_retrieval", "matching", "target_id",
                          "layout_controls"} | REPORT
-    # 4 feature sets, 3 chains each (profiles.feature_sets' defaults); 2 matching tasks per profile set
-    assert jobs["profiles"] == 4 and jobs["profile_chain"] == jobs["target_id"] == jobs["layout_controls"] == 12
-    assert jobs["matching"] == 24
+    # 4 feature sets, 2 chains each (profiles.feature_sets' defaults): 8 profile sets; 2 matching tasks each
+    assert jobs["profiles"] == 4 and jobs["profile_chain"] == jobs["target_id"] == jobs["layout_controls"] == 8
+    assert jobs["matching"] == 16
 
 
 def test_changing_a_chain_reruns_only_that_chain(small_demo_run):
@@ -96,7 +96,7 @@ REPORT_READS = [("qc/BR00117000.tsv", "plate_qc", "report_html"),
                 ("vit/mae/checkpoint.pt", "vit_pretrain", "report_figures"),
                 ("profiles/vitsimclr/mad.parquet", "profile_chain", "report_figures"),
                 ("profiles/cellprofiler/mad_sphering.steps.tsv", "profile_chain", "report_summary"),
-                ("retrieval/vitdino/wellpos_mad/layout_controls.parquet", "layout_controls", "report_summary")]
+                ("retrieval/vitdino/mad_sphering/layout_controls.parquet", "layout_controls", "report_summary")]
 
 
 @pytest.mark.parametrize("path, writer, reader", REPORT_READS, ids=[p for p, _, _ in REPORT_READS])

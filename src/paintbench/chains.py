@@ -24,6 +24,7 @@ from paintbench.profiles import feature_columns, normalize, select_features
 log = logging.getLogger(__name__)
 
 PLATE, WELL, CONTROL, COUNT = "Metadata_Plate", "Metadata_Well", "Metadata_control_type", "Metadata_Object_Count"
+LAYOUT = "Metadata_Plate_Map_Name"
 AUTO_GRID = np.logspace(-5, 3, 25)  # the consortium recipe's sphering regularization grid
 HARMONY_DIMENSIONS = 50  # Harmony corrects an embedding: wider inputs are first reduced to this many PCs
 RECORD_COLUMNS = ["step", "n_features_in", "n_features_out", "fitted_on", "n_fit_wells", "controls_per_feature",
@@ -134,20 +135,23 @@ def _featselect(table: pd.DataFrame, features: list[str], options: dict[str, Any
 
 
 def _wellpos(table: pd.DataFrame, features: list[str], options: dict[str, Any]) -> StepResult:
-    """Subtract each well position's mean over all plates (all wells at that position).
+    """Subtract each well position's mean over the plates that share its layout (Metadata_Plate_Map_Name when the
+    table has it, else every plate): the same position on a plate of another layout holds something else.
 
     Removes position (edge, gradient) effects. CPJUMP1's replicate plates share one layout, so a position's mean
-    also holds the treatment signal its replicates share: this step removes some true signal too. It is a
-    bake-off member and a layout control, its effect measured by the benchmark, not assumed to help."""
-    plates = table.groupby(WELL)[PLATE].transform("nunique")
+    also holds the treatment signal its replicates share: this step removes true signal too (with two plates of a
+    layout, the two wells of a position become exact opposites). It is a bake-off member and a layout control, its
+    effect measured by the benchmark, not assumed to help."""
+    position = [c for c in (LAYOUT, WELL) if c in table.columns]
+    plates = table.groupby(position)[PLATE].transform("nunique")
     if (plates < 2).all():
         raise ValueError("step 'wellpos': every well position is on one plate only; its mean over plates would be "
                          "the well itself (wellpos needs plates that share a layout)")
     alone = plates < 2  # a position on one plate keeps its values: its mean is the well itself
-    means = table.groupby(WELL)[features].transform("mean").where(~alone, 0.0)
-    detail = "per-position mean over all plates removed"
+    means = table.groupby(position)[features].transform("mean").where(~alone, 0.0)
+    detail = f"per-position mean over the plates of a layout removed ({' x '.join(position)})"
     if alone.any():
-        detail += f"; {int(alone.sum())} well(s) at a position no other plate has left as they were"
+        detail += f"; {int(alone.sum())} well(s) at a position no other plate of their layout has left as they were"
     return table[features] - means, detail
 
 

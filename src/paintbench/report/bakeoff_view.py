@@ -1,6 +1,6 @@
 """The bake-off as people read it: a figure (fraction retrieved per task, feature set and chain, with intervals)
-and two tables for the page (task x condition x profile set with the paired marks; the layout and batch controls
-of every profile set beside its replicate retrieval)."""
+and two tables for the page (task x condition x feature set rows, one column per chain, with the paired marks; the
+layout and batch controls of every profile set beside its replicate retrieval)."""
 
 from __future__ import annotations
 
@@ -59,34 +59,41 @@ def bakeoff_figure(summary: pd.DataFrame, stem: Path) -> list[Path]:
 
 def _cell(row: pd.Series, mark_column: str) -> str:
     if pd.isna(row["fraction_retrieved"]):
-        return "<td class='muted'>n=0</td>"
+        return f"<td class='muted'>n={int(row['n_perturbations']) if not pd.isna(row['n_perturbations']) else 0}</td>"
     mark = {"best": " class='best'", "tied": " class='tied'"}.get(str(row.get(mark_column)), "")
     detail = f"mAP {row['mean_average_precision']:.2f}, n={int(row['n_perturbations'])}"
-    if not pd.isna(row.get("paired_difference")):
+    if not pd.isna(row.get("paired_difference")) and not row.get("headline"):
         detail += (f"; &Delta;mAP {row['paired_difference']:+.2f} [{row['paired_difference_low']:+.2f}, "
-                   f"{row['paired_difference_high']:+.2f}] vs {html.escape(str(row['paired_reference']))}, "
-                   f"q {row['paired_q_value']:.2g}")
+                   f"{row['paired_difference_high']:+.2f}], q {row['paired_q_value']:.2g}")
     return (f"<td{mark}>{row['fraction_retrieved']:.2f} [{row['fraction_retrieved_low']:.2f}&ndash;"
             f"{row['fraction_retrieved_high']:.2f}] <span class='muted'>({detail})</span></td>")
 
 
 def bakeoff_html(summary: pd.DataFrame) -> str:
-    """Task x condition rows, one column per profile set (headline chains first); bold/italic = the chain
-    family's paired best/tied within a feature set."""
+    """Task x condition x feature set rows, one column per chain (the headline chain of each feature set first in
+    its row); bold/italic = the paired best/tied among the feature set's chains; &Delta;mAP against its headline."""
     scored = _scored(summary)
     if scored["profile_set"].nunique() < 2:
         return ""
-    sets = list(dict.fromkeys(scored.sort_values("headline", ascending=False, kind="stable")["profile_set"]))
-    head = "".join(f"<th>{html.escape(s)}</th>" for s in sets)
+    ordered = scored.sort_values("headline", ascending=False, kind="stable")
+    chains = list(dict.fromkeys(ordered["chain"].fillna("")))
+    sets = list(dict.fromkeys(scored["feature_set"]))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in chains)
     rows = []
     for (task, condition), group in scored.groupby(["task", "condition"], sort=False):
-        values = group.drop_duplicates("profile_set").set_index("profile_set")
-        cells = "".join(_cell(values.loc[s], "chain_best") if s in values.index else "<td class='muted'>-</td>"
-                        for s in sets)
-        rows.append(f"<tr><td class='l'>{TASK_TITLES.get(task, task)}</td><td class='l'>{html.escape(condition)}</td>"
-                    f"{cells}</tr>")
-    return ("<table class='bakeoff'><tr><th class='l'>task</th><th class='l'>condition</th>" + head + "</tr>"
-            + "".join(rows) + "</table>")
+        for fs in sets:
+            values = group[group["feature_set"] == fs].drop_duplicates("chain").set_index("chain")
+            if values.empty:
+                continue
+            headline = values.index[values["headline"].fillna(False).astype(bool)]
+            cells = "".join(_cell(values.loc[c], "chain_best") if c in values.index else "<td class='muted'>-</td>"
+                            for c in chains)
+            label = html.escape(fs) + (f" <span class='muted'>(headline {html.escape(str(headline[0]))})</span>"
+                                       if len(headline) else "")
+            rows.append(f"<tr><td class='l'>{TASK_TITLES.get(task, task)}</td><td class='l'>{html.escape(condition)}</td>"
+                        f"<td class='l'>{label}</td>{cells}</tr>")
+    return ("<table class='bakeoff'><tr><th class='l'>task</th><th class='l'>condition</th><th class='l'>feature set"
+            "</th>" + head + "</tr>" + "".join(rows) + "</table>")
 
 
 def _control_value(row: pd.Series) -> str:

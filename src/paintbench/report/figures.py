@@ -24,6 +24,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from paintbench.atomic import atomic_path  # noqa: E402
+from paintbench.comparison import paired_difference  # noqa: E402
 from paintbench.report.summary import CONDITION, REFERENCE, TASKS, condition_label  # noqa: E402
 
 OKABE_ITO = {"orange": "#E69F00", "sky_blue": "#56B4E9", "green": "#009E73", "yellow": "#F0E442",
@@ -228,7 +229,9 @@ def _point_labels(table: pd.DataFrame) -> pd.Series:
 
 def comparison_figure(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str, stem: Path,
                       n_labels: int = 6) -> list[Path]:
-    """Per-perturbation mAP of feature set b against a, by modality, with the largest differences named."""
+    """Per-perturbation mAP of feature set b against a, by modality, with the largest differences named; the title
+    carries the paired answer over every perturbation both scored (paintbench.comparison.paired_difference: mean
+    difference, 95% bootstrap interval, sign-flip p)."""
     keys = [k for k in MERGE_KEYS if k in a and k in b]
     left = a[keys].assign(map_a=a["mean_average_precision"], label_a=_point_labels(a))
     right = b[keys].assign(map_b=b["mean_average_precision"], label_b=_point_labels(b))
@@ -254,8 +257,11 @@ def comparison_figure(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str
             ax.annotate(row["label"], (row["map_a"], row["map_b"]), xytext=(dx, 4), textcoords="offset points",
                         fontsize=9, ha="right" if dx < 0 else "left")
         better = int((both["diff"] > 0).sum())
+        paired = paired_difference(both["map_a"].to_numpy(), both["map_b"].to_numpy())
         # Above the axes' top-left corner rather than inside it: that corner is where labelled outliers sit.
-        ax.set_title(f"{name_b} better: {better} of {len(both)}", loc="left")
+        ax.set_title(f"{name_b} better: {better} of {len(both)}; mean \u0394mAP {paired['difference']:+.3f} "
+                     f"[{paired['difference_low']:+.3f}, {paired['difference_high']:+.3f}], "
+                     f"paired p {paired['p_value']:.2g}", loc="left", fontsize=9)
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.02, 1.02)
         ax.set_aspect("equal")

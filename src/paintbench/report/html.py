@@ -141,8 +141,10 @@ def notes_html(summary: pd.DataFrame) -> str:
                      "summary.tsv). " + ("This run is comparable with them: the paper's reruns differ by about 0.01."
                                          if comparable else html.escape(str(paper["notes"].iloc[0])) + "."))
         items.append(COMPOUND_GENE_TEXT)
-    items.append("Best (bold): the leader's 95% interval lies wholly above every other feature set's; tied (italics): "
-                 "intervals overlap the leader's.")
+    items.append("Best (bold): the leader (highest mean per-unit mAP difference against the others) is better than "
+                 "every other feature set by a paired sign-flip test of per-unit mAP on the same perturbations or genes "
+                 "(BH q &lt; 0.05); tied (italics): the leader and every feature set not significantly worse than it. "
+                 "Each feature set under its headline chain (named under its name); every chain in the bake-off below.")
     return "<ul>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>"
 
 
@@ -234,10 +236,11 @@ def bakeoff_section(summary: pd.DataFrame) -> str:
     chains = summary.loc[summary["headline"].fillna(False).astype(bool) & summary["chain"].notna(), ["feature_set", "chain"]]
     named = ", ".join(f"{fs}: {chain}" for fs, chain in chains.drop_duplicates().itertuples(index=False))
     text = ("<h2>Bake-off: feature sets under post-processing chains</h2><p>The headline numbers above use each "
-            f"feature set's chosen chain ({html.escape(named)}). Below, every chain each feature set ran; bold = "
-            "best chain of its feature set by a paired test of per-unit mAP (sign-flip permutation, BH), italics = "
-            "tied; &Delta;mAP is the paired difference against the reference named, with its 95% bootstrap "
-            "interval. Full comparisons: <code>reports/comparisons.tsv</code>.</p>" + table)
+            f"feature set's chosen chain ({html.escape(named)}). Below, every chain each feature set ran: fraction "
+            "retrieved [95% interval]; bold = best chain of its feature set by a paired test of per-unit mAP "
+            "(sign-flip permutation, BH), italics = tied; &Delta;mAP is the paired difference against the feature "
+            "set's headline chain, with its 95% bootstrap interval and q. Full comparisons: "
+            "<code>reports/comparisons.tsv</code>.</p>" + table)
     if controls:
         text += ("<h3>Layout and batch controls</h3><p>What position, plate and chance alone retrieve: negative "
                  "controls at the same well position on other plates as 'replicates'; replicates restricted to "
