@@ -41,9 +41,11 @@ def annotate(wells: pd.DataFrame, metadata_dir: str | Path | None = None) -> pd.
 def robust_scale(values: np.ndarray, reference: np.ndarray, fallback: np.ndarray) -> np.ndarray:
     """(values - median(reference)) / (1.4826 MAD(reference)); zero MADs fall back to `fallback`'s MAD, then to 0."""
     centre = np.nanmedian(reference, axis=0)
-    mad = MAD_SCALE * np.nanmedian(np.abs(reference - centre), axis=0)
-    wide = MAD_SCALE * np.nanmedian(np.abs(fallback - np.nanmedian(fallback, axis=0)), axis=0)
-    scale = np.where(mad > 0, mad, wide)
+    scale = MAD_SCALE * np.nanmedian(np.abs(reference - centre), axis=0)
+    flat = ~(scale > 0)
+    if flat.any():  # only the features whose controls are constant need the plate's own MAD
+        wide = fallback[:, flat]
+        scale[flat] = MAD_SCALE * np.nanmedian(np.abs(wide - np.nanmedian(wide, axis=0)), axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         scaled = (values - centre) / scale
     scaled[:, ~(scale > 0)] = 0.0
@@ -52,15 +54,17 @@ def robust_scale(values: np.ndarray, reference: np.ndarray, fallback: np.ndarray
 
 def normalize(profiles: pd.DataFrame, features: list[str], plate_col: str = "Metadata_Plate") -> pd.DataFrame:
     """Robust z-scores per plate against that plate's negative controls (Metadata_control_type == 'negcon')."""
-    out = profiles.copy()
-    out[features] = out[features].astype(np.float64)
-    for plate, rows in profiles.groupby(plate_col).groups.items():
-        block = profiles.loc[rows, features].to_numpy(np.float64)
-        controls = (profiles.loc[rows, "Metadata_control_type"] == NEGCON).to_numpy()
-        if controls.sum() < 2:
-            raise ValueError(f"plate {plate}: {controls.sum()} negative-control well(s); normalization needs at least 2")
-        out.loc[rows, features] = robust_scale(block, block[controls], block)
-    return out
+    values = profiles[features].to_numpy(np.float64)
+    scaled = np.empty_like(values)
+    controls = (profiles["Metadata_control_type"] == NEGCON).to_numpy()
+    for plate, rows in profiles.groupby(plate_col, sort=False).indices.items():
+        reference = rows[controls[rows]]
+        if len(reference) < 2:
+            raise ValueError(f"plate {plate}: {len(reference)} negative-control well(s); normalization needs at least 2")
+        block = values[rows]
+        scaled[rows] = robust_scale(block, values[reference], block)
+    out = profiles.drop(columns=features)
+    return pd.concat([out, pd.DataFrame(scaled, columns=features, index=profiles.index)], axis=1)[profiles.columns]
 
 
 def select_features(profiles: pd.DataFrame, features: list[str], operations: list[str] = SELECTION_OPERATIONS,
@@ -73,17 +77,6 @@ def select_features(profiles: pd.DataFrame, features: list[str], operations: lis
     kept = [c for c in features if c in selected.columns]
     log.info("feature selection (%s): %d of %d features kept", ", ".join(operations), len(kept), len(features))
     return kept
-
-
-def spherize(profiles: pd.DataFrame, features: list[str], epsilon: float = 1e-6) -> pd.DataFrame:
-    """ZCA whitening fitted on the negative controls of all plates (optional, `profiles.spherize`)."""
-    controls = profiles.loc[profiles["Metadata_control_type"] == NEGCON, features].to_numpy(np.float64)
-    centre = controls.mean(axis=0)
-    eigenvalues, eigenvectors = np.linalg.eigh(np.cov(controls - centre, rowvar=False))
-    whitening = eigenvectors @ np.diag(1.0 / np.sqrt(np.maximum(eigenvalues, 0) + epsilon)) @ eigenvectors.T
-    out = profiles.copy()
-    out[features] = (profiles[features].to_numpy(np.float64) - centre) @ whitening
-    return out
 
 
 def annotated_profiles(well_tables: list[pd.DataFrame], metadata_dir: str | Path | None) -> pd.DataFrame:
