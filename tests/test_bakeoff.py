@@ -14,7 +14,7 @@ from paintbench.registry import LAYOUT_CONTROLS
 
 pytestmark = pytest.mark.slow  # reads the small demo run
 
-FEATURE_SETS = ["cellprofiler", "vitmae", "vitdino", "vitsimclr"]
+FEATURE_SETS = ["cellprofiler", "vitmae", "vitdino", "vitsimclr", "cpssl_random"]  # the last: an external encoder
 CHAINS = {"cellprofiler": ["mad_featselect", "mad_sphering"],
           **{fs: ["mad", "mad_sphering"] for fs in FEATURE_SETS[1:]}}
 PROFILE_SETS = [f"{fs}/{chain}" for fs in FEATURE_SETS for chain in CHAINS[fs]]

@@ -80,6 +80,21 @@ def test_paper_config_scores_published_profiles_only():
         ({"profiles": {"steps": {"sphering": {"regularization": "best"}}}}, ["'profiles.steps.sphering.regularization'"]),
         ({"source": "s3", "feature_sets": ["published_cellprofiler"], "profiles": {"feature_sets": {"published": ["mad"]}}},
          ["'profiles.feature_sets.published'", "refits", "use none"]),
+        # external encoders and precomputed embeddings: checked before any job
+        ({"encoders": {"vitdino": {"format": "cell_dino", "checkpoint": "random"}}},
+         ["'encoders.vitdino'", "unique, and none of cellprofiler"]),
+        ({"encoders": {"mine": {"format": "cell_dino", "checkpoint": "weights/absent.pth"}}},
+         ["'encoders.mine.checkpoint'", "no file weights/absent.pth"]),
+        ({"encoders": {"mine": {"format": "onnx", "checkpoint": "random"}}}, ["'encoders.mine.format'", "'onnx'"]),
+        ({"encoders": {"mine": {"format": "cell_dino"}}}, ["'encoders.mine'", "'checkpoint' is a required property"]),
+        ({"encoders": {"mine": {"format": "cell_dino", "checkpoint": "random", "input_size": 100}}},
+         ["'encoders.mine.input_size'", "multiple of the model's 8 px patches"]),
+        ({"encoders": {"mine": {"format": "cell_dino", "checkpoint": "random", "chains": ["mad", "whiten"]}}},
+         ["'encoders.mine.chains'", "unknown chain(s) ['whiten']"]),
+        ({"precomputed": {"mine": {"path": "tables/{plate}.parquet"}}},
+         ["'precomputed.mine.path'", "no file tables/BR00116991.parquet"]),
+        ({"precomputed": {"mine": {"path": "x.parquet"}}, "encoders": {"mine": {"format": "cell_dino", "checkpoint": "random"}}},
+         ["'encoders.mine'", "unique"]),
     ],
 )
 def test_invalid_configuration_names_the_key(overrides, expected):
@@ -125,3 +140,15 @@ def test_the_chain_example_of_the_usage_guide_is_valid():
     assert chains["vitdino"] == ["mad", "mad_pca_sphering"]
     assert chains["cellprofiler"] == ["mad_featselect", "mad_featselect_harmony"]
     assert config["profiles"]["steps"]["pca"]["variance"] == 0.95
+
+
+def test_encoders_and_precomputed_tables_are_feature_sets_with_the_embedding_chains(tmp_path):
+    from paintbench.config import feature_set_chains, run_feature_sets
+
+    table = tmp_path / "mine.parquet"
+    table.write_bytes(b"")
+    config = check_config(demo(encoders={"cpssl": {"format": "cellpaintssl", "checkpoint": "random"}},
+                               precomputed={"mine": {"path": str(table), "chains": ["mad_featselect"]}}))
+    assert run_feature_sets(config)[-2:] == ["cpssl", "mine"]
+    chains = feature_set_chains(config)
+    assert chains["cpssl"] == chains["vitdino"] == ["mad", "mad_sphering"] and chains["mine"] == ["mad_featselect"]

@@ -95,7 +95,7 @@ def test_paper_run_reads_no_image_and_draws_the_comparison(paper_run):
     assert (results / "reports" / "figures" / "paper_comparison.png").stat().st_size > 10_000
     page = (results / "reports" / "index.html").read_text()
     assert "This run is comparable with them" in page and "cpjump1" in page
-    ap = pd.read_parquet(results / "retrieval" / "published_cellprofiler" / "compound_gene_matching_ap.parquet")
+    ap = pd.read_parquet(results / "retrieval" / "published_cellprofiler" / "none" / "compound_gene_matching_ap.parquet")
     # paper_code negatives: each compound query's list holds every reagent of the other modality plus its positives.
     compound = ap[ap["Metadata_query_modality"] == "compound"]
     assert (compound["n_total_pairs"] > compound["n_pos_pairs"]).all()

@@ -36,7 +36,7 @@ NOT_CONFIG = {
     ("ground-truth", "gene_classes"): "synthetic.gene_classes as GENE=CLASS words",
     ("plan", "cells_per_field"): "the density assumed for a real run, not the synthetic generator's",
     **{(command, "wells"): "a shard's or plate's wells, or files of well profiles"
-       for command in ("plate-qc", "cellprofiler", "profiles")},
+       for command in ("plate-qc", "cellprofiler", "profiles", "precomputed-profiles")},
     ("query", "results_dir"): "the finished run a user looks up",
     ("profile-chain", "steps"): "one chain's steps (a list of profiles.chains), not the ViT's training steps",
     ("report-summary", "published"): "the paper's values table, not profiles.feature_sets.published",

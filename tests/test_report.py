@@ -18,7 +18,7 @@ from tests.helpers import REPO, snakemake
 
 pytestmark = pytest.mark.slow  # a small demo run through both branches to the report
 
-FEATURE_SETS = ["cellprofiler", "vitmae", "vitdino", "vitsimclr"]
+FEATURE_SETS = ["cellprofiler", "vitmae", "vitdino", "vitsimclr", "cpssl_random"]  # the last: an external encoder
 HEADLINE = {"cellprofiler": "cellprofiler/mad_featselect", **{fs: f"{fs}/mad" for fs in FEATURE_SETS[1:]}}
 REPLICATE = {("A549", "compound", 24), ("A549", "crispr", 144), ("A549", "orf", 48)}
 PAPER = {"compound": 0.7614, "crispr": 0.6787, "orf": 0.0563}  # CPJUMP1 paper's figure 4, A549 at these time points
@@ -176,7 +176,7 @@ def test_polypharmacology_call_follows_the_planted_target(small_demo_run):
         assert set(bi2536["Metadata_matched_modality"]) == {"crispr", "orf"}, name
         assert not bi2536.loc[bi2536["target"] == "BRD4", "passes"].any(), name
         calls |= {(name, m): c for m, c in zip(bi2536["Metadata_matched_modality"], bi2536["call"])}
-    assert len({name for name, _ in calls}) == 8  # 4 feature sets x 2 chains
+    assert len({name for name, _ in calls}) == 10  # 5 feature sets x 2 chains
     assert set(calls.values()) <= {"PLK1", "none"}, calls
     for modality in ("crispr", "orf"):
         assert any(c == "PLK1" for (fs, m), c in calls.items() if m == modality), calls

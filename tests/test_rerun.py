@@ -37,15 +37,16 @@ def test_forcerun_a_stage_reruns_it_and_everything_downstream(small_demo_run):
     jobs = planned(small_demo_run, "--forcerun", "profiles")
     assert set(jobs) == {"profiles", "profile_chain", "replicate_retrieval", "matching", "target_id",
                          "layout_controls"} | REPORT
-    # 4 feature sets, 2 chains each (profiles.feature_sets' defaults): 8 profile sets; 2 matching tasks each
-    assert jobs["profiles"] == 4 and jobs["profile_chain"] == jobs["target_id"] == jobs["layout_controls"] == 8
-    assert jobs["matching"] == 16
+    # 5 feature sets (the ViTs, CellProfiler, an external encoder), 2 chains each (profiles.feature_sets'
+    # defaults): 10 profile sets; 2 matching tasks each
+    assert jobs["profiles"] == 5 and jobs["profile_chain"] == jobs["target_id"] == jobs["layout_controls"] == 10
+    assert jobs["matching"] == 20
 
 
 def test_changing_a_chain_reruns_only_that_chain(small_demo_run):
     jobs = planned(small_demo_run, "--config", "profiles={steps: {sphering: {regularization: 0.1}}}")
     assert set(jobs) == {"profile_chain", "replicate_retrieval", "matching", "target_id", "layout_controls"} | REPORT
-    assert jobs["profile_chain"] == 4  # the mad_sphering chain of every feature set, nothing else
+    assert jobs["profile_chain"] == 5  # the mad_sphering chain of every feature set, nothing else
 
 
 def test_changing_a_retrieval_parameter_reruns_only_retrieval_and_reports(small_demo_run):

@@ -84,7 +84,8 @@ def sacct_rules(env: dict, since: datetime) -> pd.DataFrame:
 
 
 def test_both_branches_run_as_slurm_jobs_and_match_a_local_run(cluster, tmp_path):
-    targets = [f"results/retrieval/{fs}/replicate_retrieval.parquet" for fs in ("cellprofiler", "vitmae")]
+    targets = [f"results/retrieval/{fs}/replicate_retrieval.parquet" for fs in ("cellprofiler/mad_featselect",
+                                                                                "vitmae/mad")]
     local = tmp_path / "local"
     local.mkdir()
     snakemake([*(str(local / t) for t in targets), "--cores", "2", "--configfile", tiny_config(local)], cwd=local)
@@ -97,7 +98,7 @@ def test_both_branches_run_as_slurm_jobs_and_match_a_local_run(cluster, tmp_path
     jobs = sacct_rules(cluster, since)
     ran = set(jobs["rule"].dropna())
     assert {"illum", "cellprofiler_shard", "cellprofiler_well_profiles", "vit_crops", "vit_pretrain", "vit_embed",
-            "profiles", "replicate_retrieval"} <= ran, jobs
+            "profiles", "profile_chain", "replicate_retrieval"} <= ran, jobs
     assert "download" not in ran  # a local rule: runs on the submitting host
     assert (jobs["state"] == "COMPLETED").all(), jobs
     assert (jobs["rule"] == "cellprofiler_shard").sum() == len(TINY_PLATES)
@@ -146,7 +147,6 @@ def test_cancelled_job_is_retried_and_the_run_completes(cluster, tmp_path):
 
 def test_killed_snakemake_recovers_with_the_documented_command(cluster, tmp_path):
     config, target = encoder_target(tmp_path)
-    since = datetime.now()
     command = cluster_command(tmp_path, config, [target])
     process = subprocess.Popen(command, env=cluster, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)

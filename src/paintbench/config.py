@@ -16,7 +16,8 @@ import jsonschema
 import yaml
 
 from paintbench.metadata import MetadataError, known_plates, paper_plates, plate_info, unknown_name_message
-from paintbench.registry import CELLPROFILER, CHAIN_KINDS, CHANNELS, PUBLISHED, VIT_METHODS, VIT_TRAINING_KEYS
+from paintbench.registry import (CELLPROFILER, CHAIN_KINDS, CHANNELS, EMBEDDING_KIND, FEATURE_SETS, PUBLISHED,
+                                 VIT_METHODS, VIT_TRAINING_KEYS)
 from paintbench.schema import BUNDLED_METADATA, load_schema
 
 DEPRECATED_MAE_KEYS = ("mask_ratio", "decoder_dim", "decoder_depth", "decoder_heads", "norm_pix_loss", "checkpoint")
@@ -172,6 +173,7 @@ def check_semantics(config: dict[str, Any]) -> None:
     if config["source"] == "local" and shared_folder and len(config["plates"]) > 1:
         raise ConfigError("config key 'local.image_dir': must contain '{plate}' when several plates are configured "
                           "(or image_pattern a (?P<plate>...) group, when one folder holds every plate)")
+    check_encoders(config)
     check_chains(config)
 
 
@@ -186,10 +188,47 @@ def profile_chains(config: dict[str, Any]) -> dict[str, list[str]]:
     return {**default("profiles.chains"), **config["profiles"]["chains"]}
 
 
+def run_feature_sets(config: dict[str, Any]) -> list[str]:
+    """Every feature set of the run: config key feature_sets, then each external encoder and precomputed table."""
+    return [*config["feature_sets"], *config["encoders"], *config["precomputed"]]
+
+
 def feature_set_chains(config: dict[str, Any]) -> dict[str, list[str]]:
-    """The chains each of the run's feature sets runs, headline first (profiles.feature_sets)."""
+    """The chains each of the run's feature sets runs, headline first (profiles.feature_sets; an encoder or
+    precomputed entry's own `chains`, else the kind of every embedding: vit)."""
     kinds = config["profiles"]["feature_sets"]
-    return {fs: list(dict.fromkeys(kinds[CHAIN_KINDS[fs]])) for fs in config["feature_sets"]}
+    entries = {**config["encoders"], **config["precomputed"]}
+    chains = {}
+    for fs in run_feature_sets(config):
+        own = (entries.get(fs) or {}).get("chains")
+        chains[fs] = list(dict.fromkeys(own or kinds[CHAIN_KINDS.get(fs, EMBEDDING_KIND)]))
+    return chains
+
+
+def check_encoders(config: dict[str, Any]) -> None:
+    """Names, formats, sizes and files of encoders.<name> and precomputed.<name>, before any job."""
+    from paintbench.encoder_formats import RANDOM, resolve
+
+    names = [*config["encoders"], *config["precomputed"]]
+    for name in names:
+        section = "encoders" if name in config["encoders"] else "precomputed"
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name in FEATURE_SETS or names.count(name) > 1:
+            raise ConfigError(f"config key '{section}.{name}': a feature set's name is lower-case letters, digits and "
+                              f"_, unique, and none of {', '.join(FEATURE_SETS)}")
+    for name, entry in config["encoders"].items():
+        try:
+            spec = resolve(name, {k: v for k, v in entry.items() if k != "chains"})
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
+        if spec.checkpoint != RANDOM and not resolve_input_path(spec.checkpoint).is_file():
+            raise ConfigError(f"config key 'encoders.{name}.checkpoint': no file {spec.checkpoint}")
+    for name, entry in config["precomputed"].items():
+        paths = [entry["path"].format(plate=plate) for plate in config["plates"]] if "{plate}" in entry["path"] \
+            else [entry["path"]]
+        absent = [p for p in paths if not resolve_input_path(p).is_file()]
+        if absent:
+            raise ConfigError(f"config key 'precomputed.{name}.path': no file {', '.join(absent[:3])}"
+                              f"{' ...' if len(absent) > 3 else ''}")
 
 
 def check_chains(config: dict[str, Any]) -> None:
@@ -207,6 +246,12 @@ def check_chains(config: dict[str, Any]) -> None:
         for name in names:
             if name not in chains:
                 raise ConfigError(f"config key 'profiles.feature_sets.{kind}': unknown chain {name!r} "
+                                  f"(known: {', '.join(chains)})")
+    for section in ("encoders", "precomputed"):
+        for fs, entry in config[section].items():
+            unknown = [name for name in entry.get("chains") or [] if name not in chains]
+            if unknown:
+                raise ConfigError(f"config key '{section}.{fs}.chains': unknown chain(s) {unknown} "
                                   f"(known: {', '.join(chains)})")
     for fs, names in feature_set_chains(config).items():
         for name in names:

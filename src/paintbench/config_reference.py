@@ -27,6 +27,9 @@ def schema_keys(schema: dict[str, Any], prefix: str = "") -> Iterator[SchemaKey]
     for name, subschema in schema.get("properties", {}).items():
         yield SchemaKey(f"{prefix}{name}", subschema, name in required)
         yield from schema_keys(subschema, f"{prefix}{name}.")
+    entry = schema.get("additionalProperties")
+    if isinstance(entry, dict) and entry.get("properties"):  # a map of named entries: encoders.<name>.format
+        yield from schema_keys(entry, f"{prefix}<name>.")
 
 
 def type_text(schema: dict[str, Any]) -> str:

@@ -52,10 +52,13 @@ GENE_CLASSES = ("strong", "weak", "null")
 # set (profiles.feature_sets.<kind>) a feature set takes its chains from.
 PROFILE_STEPS = ("none", "var", "mad", "standardize", "int", "featselect", "wellpos", "cc", "outlier", "sphering",
                  "pca", "harmony")
-CHAIN_KINDS = {CELLPROFILER: "cellprofiler", **{fs: "vit" for fs in VIT_FEATURE_SETS}, PUBLISHED: "published"}
+EMBEDDING_KIND = "vit"  # the chains of every embedding: the ViTs, external encoders, precomputed tables
+CHAIN_KINDS = {CELLPROFILER: "cellprofiler", **{fs: EMBEDDING_KIND for fs in VIT_FEATURE_SETS}, PUBLISHED: "published"}
 LAYOUT_CONTROLS = ("same_position_controls", "different_position_replicates", "shuffled_replicates",
                    "plate_predictability", "nearest_neighbour_target_accuracy")
-QC_STAGES = ("download", "illum", "cellprofiler", "vit_crops", "vit_embed")  # qc/<plate>/<stage>.tsv fragments
+# External encoders (config key encoders.<name>.format; paintbench.vit.encoders holds each format's published facts).
+ENCODER_FORMATS = ("timm", "cellpaintssl", "cell_dino", "openphenom", "torchscript", "python")
+QC_STAGES = ("download", "illum", "cellprofiler", "vit_crops", "vit_embed", "encoder_embed")  # qc/<plate>/<stage>.tsv fragments
 
 
 def alternatives(names: Iterable[str]) -> str:

@@ -3,6 +3,7 @@
 # every command come from the schema through paintbench.cli (options, render).
 import os
 from functools import lru_cache
+from shlex import quote as shlex_quote
 from pathlib import Path
 
 import yaml
@@ -16,8 +17,10 @@ from paintbench.cli.options import S3_OPTIONS, render
 from paintbench.cli.profiles import PROFILE_OPTIONS
 from paintbench.cli.retrieval import LAYOUT_CONTROL_OPTIONS, RETRIEVAL_OPTIONS
 from paintbench.cli.target_id import TARGET_ID_OPTIONS
-from paintbench.cli.vit import CROP_OPTIONS, EMBED_OPTIONS, MODEL_OPTIONS, PRETRAIN_OPTIONS, TRAINING_OPTIONS
-from paintbench.config import feature_set_chains, profile_chains, resolve_command, resolve_input_path, vit_method
+from paintbench.cli.vit import (CROP_OPTIONS, EMBED_OPTIONS, ENCODER_EMBED_OPTIONS, MODEL_OPTIONS, PRETRAIN_OPTIONS,
+                               TRAINING_OPTIONS)
+from paintbench.config import (feature_set_chains, profile_chains, resolve_command, resolve_input_path,
+                               run_feature_sets, vit_method)
 from paintbench.metadata import known_plates, plate_info, plate_layout, select_wells
 from paintbench.paths import RunPaths, crop_prefix
 from paintbench.plan import plate_disk_mb
@@ -42,8 +45,12 @@ RESOLVED = {
 
 # published_cellprofiler: the consortium's own profiles of the same plates (s3 source), scored side by side;
 # a run of it alone (config/paper.yaml) reads no image at all.
-FEATURE_SETS = config["feature_sets"]
-IMAGE_SETS = [fs for fs in FEATURE_SETS if fs in IMAGE_FEATURE_SETS]
+# External encoders (encoders.<name>) read the images like the ViTs; precomputed tables (precomputed.<name>) do not.
+ENCODERS = config["encoders"]
+PRECOMPUTED = config["precomputed"]
+FEATURE_SETS = run_feature_sets(config)
+IMAGE_SETS = [fs for fs in FEATURE_SETS if fs in IMAGE_FEATURE_SETS or fs in ENCODERS]
+ANNOTATED_SETS = [fs for fs in FEATURE_SETS if fs != PUBLISHED]  # the profiles rule annotates their plates' wells
 RUN_METHODS = [FEATURE_SET_METHODS[fs] for fs in FEATURE_SETS if fs in FEATURE_SET_METHODS]
 VIT = config["vit"]
 VIT_PRETRAIN_PLATES = VIT["pretrain_plates"] or PLATES
@@ -190,6 +197,31 @@ def vit_encoder_args() -> str:
     return f"--model {VIT['model']} {options(MODEL_OPTIONS[1:])}"
 
 
+def encoder_entries() -> dict[str, dict]:
+    """encoders.<name> as encoder-embed takes them: checkpoint paths resolved, unset keys (the format's) left out."""
+    entries = {}
+    for name, entry in ENCODERS.items():
+        given = {k: v for k, v in entry.items() if v is not None and k != "chains"}
+        if given["checkpoint"] != "random":
+            given["checkpoint"] = str(resolve_input_path(given["checkpoint"], workflow_dir=WORKFLOW_DIR))
+        entries[name] = given
+    return entries
+
+
+def encoder_checkpoints() -> list[str]:
+    return [entry["checkpoint"] for entry in encoder_entries().values() if entry["checkpoint"] != "random"]
+
+
+def only(names) -> str:
+    """A wildcard constraint matching exactly `names`; with none, matching nothing."""
+    return alternatives(names) if names else "(?!)"
+
+
+def precomputed_table(wildcards) -> str:
+    path = PRECOMPUTED[wildcards.feature_set]["path"].format(plate=wildcards.plate)
+    return str(resolve_input_path(path, workflow_dir=WORKFLOW_DIR))
+
+
 def plate_qc_fragments(wildcards) -> list[str]:
     """What each image-reading stage of the run's feature sets recorded about the plate."""
     plate = wildcards.plate
@@ -198,6 +230,8 @@ def plate_qc_fragments(wildcards) -> list[str]:
         fragments.append(PATHS.skipped_fields(plate))
     if RUN_METHODS:
         fragments += [PATHS.qc_fragment(plate, "vit_crops"), PATHS.qc_fragment(plate, "vit_embed")]
+    if ENCODERS:
+        fragments.append(PATHS.qc_fragment(plate, "encoder_embed"))
     return fragments
 
 

@@ -12,7 +12,7 @@ rule profiles:
     benchmark:
         PATHS.benchmark("profiles", "{feature_set}")
     wildcard_constraints:
-        feature_set=alternatives(IMAGE_FEATURE_SETS),
+        feature_set=alternatives(ANNOTATED_SETS),
     params:
         options=lambda wildcards: options(PROFILE_OPTIONS),
     threads: 1
@@ -23,6 +23,32 @@ rule profiles:
         "../../envs/paintbench.yaml"
     shell:
         "python -m paintbench profiles --wells {input.wells} {params.options} --output {output.annotated} > {log} 2>&1"
+
+
+rule precomputed_profiles:
+    # A user's table of embeddings (config key precomputed.<name>), checked against the run's wells of each plate.
+    input:
+        table=precomputed_table,
+    output:
+        PATHS.well_profiles("{feature_set}", "{plate}"),
+    log:
+        PATHS.log("precomputed_profiles", "{feature_set}", "{plate}"),
+    benchmark:
+        PATHS.benchmark("precomputed_profiles", "{feature_set}", "{plate}")
+    wildcard_constraints:
+        feature_set=only(PRECOMPUTED),
+    params:
+        wells=lambda wildcards: ",".join(plate_wells(wildcards.plate)),
+        options=lambda wildcards: options([METADATA_DIR_OPTION]),
+    threads: 1
+    resources:
+        mem_mb=mem_mb(4000),
+        runtime=60,
+    conda:
+        "../../envs/paintbench.yaml"
+    shell:
+        "python -m paintbench precomputed-profiles --table {input.table} --plate {wildcards.plate}"
+        " --wells {params.wells} {params.options} --output {output} > {log} 2>&1"
 
 
 rule published_profiles:

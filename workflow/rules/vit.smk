@@ -102,3 +102,34 @@ rule vit_embed:
         "python -m paintbench vit-embed --crops {params.prefix} --load-data {input.load_data} --illum {input.illum}"
         " --encoder {input.encoders} {params.encoder_args} {params.options} --num-workers {threads}"
         " --qc-output {output.qc} --output {output.profiles} > {log} 2>&1"
+
+
+rule encoder_embed:
+    # One job per plate embeds it with every external encoder (config key encoders): each format's crops, scaling
+    # and pooling (paintbench.encoder_formats); the weights are read strictly before any image.
+    input:
+        load_data=PATHS.load_data("{plate}"),
+        illum=rules.illum.output.functions,
+        checkpoints=encoder_checkpoints(),
+    output:
+        profiles=[PATHS.well_profiles(name, "{plate}") for name in ENCODERS],
+        qc=PATHS.qc_fragment("{plate}", "encoder_embed"),
+    log:
+        PATHS.log("encoder_embed", "{plate}"),
+    benchmark:
+        PATHS.benchmark("encoder_embed", "{plate}")
+    params:
+        encoders=lambda wildcards: shlex_quote(json_text(encoder_entries())),
+        outputs=lambda wildcards, output: " ".join(f"{name}={path}" for name, path in zip(ENCODERS, output.profiles)),
+        options=lambda wildcards: options(ENCODER_EMBED_OPTIONS),
+    threads: max(1, VIT["num_workers"])
+    resources:
+        gpu=gpu_request(1),
+        mem_mb=mem_mb(8000),
+        runtime=240,
+    conda:
+        "../../envs/paintbench.yaml"
+    shell:
+        "python -m paintbench encoder-embed --load-data {input.load_data} --illum {input.illum}"
+        " --encoders {params.encoders} {params.options} --num-workers {threads}"
+        " --qc-output {output.qc} --output {params.outputs} > {log} 2>&1"

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from paintbench.cli.options import (METADATA_DIR, ConfigOption, add_command, add_config_options, add_s3_options,
+from paintbench.cli.options import (METADATA_DIR, add_command, add_config_options, add_s3_options,
                                     resolved_metadata_dir)
 
 log = logging.getLogger("paintbench")
@@ -48,6 +48,19 @@ def cmd_profile_chain(args: argparse.Namespace) -> None:
              len(feature_columns(annotated)), len(features), args.output)
 
 
+def cmd_precomputed_profiles(args: argparse.Namespace) -> None:
+    from paintbench.atomic import write_table
+    from paintbench.metadata import plate_layout
+    from paintbench.precomputed import read_plate, well_profiles
+
+    table = read_plate(args.table, args.plate)
+    platemap = set(plate_layout(args.plate, resolved_metadata_dir(args))["Metadata_Well"])
+    wells = well_profiles(table, args.plate, args.wells.split(","), platemap, source=args.table)
+    write_table(wells, args.output)
+    log.info("plate %s: %d wells x %d features (from %d rows) -> %s", args.plate, len(wells), wells.shape[1] - 4,
+             len(table), args.output)
+
+
 def cmd_published_profiles(args: argparse.Namespace) -> None:
     from paintbench.metadata import plate_info
     from paintbench.published import build_published
@@ -86,6 +99,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="the processed profiles (Parquet)")
     p.add_argument("--steps-output", default=None, help="what each step did (TSV: features in/out, wells fitted on)")
     p.set_defaults(func=cmd_profile_chain)
+
+    p = add_command(sub, "precomputed-profiles", "one plate's well profiles from a table of precomputed embeddings",
+                    ["paintbench precomputed-profiles --table my_embeddings.parquet --plate BR00116991 "
+                     "--wells A01,A02,A03 --output results/profiles/mine/BR00116991.parquet"])
+    p.add_argument("--table", required=True, help="Parquet, CSV, CSV.GZ or TSV: Metadata_Plate, Metadata_Well, "
+                                                  "optional Metadata_Site, numeric features; rows per well, field or cell")
+    p.add_argument("--plate", required=True, help="the plate barcode")
+    p.add_argument("--wells", required=True, help="the run's wells of the plate, comma-separated")
+    add_config_options(p, [METADATA_DIR])
+    p.add_argument("--output", required=True, help="the plate's well profiles (Parquet)")
+    p.set_defaults(func=cmd_precomputed_profiles)
 
     p = add_command(sub, "published-profiles", "the consortium's published CellProfiler profiles as a feature set",
                     ["paintbench published-profiles --plates BR00116991 BR00116992 "

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from paintbench.cli.options import (METADATA_DIR, SKIP_BAD_FIELDS, ConfigOption, add_command, add_config_options,
-                                    add_illum, add_qc_output, illum_folder, resolved_metadata_dir)
+                                    add_illum, add_qc_output, illum_folder, resolved_metadata_dir, tagged, tagged_files)
 from paintbench.registry import CHANNELS, VIT_METHODS
 
 log = logging.getLogger("paintbench")
@@ -163,6 +163,45 @@ def cmd_vit_embed(args: argparse.Namespace) -> None:
     _write_qc(source.skipped, args.qc_output)
 
 
+ENCODER_EMBED_OPTIONS = [EMBED_OPTIONS[2], SKIP_BAD_FIELDS]  # --device, --skip-bad-fields
+
+
+def cmd_encoder_embed(args: argparse.Namespace) -> None:
+    """Every external encoder of one plate: all weights loaded first (a mismatch fails before any image is read),
+    then one pass over the images per crop geometry shared by several encoders."""
+    from paintbench.atomic import read_table
+    from paintbench.encoder_formats import resolve
+    from paintbench.vit.core import pick_device
+    from paintbench.vit.embed import embed_plate
+    from paintbench.vit.encoders import load_embedder
+    from paintbench.vit.stream import Geometry, RawSource
+
+    _set_cpu_threads(args.num_workers, args.num_workers)
+    entries = json.loads(args.encoders)
+    outputs = tagged_files(args.output, "--output")
+    if set(outputs) != set(entries):
+        raise ValueError(f"encoder-embed: --output names {sorted(outputs)}, --encoders names {sorted(entries)}: "
+                         "give one NAME=FILE per encoder")
+    specs = [resolve(name, entry) for name, entry in entries.items()]
+    device = pick_device(args.device)
+    embedders = {spec.name: load_embedder(spec, device) for spec in specs}
+    for spec in specs:
+        log.info("encoder %s: %s", spec.name, json.dumps(entries[spec.name], sort_keys=True))
+    load_data = read_table(args.load_data)
+    plate = str(load_data["Metadata_Plate"].iloc[0])
+    illum = illum_folder(args, plate, CHANNELS)
+    groups: dict[tuple, list] = {}
+    for spec in specs:
+        groups.setdefault(spec.geometry, []).append(spec)
+    skipped: dict[tuple, dict] = {}
+    for (crop, size, foreground), group in groups.items():
+        source = RawSource(load_data, illum, plate, Geometry(crop, size, foreground), args.skip_bad_fields)
+        embed_plate(source, [embedders[s.name] for s in group], [Path(outputs[s.name]) for s in group],
+                    batch_size=min(s.batch_size for s in group), device=args.device, num_workers=args.num_workers)
+        skipped |= {tuple(sorted(r.items())): r for r in source.skipped}  # a bad field is bad for every geometry
+    _write_qc(list(skipped.values()), args.qc_output)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "vit-crops", "one plate's crop centres, normalization and pretraining sample of crops",
                     ["paintbench vit-crops --load-data results/load_data/BR00116991.csv "
@@ -219,3 +258,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_config_options(p, [*EMBED_OPTIONS, NUM_WORKERS])
     p.add_argument("--output", nargs="+", required=True, help="well-level Parquet per --encoder, in the same order")
     p.set_defaults(func=cmd_vit_embed)
+
+    p = add_command(sub, "encoder-embed", "well-level embeddings of one plate by external encoders (config key encoders)",
+                    ["paintbench encoder-embed --load-data results/load_data/BR00116991.csv "
+                     "--illum results/illum/BR00116991/BR00116991_Illum{DNA,ER,RNA,AGP,Mito}.npy "
+                     "--encoders '{\"cpssl\": {\"format\": \"cellpaintssl\", \"variant\": \"dino\", "
+                     "\"checkpoint\": \"weights/DINO-ViT-S.pth\"}}' "
+                     "--output cpssl=results/profiles/cpssl/BR00116991.parquet"])
+    p.add_argument("--load-data", required=True, help="the plate's LoadData CSV")
+    add_illum(p)
+    p.add_argument("--encoders", required=True,
+                   help="JSON: name -> encoder entry (the keys of config encoders.<name>; the format's published "
+                        "defaults for the rest)")
+    add_config_options(p, [*ENCODER_EMBED_OPTIONS, NUM_WORKERS])
+    add_qc_output(p)
+    p.add_argument("--output", nargs="+", type=tagged, required=True, metavar="NAME=FILE",
+                   help="well-level Parquet of each encoder")
+    p.set_defaults(func=cmd_encoder_embed)

@@ -251,6 +251,27 @@ def bakeoff_section(summary: pd.DataFrame) -> str:
     return text
 
 
+def sources_html(config_text: str) -> str:
+    """Where the external feature sets come from (config keys encoders and precomputed), random weights named."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(config_text) or {}
+    except yaml.YAMLError:
+        return ""
+    items = []
+    for name, entry in (config.get("encoders") or {}).items():
+        weights = ("<b>random weights</b> (the format's architecture, seeded: a baseline, not the published model)"
+                   if entry.get("checkpoint") == "random" else f"weights {html.escape(str(entry.get('checkpoint')))}")
+        variant = f" {html.escape(str(entry['variant']))}" if entry.get("variant") else ""
+        items.append(f"<b>{html.escape(name)}</b>: external encoder, format {html.escape(str(entry.get('format')))}"
+                     f"{variant}, {weights}.")
+    for name, entry in (config.get("precomputed") or {}).items():
+        items.append(f"<b>{html.escape(name)}</b>: precomputed embeddings from {html.escape(str(entry.get('path')))}.")
+    return ("<p>Feature sets from outside this run's own extraction:</p><ul>" + "".join(f"<li>{i}</li>" for i in items)
+            + "</ul>") if items else ""
+
+
 def render(summary: pd.DataFrame, figures_dir: Path, figures: list[Figure], files: RunFiles, folder: str,
            config_text: str, versions: dict[str, str]) -> str:
     full = summary
@@ -265,7 +286,7 @@ def render(summary: pd.DataFrame, figures_dir: Path, figures: list[Figure], file
             "<h2>At a glance</h2><p>Fraction retrieved (q &lt; 0.05) per task and condition with its 95% interval, "
             "the mean mAP and the number of units scored (perturbations; target genes or genes in matching). "
             "Full table: <code>reports/summary.tsv</code>.</p>", glance_table(summary),
-            "<h2>Reading these numbers</h2>" + notes_html(summary), bakeoff_section(full),
+            "<h2>Reading these numbers</h2>" + notes_html(summary) + sources_html(config_text), bakeoff_section(full),
             planted_html(files, summary),
             targets_section(files, everything, measured)]
     for section, items in sections.items():

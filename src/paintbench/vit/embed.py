@@ -33,9 +33,9 @@ from tqdm import tqdm
 
 from paintbench.atomic import write_table
 from paintbench.vit.core import POOLINGS, autocast, pick_device, pool_tokens, resize_to
-from paintbench.vit.stream import CacheSource, ImageSource
+from paintbench.vit.stream import CacheSource, ImageSource, RawSource
 
-CropSource = ImageSource | CacheSource
+CropSource = ImageSource | CacheSource | RawSource
 Encoder = tuple[nn.Module, dict]  # an encoder and its config, as paintbench.vit.model.load_encoder returns them
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,34 @@ def _check(encoder_config: dict, shape: tuple[int, ...], pooling: str) -> None:
         raise ValueError(f"the encoder takes {chans} channels, the crops have {shape[0]}")
 
 
-def embed_batches(source: CropSource, encoders: Sequence[Encoder], pooling: str = "mean", batch_size: int = 256,
-                  device: str | torch.device = "auto", num_workers: int = 2,
+class PooledEncoder(nn.Module):
+    """One of paintbench's own encoders as an embedder: crops resized to its img_size, its tokens pooled."""
+
+    def __init__(self, encoder: nn.Module, config: dict, pooling: str):
+        super().__init__()
+        self.encoder, self.size, self.pooling = encoder, int(config["img_size"]), pooling
+        self.width = _width(encoder)
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return pool_tokens(self.encoder, resize_to(crops.float(), self.size), self.pooling)
+
+
+def as_embedders(encoders: Sequence[Encoder | nn.Module], shape: tuple[int, ...], pooling: str) -> list[nn.Module]:
+    """Our (encoder, config) pairs wrapped as PooledEncoder; external embedders (paintbench.vit.encoders.Embedder)
+    as they are: each maps a batch of crops to (B, width) embeddings."""
+    out = []
+    for item in encoders:
+        if isinstance(item, nn.Module):
+            out.append(item)
+            continue
+        encoder, config = item
+        _check(config, shape, pooling)
+        out.append(PooledEncoder(encoder, config, pooling))
+    return out
+
+
+def embed_batches(source: CropSource, encoders: Sequence[Encoder | nn.Module], pooling: str = "mean",
+                  batch_size: int = 256, device: str | torch.device = "auto", num_workers: int = 2,
                   progress: bool = True) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
     """Yield (field number of each crop, one (B, D) float32 embedding per encoder, on the device) per batch.
 
@@ -65,16 +91,14 @@ def embed_batches(source: CropSource, encoders: Sequence[Encoder], pooling: str 
     caller; the embeddings are inference tensors (read them, or update tensors in inference_mode).
     """
     device = device if isinstance(device, torch.device) else pick_device(device)
-    for _, encoder_config in encoders:
-        _check(encoder_config, source.shape, pooling)
-    models = [(encoder.to(device).eval(), int(config["img_size"])) for encoder, config in encoders]
+    models = [m.to(device).eval() for m in as_embedders(encoders, source.shape, pooling)]
     cuda = device.type == "cuda"
-    with tqdm(total=int(source.fields["crops"].sum()), desc="embed", unit="crop", mininterval=5,
+    with tqdm(total=int(source.fields["crops"].sum()) or None, desc="embed", unit="crop", mininterval=5,
               disable=not progress) as bar:
         for crops, codes in source.batches(batch_size, num_workers, pin_memory=cuda):
             with torch.inference_mode(), autocast(device):
                 x = crops.to(device, non_blocking=cuda).float()
-                embeddings = [pool_tokens(encoder, resize_to(x, size), pooling) for encoder, size in models]
+                embeddings = [model(x).float() for model in models]
             bar.update(len(crops))
             yield codes, embeddings
 
@@ -83,14 +107,15 @@ def _width(encoder: nn.Module) -> int:
     return int(getattr(encoder, "num_features", 0) or encoder.embed_dim)
 
 
-def embed_plate(source: CropSource, encoders: Sequence[Encoder], outputs: Sequence[str | Path], pooling: str = "mean",
+def embed_plate(source: CropSource, encoders: Sequence[Encoder | nn.Module], outputs: Sequence[str | Path], pooling: str = "mean",
                 batch_size: int = 256, device: str = "auto", num_workers: int = 2) -> list[pd.DataFrame]:
     """Write each encoder's well-level embeddings of one plate's crops to its output (see the module docstring);
     returns the tables, in the encoders' order."""
     if len(encoders) != len(outputs):
         raise ValueError(f"{len(encoders)} encoders but {len(outputs)} outputs")
     device_ = pick_device(device)
-    fields, dims = source.fields, [_width(encoder) for encoder, _ in encoders]
+    encoders = as_embedders(encoders, source.shape, pooling)
+    fields, dims = source.fields, [int(model.width) for model in encoders]
     with torch.inference_mode():
         sums = [torch.zeros(len(fields), dim, dtype=torch.float64, device=device_) for dim in dims]
     counts = np.zeros(len(fields), np.int64)
@@ -110,8 +135,8 @@ def embed_plate(source: CropSource, encoders: Sequence[Encoder], outputs: Sequen
         field_means = total.cpu().numpy()[kept] / counts[kept, None]
         wells = well_means(fields[kept].assign(crops=counts[kept]).reset_index(drop=True), field_means)
         write_table(wells, output)
-        log.info("%s: %d wells, %d fields, %d crops, %d dimensions (%s pooling)", output, len(wells),
-                 int(kept.sum()), int(counts.sum()), field_means.shape[1], pooling)
+        log.info("%s: %d wells, %d fields, %d crops, %d dimensions", output, len(wells), int(kept.sum()),
+                 int(counts.sum()), field_means.shape[1])
         tables.append(wells)
     return tables
 

@@ -63,22 +63,46 @@ def tile_centres(shape: tuple[int, int], crop_size: int) -> np.ndarray:
     return np.stack([ys.ravel(), xs.ravel()], axis=1).astype(np.int64)
 
 
+def corner_tiles(shape: tuple[int, int], crop_size: int) -> np.ndarray:
+    """(n, 2) centres of non-overlapping tiles laid from the top-left corner, the remainder dropped (the tiling of
+    torch's unfold with stride = size, as CellPaintSSL tiles a field)."""
+    (h, w), s = shape, crop_size
+    ys, xs = np.meshgrid(s * np.arange(h // s) + s // 2, s * np.arange(w // s) + s // 2, indexing="ij")
+    return np.stack([ys.ravel(), xs.ravel()], axis=1).astype(np.int64)
+
+
+def foreground_tiles(dna: np.ndarray, centres: np.ndarray, crop_size: int, fraction: float,
+                     otsu_factor: float) -> np.ndarray:
+    """The tiles (centres) with at least `fraction` of their pixels above `otsu_factor` x the Otsu threshold of
+    the field's DNA channel; the middle tile when none is (a field is never left without an embedding)."""
+    if not len(centres):
+        return centres
+    if dna.max() <= dna.min():
+        return centres[[len(centres) // 2]]
+    mask = dna > otsu_factor * threshold_otsu(dna)
+    p = crop_size // 2
+    share = np.array([mask[y - p : y - p + crop_size, x - p : x - p + crop_size].mean() for y, x in centres])
+    keep = share >= fraction
+    return centres[keep] if keep.any() else centres[[len(centres) // 2]]
+
+
 def _reflect(i: np.ndarray, n: int) -> np.ndarray:
     """Indices past either end of 0 ... n-1 mirrored about the edge pixel (numpy's 'reflect' padding)."""
     i = np.abs(i)
     return np.where(i >= n, 2 * (n - 1) - i, i)
 
 
-def extract_crops(field: np.ndarray, centres: np.ndarray, crop_size: int, out: np.ndarray | None = None) -> np.ndarray:
-    """(n, C, S, S) float16 crops covering [c - S//2, c - S//2 + S) around each centre, reflected past the border.
+def extract_crops(field: np.ndarray, centres: np.ndarray, crop_size: int, out: np.ndarray | None = None,
+                  dtype: type = np.float16) -> np.ndarray:
+    """(n, C, S, S) crops covering [c - S//2, c - S//2 + S) around each centre, reflected past the border.
 
-    Written into `out` when given (e.g. the rows of a memmap). The field is cast to float16 once (crops of
-    nuclei overlap); border crops gather mirrored indices.
+    Written into `out` when given (e.g. the rows of a memmap). The field is cast to `dtype` once (crops of
+    nuclei overlap): float16 for normalized fields, float32 for camera units (float16 ends at 65504).
     """
     s, p = crop_size, crop_size // 2
-    field = field.astype(np.float16, copy=False)
+    field = field.astype(dtype, copy=False)
     if out is None:
-        out = np.empty((len(centres), field.shape[0], s, s), dtype=np.float16)
+        out = np.empty((len(centres), field.shape[0], s, s), dtype=dtype)
     h, w = field.shape[1:]
     for k, (y, x) in enumerate(centres):
         y0, x0 = y - p, x - p

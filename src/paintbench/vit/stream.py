@@ -8,12 +8,16 @@ Where the crops come from is a `CropSource`: its `fields` table (FIELD_KEY + cro
   field boundaries. A field that cannot be read is skipped and recorded (`skipped`) when allowed, else raised.
 - `CacheSource`: crops already in a cache (<prefix>.npy, read in contiguous memmap slices): an existing cache of
   every crop, or tests.
+- `RawSource`: an external encoder's crops (paintbench.vit.encoders): illumination-corrected camera units (float32),
+  cut where that encoder's format cuts them (tiles from the top-left corner with a DNA foreground filter, or nuclei
+  found in the field), every field of the LoadData table; each encoder scales them itself.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -22,8 +26,10 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from paintbench.registry import CHANNELS
 from paintbench.vit.crops import bad_field, cache_files
-from paintbench.vit.fields import FIELD_KEY, FieldReader
+from paintbench.vit.fields import (DNA, FIELD_KEY, FieldReader, corner_tiles, extract_crops, find_nuclei,
+                                     foreground_tiles)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +63,29 @@ class _FieldCrops(Dataset):
             return {"task": i, "error": str(err)}
 
 
+def _pack(loader, rows: list[dict], skip: bool, skipped: list[dict], batch_size: int) -> Iterator[Batch]:
+    """Crops of consecutive fields packed into model batches across field boundaries."""
+    pending, codes, held = [], [], 0
+    for item in loader:
+        i = int(item["task"])
+        if bad_field(item, rows[i], "vit_embed", skip, skipped):
+            continue
+        pending.append(item["crops"])
+        codes.append(torch.full((len(item["crops"]),), i, dtype=torch.int64))
+        held += len(item["crops"])
+        while held >= batch_size:
+            crops, fields = torch.cat(pending), torch.cat(codes)
+            yield crops[:batch_size], fields[:batch_size]
+            pending, codes, held = [crops[batch_size:]], [fields[batch_size:]], held - batch_size
+    if held:
+        yield torch.cat(pending), torch.cat(codes)
+
+
+def _loader(tasks: Dataset, num_workers: int, pin_memory: bool) -> DataLoader:
+    return DataLoader(tasks, batch_size=None, shuffle=False, num_workers=num_workers, pin_memory=pin_memory,
+                      prefetch_factor=4 if num_workers > 0 else None)
+
+
 class ImageSource:
     """Every crop of one plate, decoded from its images in DataLoader workers."""
 
@@ -80,22 +109,61 @@ class ImageSource:
 
     def batches(self, batch_size: int, num_workers: int = 2, pin_memory: bool = False) -> Iterator[Batch]:
         tasks = _FieldCrops(self.rows, self.centres, self.reader, self.crop_size)
-        loader = DataLoader(tasks, batch_size=None, shuffle=False, num_workers=num_workers, pin_memory=pin_memory,
-                            prefetch_factor=4 if num_workers > 0 else None)
-        pending, codes, held = [], [], 0
-        for item in loader:
-            i = int(item["task"])
-            if bad_field(item, self.rows[i], "vit_embed", self.skip, self.skipped):
-                continue
-            pending.append(item["crops"])
-            codes.append(torch.full((len(item["crops"]),), i, dtype=torch.int64))
-            held += len(item["crops"])
-            while held >= batch_size:
-                crops, fields = torch.cat(pending), torch.cat(codes)
-                yield crops[:batch_size], fields[:batch_size]
-                pending, codes, held = [crops[batch_size:]], [fields[batch_size:]], held - batch_size
-        if held:
-            yield torch.cat(pending), torch.cat(codes)
+        yield from _pack(_loader(tasks, num_workers, pin_memory), self.rows, self.skip, self.skipped, batch_size)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where an external encoder's crops are cut: 'tiles' (from the top-left corner, stride = size; with
+    `foreground`, only tiles with >= fraction of DNA pixels above otsu_factor x Otsu) or 'nuclei'."""
+
+    crop: str
+    crop_size: int
+    foreground: tuple = ()
+
+    def centres(self, field: np.ndarray) -> np.ndarray:
+        if self.crop == "nuclei":
+            return find_nuclei(field[DNA])
+        centres = corner_tiles(field.shape[1:], self.crop_size)
+        options = dict(self.foreground)
+        if options:
+            centres = foreground_tiles(field[DNA], centres, self.crop_size, options["fraction"], options["otsu_factor"])
+        return centres
+
+
+class _RawCrops(Dataset):
+    def __init__(self, rows: list[dict], reader: FieldReader, geometry: Geometry):
+        self.rows, self.reader, self.geometry = rows, reader, geometry
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        from paintbench.images import BadFieldError
+
+        try:
+            field = self.reader.corrected(self.rows[i], list(CHANNELS))
+            crops = extract_crops(field, self.geometry.centres(field), self.geometry.crop_size, dtype=np.float32)
+            return {"task": i, "crops": torch.from_numpy(crops)}
+        except BadFieldError as err:
+            return {"task": i, "error": str(err)}
+
+
+class RawSource:
+    """Every field of a plate's LoadData table, cut by one Geometry, in illumination-corrected camera units."""
+
+    def __init__(self, load_data: pd.DataFrame, illum_dir: str | Path, plate: str, geometry: Geometry,
+                 skip_bad_fields: bool = False):
+        table = load_data.astype({"Metadata_Plate": str, "Metadata_Well": str, "Metadata_Site": int})
+        self.rows = table.to_dict("records")
+        self.fields = table[FIELD_KEY].reset_index(drop=True).assign(crops=0)  # counted as they are cut
+        self.reader, self.geometry, self.skip = FieldReader(illum_dir, plate), geometry, skip_bad_fields
+        self.skipped: list[dict] = []
+        self.shape = (len(CHANNELS), geometry.crop_size, geometry.crop_size)
+
+    def batches(self, batch_size: int, num_workers: int = 2, pin_memory: bool = False) -> Iterator[Batch]:
+        tasks = _RawCrops(self.rows, self.reader, self.geometry)
+        yield from _pack(_loader(tasks, num_workers, pin_memory), self.rows, self.skip, self.skipped, batch_size)
 
 
 class _CacheSlices(Dataset):
@@ -129,9 +197,7 @@ class CacheSource:
         self.shape = tuple(np.load(self.path, mmap_mode="r").shape[1:])
 
     def batches(self, batch_size: int, num_workers: int = 2, pin_memory: bool = False) -> Iterator[Batch]:
-        slices = _CacheSlices(self.path, len(self.codes), batch_size)
-        loader = DataLoader(slices, batch_size=None, shuffle=False, num_workers=num_workers, pin_memory=pin_memory,
-                            prefetch_factor=4 if num_workers > 0 else None)
+        loader = _loader(_CacheSlices(self.path, len(self.codes), batch_size), num_workers, pin_memory)
         codes = torch.from_numpy(self.codes)
         start = 0
         for crops in loader:
