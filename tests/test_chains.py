@@ -340,3 +340,17 @@ def test_apply_chain_records_each_step_and_keeps_metadata_and_row_order():
     none, same, record = apply_chain(table, ["none"])
     assert same == [f"Cells_F{i}" for i in range(6)] and record.loc[0, "fitted_on"] == "none"
     assert record.loc[0, "n_fit_wells"] == 0
+
+
+def test_a_chain_that_leaves_too_little_names_the_feature_set_the_step_and_the_fix():
+    """Wells that do not differ (every value equal): pycytominer's variance filter keeps nothing; the message says
+    which feature set, chain and step, and what to change, instead of the library's own words."""
+    table = plates_table(2, 12, 6, 4)
+    table[[c for c in table.columns if c.startswith("Cells_")]] = 1.0
+    with pytest.raises(ValueError, match=r"cellprofiler/mad_featselect: step 'featselect' .*run a chain without "
+                                         r"featselect for cellprofiler \(config key profiles.feature_sets"):
+        apply_chain(table, ["featselect"], name="cellprofiler/mad_featselect")
+    few = plates_table(2, 12, 3, 4)
+    with pytest.raises(ValueError, match=r"vitdino/mad: the profiles have 3 feature\(s\), fewer than config key "
+                                         r"'profiles.min_features' \(5\)"):
+        apply_chain(few, ["mad"], name="vitdino/mad", min_features=5)

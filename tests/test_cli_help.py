@@ -79,7 +79,7 @@ def test_renamed_options_keep_their_old_names_hidden():
         assert old[0] not in COMMANDS["profiles"].format_help()
         done = subprocess.run([sys.executable, "-m", "paintbench", "profiles", "--wells", "w.parquet", "--output",
                                "n.parquet", *old], capture_output=True, text=True)
-        assert done.returncode == 1 and f"profiles --{old[0][2:]}" in done.stderr and "profile-chain" in done.stderr
+        assert done.returncode == 3 and f"profiles --{old[0][2:]}" in done.stderr and "profile-chain" in done.stderr
 
 
 def test_check_config_keeps_its_positional_form():

@@ -100,6 +100,6 @@ def test_too_many_holes_fail_the_plate_naming_it(holey_run, tmp_path):
                "--max-missing-fraction", "0.05", "--qc-output", str(tmp_path / "qc.tsv"),
                "--output", str(tmp_path / "load_data.csv")]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
-    assert done.returncode == 1
+    assert done.returncode == 3
     assert f"plate {PLATES[0]}: 2 of {2 * len(wells)} requested fields" in done.stderr
     assert "qc.max_missing_fraction 0.05" in done.stderr and not (tmp_path / "load_data.csv").exists()

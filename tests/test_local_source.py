@@ -59,7 +59,7 @@ def test_local_source_names_the_missing_channel(tmp_path, user_metadata):
     args = ["download", "--source", "local", "--plate", "BR00143976", "--wells", "C03", "--sites", "3",
             "--channels", channels, "--image-dir", str(images), "--metadata-dir", str(user_metadata),
             "--output", str(output)]
-    assert paintbench(args) == 1
+    assert paintbench(args) == 3  # DETERMINISTIC_EXIT: a missing image cannot appear on a retry
     assert not output.exists()
 
 
@@ -69,7 +69,10 @@ def test_local_source_through_snakemake(tmp_path, user_metadata):
     snakemake([
         str(tmp_path / "results" / "load_data" / "BR00143976.csv"),
         "--cores", "1", "--configfile", str(REPO / "config" / "demo.yaml"),
-        "--config", "source=local", "plates=[BR00143976]", "wells=[C03]", "sites=[3]", "genes=null",
+        # C03 (the real field, DMSO) and A02, another DMSO well without images: normalization needs two negative
+        # controls per plate (checked before any job), and the missing field is a recorded hole
+        "--config", "source=local", "plates=[BR00143976]", "wells=[C03,A02]", "sites=[3]", "genes=null",
+        "qc={max_missing_fraction: 0.5}",
         f"channels={channels}", f"metadata_dir={user_metadata}", f"local={{image_dir: {REAL_SITE}}}",
         f"results_dir={tmp_path / 'results'}",
     ], cwd=tmp_path)

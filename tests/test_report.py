@@ -152,11 +152,11 @@ def test_query_puts_the_planted_target_first(small_demo_run):
 def test_query_unknown_names_suggest_close_matches(small_demo_run):
     _, results = small_demo_run
     done = paintbench("query", "--results-dir", str(results), "--compound", "apatinb")
-    assert done.returncode == 1 and "unknown compound 'apatinb'" in done.stderr and "did you mean apatinib" in done.stderr
+    assert done.returncode == 3 and "unknown compound 'apatinb'" in done.stderr and "did you mean apatinib" in done.stderr
     done = paintbench("query", "--results-dir", str(results), "--gene", "CKS")
-    assert done.returncode == 1 and "did you mean CSK" in done.stderr
+    assert done.returncode == 3 and "did you mean CSK" in done.stderr
     done = paintbench("query", "--results-dir", str(results), "--feature-set", "dino", "--gene", "CSK")
-    assert done.returncode == 1 and "feature set 'dino': name one of its chains" in done.stderr
+    assert done.returncode == 3 and "feature set 'dino': name one of its chains" in done.stderr
 
 
 def test_polypharmacology_call_follows_the_planted_target(small_demo_run):

@@ -165,3 +165,23 @@ def test_killed_snakemake_recovers_with_the_documented_command(cluster, tmp_path
     assert encoder.exists()
     log = pd.read_csv(encoder.parent / "train_log.tsv", sep="\t")
     assert log["step"].is_unique and log["step"].max() == RETRY_STEPS
+
+
+def test_a_deterministic_failure_is_not_retried_on_the_cluster(cluster, tmp_path):
+    """profiles/slurm resubmits a failed job twice: a precomputed table lacking a well of the run fails on its input,
+    and the resubmitted jobs stop at once saying so (the rule's log is the last attempt's)."""
+    config = tiny_config(tmp_path)
+    data = yaml.safe_load(Path(config).read_text())
+    table = tmp_path / "mine.csv"
+    pd.DataFrame({"Metadata_Plate": [TINY_PLATES[0]], "Metadata_Well": ["A01"], "x": [1.0]}).to_csv(table, index=False)
+    data["precomputed"] = {"mine": {"path": str(table)}}
+    Path(config).write_text(yaml.safe_dump(data))
+    since = datetime.now()
+    target = f"results/profiles/mine/{TINY_PLATES[0]}.parquet"
+    run = subprocess.run(cluster_command(tmp_path, config, [target]), env=cluster, capture_output=True, text=True,
+                         timeout=900)
+    assert run.returncode != 0
+    jobs = sacct_rules(cluster, since).query("rule == 'precomputed_profiles'")
+    assert len(jobs) == 3 and (jobs["state"] == "FAILED").all(), jobs  # the first try and two resubmissions
+    log = (tmp_path / "results" / "logs" / "precomputed_profiles" / "mine" / f"{TINY_PLATES[0]}.log").read_text()
+    assert "not retried (attempt 3)" in log and "well(s) of the run have no row" in log

@@ -355,6 +355,12 @@ def check_chain(steps: list[str], columns: list[str], name: str = "chain",
                 raise ValueError(f"{name}: step {step!r} needs column {column}, which the feature set's profiles lack")
 
 
+def few_features_fix(name: str, step: str) -> str:
+    """What to change when a step leaves too little: the data, or the chains of the feature set."""
+    return (f". Its wells do not differ enough for it (too few distinct wells, perturbations or plates?); or run a "
+            f"chain without {step} for {name.split('/')[0]} (config key profiles.feature_sets, or its entry's chains)")
+
+
 def _record(step: str, table: pd.DataFrame, n_in: int, n_out: int, detail: str) -> dict[str, Any]:
     fitted_on = STEPS[step].fitted_on
     n_fit = {"negcon": int(_negcon(table).sum()) if fitted_on == "negcon" else 0, "all wells": len(table),
@@ -364,17 +370,29 @@ def _record(step: str, table: pd.DataFrame, n_in: int, n_out: int, detail: str) 
             "n_fit_wells": n_fit, "controls_per_feature": per_feature, "detail": detail}
 
 
-def apply_chain(table: pd.DataFrame, steps: list[str],
-                options: dict[str, dict] | None = None) -> tuple[pd.DataFrame, list[str], pd.DataFrame]:
+def apply_chain(table: pd.DataFrame, steps: list[str], options: dict[str, dict] | None = None, name: str = "chain",
+                min_features: int = 1) -> tuple[pd.DataFrame, list[str], pd.DataFrame]:
     """Run `steps` in order: (the processed table, Metadata_ columns and row order kept; its features; one record
-    per step: features in/out, what it fitted on and how many wells, controls per feature, detail)."""
-    check_chain(steps, list(table.columns), options=options)
+    per step: features in/out, what it fitted on and how many wells, controls per feature, detail). A step that
+    fails, or leaves fewer than `min_features`, stops the chain with a message naming `name` (FS/CHAIN) and the
+    step, and saying what to change."""
+    check_chain(steps, list(table.columns), name=name, options=options)
     metadata = [c for c in table.columns if c.startswith("Metadata_")]
     features = [c for c in feature_columns(table) if table[c].notna().any()]
     current = pd.concat([table[metadata], table[features].astype(np.float64)], axis=1)
+    if len(features) < min_features:
+        raise ValueError(f"{name}: the profiles have {len(features)} feature(s), fewer than config key "
+                         f"'profiles.min_features' ({min_features})")
     records = []
     for step in steps:
-        values, detail = STEPS[step].run(current, features, step_options(step, options))
+        try:
+            values, detail = STEPS[step].run(current, features, step_options(step, options))
+        except ValueError as error:
+            raise ValueError(f"{name}: step {step!r} on {len(current)} wells x {len(features)} features: {error}"
+                             f"{few_features_fix(name, step)}") from error
+        if values.shape[1] < min_features:
+            raise ValueError(f"{name}: step {step!r} kept {values.shape[1]} of {len(features)} features, fewer than "
+                             f"config key 'profiles.min_features' ({min_features}){few_features_fix(name, step)}")
         finite_in = np.isfinite(current[features].to_numpy()).all()
         if finite_in and not np.isfinite(values.to_numpy(np.float64)).all():
             raise ValueError(f"step {step!r} produced non-finite values from finite profiles")

@@ -334,11 +334,23 @@ def coerce_to_schema(value: Any, schema: dict[str, Any]) -> Any:
     return value
 
 
-def check_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Schema (with defaults) then semantic checks. Returns the same dict, completed."""
+def check_config(config: dict[str, Any], preflight: bool = True) -> dict[str, Any]:
+    """Schema (with defaults), semantic checks, then the pre-flight of the plates and images
+    (paintbench.preflight: its errors raise, naming every problem; its warnings are logged). Returns the same dict,
+    completed."""
     config.update(coerce_to_schema(config, load_schema()))
     validate_schema(config)
     check_semantics(config)
+    if preflight:
+        from paintbench.preflight import preflight as run_preflight
+
+        findings = run_preflight(config, resolve_input_path(config["metadata_dir"]))
+        for finding in findings:
+            if finding.level == "warning":
+                log.warning("%s", finding.message)
+        errors = [finding.message for finding in findings if finding.level == "error"]
+        if errors:
+            raise ConfigError("\n  ".join(["the run cannot succeed:", *errors]))
     return config
 
 
@@ -370,10 +382,14 @@ def parse_config_overrides(entries: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Read a YAML config file, merge overrides section by section as `--config k=v` does, validate."""
+def load_config(paths: str | Path | list[str | Path], overrides: dict[str, Any] | None = None,
+                preflight: bool = True) -> dict[str, Any]:
+    """Read YAML config files, each layered over the one before, then the overrides section by section (as Snakemake
+    layers several --configfile and --config); validate (preflight: also the plates and images)."""
     from snakemake.utils import update_config
 
-    config = yaml.safe_load(Path(path).read_text()) or {}
+    config: dict[str, Any] = {}
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        update_config(config, yaml.safe_load(Path(path).read_text()) or {})
     update_config(config, overrides or {})
-    return check_config(config)
+    return check_config(config, preflight)

@@ -21,7 +21,7 @@ from paintbench.images import tiff_problem
 from paintbench.layout import all_wells
 from paintbench.loaddata import FileIndex, file_name, load_data_table
 from paintbench.metadata import Plate
-from paintbench.qc import check_missing_fraction, qc_table, record
+from paintbench.qc import TooManyMissingError, check_missing_fraction, qc_table, record
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,24 @@ def fetch_images(plate: Plate, wells: list[str], sites: list[int], channels: dic
     return []
 
 
+def missing_summary(records: list[dict], files: FileIndex, sites: list[int], channels: dict[str, int]) -> str:
+    """What is missing, by site and channel, beside what the plate's images have: which key to change."""
+    found_sites = sorted({site for _, site, _ in files})
+    found_channels = sorted({channel for _, _, channel in files})
+    absent_sites = [s for s in sites if s not in found_sites]
+    absent_channels = [f"{name} (ch{number})" for name, number in channels.items() if number not in found_channels]
+    parts = []
+    if absent_sites:
+        parts.append(f"site(s) {', '.join(map(str, absent_sites))} are in no file (config key 'sites')")
+    if absent_channels:
+        parts.append(f"channel(s) {', '.join(absent_channels)} are in no file (config key 'channels')")
+    if not parts:
+        parts.append(f"{len(records)} image(s) missing or damaged in the requested fields")
+    have = (f"the plate's images have sites {', '.join(map(str, found_sites)) or 'none'} and channels "
+            f"{', '.join(map(str, found_channels)) or 'none'}")
+    return f"Missing: {'; '.join(parts)}; {have}."
+
+
 def prepare_plate(plate: Plate, wells: list[str] | str, sites: list[int] | str, channels: dict[str, int],
                   image_dir: str | Path, image_pattern: str, source: S3Source | SyntheticSource | None,
                   max_missing_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -115,7 +133,11 @@ def prepare_plate(plate: Plate, wells: list[str] | str, sites: list[int] | str, 
     files: FileIndex = index_image_folder(image_dir, image_pattern, plate.barcode)  # one listing of the folder
     records += field_problems(plate.barcode, image_dir, wells, sites, channels, known, files)
     incomplete = {(r["Metadata_Well"], int(r["Metadata_Site"])) for r in records}
-    check_missing_fraction(plate.barcode, len(wells) * len(sites), len(incomplete), max_missing_fraction)
+    try:
+        check_missing_fraction(plate.barcode, len(wells) * len(sites), len(incomplete), max_missing_fraction)
+    except TooManyMissingError as error:
+        error.records = qc_table(records)  # what the job found, kept by the command although the job fails
+        raise TooManyMissingError(f"{error} {missing_summary(records, files, sites, channels)}") from error
     table = load_data_table(plate.barcode, image_dir, wells, sites, channels, exclude=incomplete, files=files)
     log.info("plate %s: LoadData table with %d fields (%d field(s) left out)", plate.barcode, len(table),
              len(incomplete))

@@ -17,6 +17,7 @@ functions (what CellProfiler's SaveImages commonly writes back into the image fo
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,3 +163,15 @@ def index_image_folder(folder: str | Path, pattern: str, plate: str) -> dict[Fie
     path = Path(folder)
     names = [p.name for p in path.iterdir() if p.is_file()] if path.is_dir() else []
     return index_names(names, pattern, plate, str(path))
+
+
+def folder_digest(folder: str | Path) -> str:
+    """A digest of a folder's image files (name, size, modification time in ns); '' when it does not exist."""
+    import hashlib
+
+    path = Path(folder)
+    if not path.is_dir():
+        return ""
+    entries = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(path)
+                     if e.is_file() and is_image_file(e.name))
+    return hashlib.sha1(repr(entries).encode()).hexdigest()[:16]

@@ -33,7 +33,7 @@ RATES = {
                                      "scripts/bench_cellprofiler.py --densities 100,200,300 (README table)"),
     "cellprofiler_features": Rate(2700, "float32 values per cell", "analysis.cppipe single-cell table (README)"),
     "decode_s_per_field": Rate(0.085, "s per field per core (5 channels decoded, corrected)",
-                               "DESIGN.md / scripts/bench_vit.py, real 1080 px LZW fields"),
+                               "scripts/bench_vit.py, real 1080 px LZW fields (docs/performance.md)"),
     "gpu_embed_crops_per_s": Rate(3000.0, "ViT-S/16 224 px crops/s, AMP, one RTX 3090",
                                   "timm results/benchmark-infer-amp-nchw-pt112-cu113-rtx3090.csv (not measured here)"),
     "gpu_train_crops_per_s": Rate(1053.0, "ViT-S/16 224 px training crops/s, AMP, one RTX 3090 (full ViT; an MAE "
@@ -63,8 +63,8 @@ def view_cost(method: str, settings: dict[str, Any]) -> float:
     return 1.0
 
 
-def image_bytes(n_fields: int, image_mb: float | None = None) -> float:
-    return n_fields * CHANNELS_READ * (image_mb or rate("image_mb")) * MB
+def image_bytes(n_fields: int, image_mb: float | None = None, mapped: int = CHANNELS_READ) -> float:
+    return n_fields * mapped * (image_mb or rate("image_mb")) * MB
 
 
 def single_cell_bytes(n_cells: float) -> float:
@@ -94,7 +94,7 @@ def estimate(config: dict[str, Any], metadata_dir: str, cells_per_field: float =
     wells, fields = sum(c[0] for c in counts), sum(c[1] for c in counts)
     cells = fields * cells_per_field
     vit = config["vit"]
-    images = any(fs in IMAGE_FEATURE_SETS for fs in config["feature_sets"])
+    images = any(fs in IMAGE_FEATURE_SETS for fs in config["feature_sets"]) or bool(config["encoders"])
     crop_size = int(vit["crop_size"])
     per_field = min(cells_per_field, vit["max_crops_per_field"] or cells_per_field)
     sample = min(per_field, vit["pretrain_crops_per_field"] or per_field)
@@ -107,11 +107,20 @@ def estimate(config: dict[str, Any], metadata_dir: str, cells_per_field: float =
                                                                                      "fields: 100-300)"),
     ]
     if images:
-        rows += [
-            ("images to download", round(fields * CHANNELS_READ), "TIFFs", "5 fluorescent channels per field"),
-            ("download", round(image_bytes(fields) / 1e9, 1), "GB", RATES["image_mb"].source),
-            ("illumination functions", round(len(plates) * illum_bytes() / 1e9, 2), "GB", "5 float32 fields per plate"),
-        ]
+        mapped = sum(1 for number in config["channels"].values() if number is not None)
+        what = f"{mapped} channels of config key 'channels' per field"
+        if config["source"] == "local":  # read in place: nothing is downloaded or copied
+            rows += [("images read in place", round(fields * mapped), "TIFFs", what + "; local folders, not copied")]
+        else:
+            rows += [
+                ("images to download" if config["source"] == "s3" else "images generated", round(fields * mapped),
+                 "TIFFs", what),
+                ("download" if config["source"] == "s3" else "synthetic images", round(image_bytes(fields, mapped=mapped)
+                                                                                     / 1e9, 1), "GB",
+                 RATES["image_mb"].source),
+            ]
+        rows += [("illumination functions", round(len(plates) * illum_bytes() / 1e9, 2), "GB",
+                  f"{CHANNELS_READ} float32 fields per plate")]
     if CELLPROFILER in config["feature_sets"]:
         cp_hours = fields * rate("cellprofiler_s_per_field") / 3600
         rows += [

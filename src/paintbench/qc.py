@@ -41,11 +41,11 @@ def check_missing_fraction(plate: str, n_requested: int, n_missing: int, max_fra
     """Raise when nothing is left of a plate or more than `max_fraction` of its requested fields are missing."""
     if n_requested and n_missing >= n_requested:
         raise TooManyMissingError(f"plate {plate}: none of its {n_requested} requested field(s) is complete; "
-                                  "nothing to process (see the QC table for what is missing)")
+                                  "nothing to process.")
     if n_requested and n_missing / n_requested > max_fraction:
         raise TooManyMissingError(
             f"plate {plate}: {n_missing} of {n_requested} requested fields ({n_missing / n_requested:.1%}) are missing "
-            f"or unreadable, more than qc.max_missing_fraction {max_fraction:g} allows")
+            f"or unreadable, more than qc.max_missing_fraction {max_fraction:g} allows.")
     if n_missing:
         log.warning("plate %s: %d of %d requested field(s) missing or unreadable: left out and recorded",
                     plate, n_missing, n_requested)

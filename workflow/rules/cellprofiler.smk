@@ -18,13 +18,14 @@ rule cellprofiler_shard:
         options=lambda wildcards: options(CELLPROFILER_OPTIONS),
     threads: 1
     resources:
+        attempt=attempt_number,
         mem_mb=mem_mb(4000),
         disk_mb=lambda wildcards: disk_mb("cellprofiler")(wildcards) // len(plate_shards(wildcards.plate)),
         runtime=lambda wildcards: 30 + 3 * len(shard_wells_of(wildcards.plate, wildcards.shard)) * len(plate_sites(wildcards.plate)),
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench cellprofiler --load-data {input.load_data} --wells {params.wells}"
+        "PAINTBENCH_ATTEMPT={resources.attempt} python -m paintbench cellprofiler --load-data {input.load_data} --wells {params.wells}"
         " --illum {input.illum} {params.options}"
         " --output {output.single_cells} --qc-output {output.qc} > {log} 2>&1"
 
@@ -44,11 +45,12 @@ rule cellprofiler_well_profiles:
         PATHS.benchmark("cellprofiler_well_profiles", "{plate}")
     threads: 1
     resources:
+        attempt=attempt_number,
         mem_mb=mem_mb(4000),
         disk_mb=disk_mb("cellprofiler"),
         runtime=60,
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench well-profiles --single-cells {input.single_cells} --qc {input.qc} --operation median"
+        "PAINTBENCH_ATTEMPT={resources.attempt} python -m paintbench well-profiles --single-cells {input.single_cells} --qc {input.qc} --operation median"
         " --merged-single-cells {output.single_cells} --qc-output {output.qc} --output {output.profiles} > {log} 2>&1"

@@ -14,7 +14,7 @@ from paintbench.cli.illum import ILLUM_OPTIONS
 from paintbench.cli.cellprofiler import CELLPROFILER_OPTIONS
 from paintbench.cli.options import METADATA_DIR as METADATA_DIR_OPTION
 from paintbench.cli.options import S3_OPTIONS, render
-from paintbench.cli.profiles import PROFILE_OPTIONS
+from paintbench.cli.profiles import PROFILE_CHAIN_OPTIONS, PROFILE_OPTIONS
 from paintbench.cli.retrieval import LAYOUT_CONTROL_OPTIONS, RETRIEVAL_OPTIONS
 from paintbench.cli.target_id import TARGET_ID_OPTIONS
 from paintbench.cli.vit import (CROP_OPTIONS, EMBED_OPTIONS, ENCODER_EMBED_OPTIONS, MODEL_OPTIONS, PRETRAIN_OPTIONS,
@@ -22,6 +22,7 @@ from paintbench.cli.vit import (CROP_OPTIONS, EMBED_OPTIONS, ENCODER_EMBED_OPTIO
 from paintbench.config import (feature_set_chains, profile_chains, resolve_command, resolve_input_path,
                                run_feature_sets, vit_method)
 from paintbench.metadata import known_plates, plate_info, plate_layout, select_wells
+from paintbench.image_pattern import folder_digest
 from paintbench.paths import RunPaths, crop_prefix
 from paintbench.plan import plate_disk_mb
 from paintbench.registry import (CELLPROFILER, CHANNELS, FEATURE_SET_METHODS, IMAGE_FEATURE_SETS, MATCHING_TASKS,
@@ -93,6 +94,12 @@ def gpu_request(gpus: int) -> int:
     return 0 if VIT["device"] == "cpu" else gpus
 
 
+def attempt_number(wildcards, attempt) -> int:
+    """The job's attempt, 1 then 2, ... on retries (resources.attempt): paintbench exits at once, saying so, on a
+    retry of a command whose first attempt failed on its input or configuration, which a rerun cannot change."""
+    return attempt
+
+
 def mem_mb(request: int) -> int:
     return min(request, MACHINE_MEM_MB) if LOCAL_RUN else request
 
@@ -146,6 +153,12 @@ def plate_image_dir(plate: str) -> str:
     if config["source"] == "local":
         return config["local"]["image_dir"].format(plate=plate, data_dir=DATA)
     return PATHS.image_dir(plate)
+
+
+def local_images_digest(plate: str) -> str:
+    """For source: local, a digest of the plate folder's image files (name, size, modification time), a parameter
+    of the download job: Snakemake reruns a plate whose images changed, and everything after it. Other sources: ''."""
+    return folder_digest(plate_image_dir(plate)) if config["source"] == "local" else ""
 
 
 def illum_functions(plate: str) -> list[str]:

@@ -17,12 +17,13 @@ rule synthetic_ground_truth:
     threads: 1
     localrule: True
     resources:
+        attempt=attempt_number,
         mem_mb=mem_mb(1000),
         runtime=10,
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench ground-truth --platemaps {params.platemaps} --metadata-dir {params.metadata_dir}"
+        "PAINTBENCH_ATTEMPT={resources.attempt} python -m paintbench ground-truth --platemaps {params.platemaps} --metadata-dir {params.metadata_dir}"
         " {params.options} --gene-classes {params.classes} --output {output.truth}"
         " --position-output {output.positions} > {log} 2>&1"
 
@@ -45,9 +46,12 @@ rule download:
         options=lambda wildcards: options(DOWNLOAD_OPTIONS),  # a function: the image pattern's {2} is no wildcard
         metadata_dir=METADATA_DIR,
         source_args=source_args,
+        # A local folder's images (names, sizes, modification times): replacing or adding one reruns the plate.
+        images=lambda wildcards: local_images_digest(wildcards.plate),
     threads: 1
     localrule: True
     resources:
+        attempt=attempt_number,
         mem_mb=mem_mb(2000),
         disk_mb=disk_mb("download"),
         download=1,  # capped by the profiles' global `download` resource: transfers the head node runs at once
@@ -55,7 +59,7 @@ rule download:
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench download --plate {wildcards.plate} --wells {params.wells} --sites {params.sites}"
+        "PAINTBENCH_ATTEMPT={resources.attempt} python -m paintbench download --plate {wildcards.plate} --wells {params.wells} --sites {params.sites}"
         " --channels {params.channels} --image-dir {params.image_dir} --metadata-dir {params.metadata_dir}"
         " {params.options} {params.source_args} --qc-output {output.qc} --output {output.load_data} > {log} 2>&1"
 
@@ -75,12 +79,13 @@ rule plate_qc:
     threads: 1
     localrule: True
     resources:
+        attempt=attempt_number,
         mem_mb=mem_mb(1000),
         runtime=10,
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench plate-qc --load-data {input.load_data} --fragments {input.fragments}"
+        "PAINTBENCH_ATTEMPT={resources.attempt} python -m paintbench plate-qc --load-data {input.load_data} --fragments {input.fragments}"
         " --wells {params.wells} --output {output.qc} > {log} 2>&1"
 
 
@@ -94,9 +99,10 @@ rule missing_fields:
     threads: 1
     localrule: True
     resources:
+        attempt=attempt_number,
         mem_mb=mem_mb(1000),
         runtime=10,
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench plate-qc --fragments {input} --output {output} > {log} 2>&1"
+        "PAINTBENCH_ATTEMPT={resources.attempt} python -m paintbench plate-qc --fragments {input} --output {output} > {log} 2>&1"

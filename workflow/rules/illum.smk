@@ -21,11 +21,12 @@ rule illum:
         metadata_dir=METADATA_DIR,
     threads: 1
     resources:
+        attempt=attempt_number,
         mem_mb=mem_mb(2000),
         runtime=120,
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench illum --load-data {input.load_data} --output-dir {params.output_dir}"
+        "PAINTBENCH_ATTEMPT={resources.attempt} python -m paintbench illum --load-data {input.load_data} --output-dir {params.output_dir}"
         " {params.options} --threads {threads} --metadata-dir {params.metadata_dir} {params.gallery_args}"
         " --qc-output {output.qc} > {log} 2>&1"

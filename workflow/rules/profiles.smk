@@ -17,12 +17,13 @@ rule profiles:
         options=lambda wildcards: options(PROFILE_OPTIONS),
     threads: 1
     resources:
+        attempt=attempt_number,
         mem_mb=mem_mb(8000),
         runtime=60,
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench profiles --wells {input.wells} {params.options} --output {output.annotated} > {log} 2>&1"
+        "PAINTBENCH_ATTEMPT={resources.attempt} python -m paintbench profiles --wells {input.wells} {params.options} --output {output.annotated} > {log} 2>&1"
 
 
 rule precomputed_profiles:
@@ -42,12 +43,13 @@ rule precomputed_profiles:
         options=lambda wildcards: options([METADATA_DIR_OPTION]),
     threads: 1
     resources:
+        attempt=attempt_number,
         mem_mb=mem_mb(4000),
         runtime=60,
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench precomputed-profiles --table {input.table} --plate {wildcards.plate}"
+        "PAINTBENCH_ATTEMPT={resources.attempt} python -m paintbench precomputed-profiles --table {input.table} --plate {wildcards.plate}"
         " --wells {params.wells} {params.options} --output {output} > {log} 2>&1"
 
 
@@ -65,12 +67,13 @@ rule published_profiles:
     threads: 1
     localrule: True
     resources:
+        attempt=attempt_number,
         mem_mb=mem_mb(4000),
         runtime=60,
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench published-profiles --plates {params.plates} {params.options}"
+        "PAINTBENCH_ATTEMPT={resources.attempt} python -m paintbench published-profiles --plates {params.plates} {params.options}"
         " --cache-dir {params.cache_dir} --output {output.annotated} > {log} 2>&1"
 
 
@@ -87,12 +90,15 @@ rule profile_chain:
     params:
         steps=lambda wildcards: " ".join(CHAINS[wildcards.chain]),
         step_options=lambda wildcards: chain_step_options(wildcards.chain),
+        options=lambda wildcards: options(PROFILE_CHAIN_OPTIONS),
     threads: 1
     resources:
+        attempt=attempt_number,
         mem_mb=mem_mb(8000),
         runtime=60,
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench profile-chain --profiles {input.annotated} --name {wildcards.chain} --steps {params.steps}"
+        "PAINTBENCH_ATTEMPT={resources.attempt} python -m paintbench profile-chain --profiles {input.annotated}"
+        " --name {wildcards.feature_set}/{wildcards.chain} --steps {params.steps} {params.options}"
         " --step-options '{params.step_options}' --output {output.scored} --steps-output {output.steps} > {log} 2>&1"

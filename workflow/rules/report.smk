@@ -25,12 +25,13 @@ rule report_summary:
     localrule: True
     threads: 1
     resources:
+        attempt=attempt_number,
         mem_mb=mem_mb(2000),
         runtime=10,
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench report-summary {params.files} --published {input.published} --dataset {params.dataset}"
+        "PAINTBENCH_ATTEMPT={resources.attempt} python -m paintbench report-summary {params.files} --published {input.published} --dataset {params.dataset}"
         " --comparisons-output {output.comparisons} --output {output.summary} > {log} 2>&1"
 
 
@@ -52,12 +53,13 @@ rule report_figures:
     localrule: True
     threads: 1
     resources:
+        attempt=attempt_number,
         mem_mb=mem_mb(4000),
         runtime=30,
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench report-figures --summary {input.summary} --plates {params.plates} {params.files}"
+        "PAINTBENCH_ATTEMPT={resources.attempt} python -m paintbench report-figures --summary {input.summary} --plates {params.plates} {params.files}"
         " --metadata-dir {params.metadata_dir} --figures-dir {output.figures} > {log} 2>&1"
 
 
@@ -81,11 +83,12 @@ rule report_html:
     localrule: True
     threads: 1
     resources:
+        attempt=attempt_number,
         mem_mb=mem_mb(2000),
         runtime=10,
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench report-html --summary {input.summary} --figures-dir {input.figures} --plates {params.plates}"
+        "PAINTBENCH_ATTEMPT={resources.attempt} python -m paintbench report-html --summary {input.summary} --figures-dir {input.figures} --plates {params.plates}"
         " {params.files} --config-text {params.config:q} --cellprofiler {params.cellprofiler} --output {output.html}"
         " > {log} 2>&1"

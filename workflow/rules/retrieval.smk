@@ -15,12 +15,13 @@ rule replicate_retrieval:
         options=lambda wildcards: options(RETRIEVAL_OPTIONS),
     threads: 1
     resources:
+        attempt=attempt_number,
         mem_mb=mem_mb(4000),
         runtime=60,
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench retrieval --profiles {input.profiles} --task replicate_retrieval {params.options}"
+        "PAINTBENCH_ATTEMPT={resources.attempt} python -m paintbench retrieval --profiles {input.profiles} --task replicate_retrieval {params.options}"
         " --output {output.scored} --ap-output {output.ap} > {log} 2>&1"
 
 
@@ -41,12 +42,13 @@ rule matching:
         options=lambda wildcards: options(RETRIEVAL_OPTIONS),
     threads: 1
     resources:
+        attempt=attempt_number,
         mem_mb=mem_mb(4000),
         runtime=60,
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench retrieval --profiles {input.profiles} --task {wildcards.task}"
+        "PAINTBENCH_ATTEMPT={resources.attempt} python -m paintbench retrieval --profiles {input.profiles} --task {wildcards.task}"
         " --replicate-results {input.replicate} {params.options}"
         " --output {output.scored} --ap-output {output.ap} > {log} 2>&1"
 
@@ -64,6 +66,7 @@ rule layout_controls:
         options=lambda wildcards: options(LAYOUT_CONTROL_OPTIONS),
     threads: 1
     resources:
+        attempt=attempt_number,
         mem_mb=mem_mb(4000),
         runtime=60,
     conda:
@@ -71,5 +74,5 @@ rule layout_controls:
     shell:
         # Same-position controls, replicates in other positions, label-shuffled replicates (the chain's false
         # discoveries), plate predictability, nearest-neighbour target accuracy.
-        "python -m paintbench layout-controls --profiles {input.profiles} {params.options}"
+        "PAINTBENCH_ATTEMPT={resources.attempt} python -m paintbench layout-controls --profiles {input.profiles} {params.options}"
         " --output {output.controls} > {log} 2>&1"

@@ -19,11 +19,12 @@ rule target_id:
         options=lambda wildcards: options(TARGET_ID_OPTIONS),
     threads: 1
     resources:
+        attempt=attempt_number,
         mem_mb=mem_mb(4000),
         runtime=60,
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench target-id --profiles {input.profiles} {params.options}"
+        "PAINTBENCH_ATTEMPT={resources.attempt} python -m paintbench target-id --profiles {input.profiles} {params.options}"
         " --output {output.summary} --queries-output {output.queries}"
         " --polypharmacology-output {output.polypharmacology} --pairs-output {output.pairs} > {log} 2>&1"

@@ -28,13 +28,14 @@ rule vit_crops:
         options=lambda wildcards: options(CROP_OPTIONS),
     threads: max(1, VIT["num_workers"])
     resources:
+        attempt=attempt_number,
         mem_mb=mem_mb(4000),
         disk_mb=disk_mb("vit_crops"),
         runtime=120,
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench vit-crops --load-data {input.load_data} --illum {input.illum} {params.options}"
+        "PAINTBENCH_ATTEMPT={resources.attempt} python -m paintbench vit-crops --load-data {input.load_data} --illum {input.illum} {params.options}"
         " --num-workers {threads} --qc-output {output.qc} --output-prefix {params.prefix} > {log} 2>&1"
 
 
@@ -60,6 +61,7 @@ rule vit_pretrain:
         args=vit_train_args,
     threads: max(1, VIT["num_workers"])
     resources:
+        attempt=attempt_number,
         gpu=gpu_request(VIT["gpus"]),
         # Host memory of one pretraining job (GPU runs hold their batches on the device): 1.4 GB for the demo, ~5 GB
         # for ViT-S DINO on the CPU (scripts/bench_methods.py). 16 GB made a workstation run them one at a time.
@@ -68,7 +70,7 @@ rule vit_pretrain:
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench vit-pretrain --crops {params.prefixes} --out-dir {params.out_dir} {params.args}"
+        "PAINTBENCH_ATTEMPT={resources.attempt} python -m paintbench vit-pretrain --crops {params.prefixes} --out-dir {params.out_dir} {params.args}"
         " --num-workers {threads} > {log} 2>&1"
 
 
@@ -93,13 +95,14 @@ rule vit_embed:
         options=lambda wildcards: options(EMBED_OPTIONS),
     threads: max(1, VIT["num_workers"])
     resources:
+        attempt=attempt_number,
         gpu=gpu_request(1),
         mem_mb=mem_mb(8000),
         runtime=120,
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench vit-embed --crops {params.prefix} --load-data {input.load_data} --illum {input.illum}"
+        "PAINTBENCH_ATTEMPT={resources.attempt} python -m paintbench vit-embed --crops {params.prefix} --load-data {input.load_data} --illum {input.illum}"
         " --encoder {input.encoders} {params.encoder_args} {params.options} --num-workers {threads}"
         " --qc-output {output.qc} --output {output.profiles} > {log} 2>&1"
 
@@ -124,12 +127,13 @@ rule encoder_embed:
         options=lambda wildcards: options(ENCODER_EMBED_OPTIONS),
     threads: max(1, VIT["num_workers"])
     resources:
+        attempt=attempt_number,
         gpu=gpu_request(1),
         mem_mb=mem_mb(8000),
         runtime=240,
     conda:
         "../../envs/paintbench.yaml"
     shell:
-        "python -m paintbench encoder-embed --load-data {input.load_data} --illum {input.illum}"
+        "PAINTBENCH_ATTEMPT={resources.attempt} python -m paintbench encoder-embed --load-data {input.load_data} --illum {input.illum}"
         " --encoders {params.encoders} {params.options} --num-workers {threads}"
         " --qc-output {output.qc} --output {params.outputs} > {log} 2>&1"

@@ -8,11 +8,13 @@ any stage can be rerun by hand.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import shlex
 import sys
 import time
+from pathlib import Path
 
 from paintbench.cli import cellprofiler, config, download, illum, profiles, report, retrieval, target_id, vit
 from paintbench.cli.options import HelpFormatter
@@ -20,9 +22,21 @@ from paintbench.cli.options import HelpFormatter
 log = logging.getLogger("paintbench")
 
 STAGES = (download, illum, cellprofiler, vit, profiles, retrieval, target_id, report, config)
-# Errors of the input or the configuration: one line that names the file, plate or key is the whole message.
-# Anything else is a bug, and keeps its traceback.
+# Errors of the input or the configuration: one line that names the file, plate or key is the whole message, and
+# the exit code DETERMINISTIC_EXIT: the same command fails the same way until the input changes. Anything else is a
+# bug or a transient failure (network, memory, a preempted job), keeps its traceback, and may be retried.
 EXPECTED_ERRORS = (ValueError, FileNotFoundError, RuntimeError)
+DETERMINISTIC_EXIT = 3
+FAILED_DIR = Path(".paintbench") / "failed"  # under the working directory: what a retry must not run again
+
+
+def transient(error: BaseException) -> bool:
+    """An expected error a retry can cure: a GPU out of memory beside other jobs."""
+    return type(error).__name__ == "OutOfMemoryError"
+
+
+def failure_marker(argv: list[str]) -> Path:
+    return FAILED_DIR / hashlib.sha1("\0".join(argv).encode()).hexdigest()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,15 +64,30 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     log.info("rerun this stage with: %s", shlex.join(["python", "-m", "paintbench", *argv]))
+    # Under Snakemake (PAINTBENCH_ATTEMPT: the rule's attempt), a retry of a command whose first attempt failed on its
+    # input or configuration stops at once: the profiles' retries are for transient failures.
+    attempt = int(os.environ.get("PAINTBENCH_ATTEMPT") or 0)
+    marker = failure_marker(argv)
+    if attempt > 1 and marker.is_file():
+        log.error("%s failed: not retried (attempt %d): the first attempt failed on an error a rerun cannot change: "
+                  "%s", args.stage, attempt, marker.read_text())
+        return DETERMINISTIC_EXIT
+    if attempt == 1:
+        marker.unlink(missing_ok=True)
     started = time.perf_counter()
     try:
         args.func(args)
     except EXPECTED_ERRORS as err:
-        if debug:
+        if debug or transient(err):
             log.exception("%s failed:", args.stage)
         log.error("%s failed: %s", args.stage, err)
+        if transient(err):
+            return 1
         if not debug:
             log.info("for the traceback, rerun with: python -m paintbench --debug %s", shlex.join(argv))
-        return 1
+        if attempt:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(str(err))
+        return DETERMINISTIC_EXIT
     log.info("%s finished in %.1f s", args.stage, time.perf_counter() - started)
     return 0

@@ -9,12 +9,19 @@ from typing import Any
 from paintbench.cli.options import add_command
 
 
-def _configuration(args: argparse.Namespace) -> dict[str, Any]:
-    """The effective configuration: the file, then the --config overrides (typed as Snakemake types them),
-    validated with every default filled in."""
+def _configuration(args: argparse.Namespace, preflight: bool = True) -> dict[str, Any]:
+    """The effective configuration: the files, each layered over the one before, then the --config overrides (typed
+    as Snakemake types them), validated with every default filled in."""
     from paintbench.config import load_config, parse_config_overrides
 
-    return load_config(args.configfile, parse_config_overrides(args.config or []))
+    return load_config(_files(args), parse_config_overrides(args.config or []), preflight)
+
+
+def _files(args: argparse.Namespace) -> list[str]:
+    return args.configfile or [DEFAULT_CONFIG]
+
+
+DEFAULT_CONFIG = "config/config.yaml"
 
 
 def cmd_check_config(args: argparse.Namespace) -> None:
@@ -28,13 +35,13 @@ def cmd_check_config(args: argparse.Namespace) -> None:
 
         sys.stdout.write(reference_markdown(load_schema()))
         return
-    if args.file:  # the positional form of 0.1 (`check-config FILE`)
-        args.configfile = args.file
+    if args.file:  # the positional form of 0.1 (`check-config FILE ...`)
+        args.configfile = [*(args.configfile or []), *args.file]
     try:
         config = _configuration(args)
     except ConfigError as err:
         # Exit 1 with the message naming the key, and no traceback or "failed:" wrapping.
-        print(f"{args.configfile}: {err}", file=sys.stderr)
+        print(f"{' + '.join(_files(args))}: {err}", file=sys.stderr)
         raise SystemExit(1) from None
     sys.stdout.write(yaml.safe_dump(config, sort_keys=False, default_flow_style=False))
 
@@ -47,19 +54,32 @@ def cmd_plan(args: argparse.Namespace) -> None:
     from paintbench.config import resolve_input_path
     from paintbench.plan import estimate
 
-    config = _configuration(args)
+    from paintbench.config import ConfigError, run_feature_sets
+    from paintbench.preflight import preflight
+
+    config = _configuration(args, preflight=False)
     metadata_dir = str(resolve_input_path(config["metadata_dir"]))
+    findings = preflight(config, metadata_dir)
+    errors = [f.message for f in findings if f.level == "error"]
+    if errors:
+        raise ConfigError("\n  ".join(["the run cannot succeed:", *errors]))
     table = pd.DataFrame(estimate(config, metadata_dir, args.cells_per_field), dtype=object)
     shown = table.assign(value=table["value"].map(lambda v: f"{v:,}"))
     with pd.option_context("display.max_colwidth", 90, "display.width", 200):
-        print(f"{args.configfile}: {len(config['plates'])} plate(s), feature sets {', '.join(config['feature_sets'])}")
+        print(f"{' + '.join(_files(args))}: {len(config['plates'])} plate(s), feature sets "
+              f"{', '.join(run_feature_sets(config))}")
         print(shown.to_string(index=False))
+    warnings = [f.message for f in findings if f.level == "warning"]
+    if warnings:
+        print("\nWill run, but weak or incomplete:\n" + "\n".join(f"- {w}" for w in warnings))
     if args.output:
         write_table(table, args.output)
 
 
 def _config_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--configfile", default="config/config.yaml", help="the run's YAML configuration file")
+    p.add_argument("--configfile", nargs="+", action="extend", default=None, metavar="FILE",
+                   help=f"the run's YAML configuration file(s), each layered over the one before as Snakemake layers "
+                        f"them (default: {DEFAULT_CONFIG})")
     p.add_argument("--config", nargs="*", metavar="KEY=VALUE",
                    help="overrides as for snakemake --config (typed the same way), e.g. plates=paper sites=[1,2]")
 
@@ -72,7 +92,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _config_options(p)
     p.add_argument("--reference", action="store_true",
                    help="print the Markdown reference of every key (name, type, default, description) instead")
-    p.add_argument("file", nargs="?", default=None, help="same as --configfile (the 0.1 form)")
+    p.add_argument("file", nargs="*", default=None, help="same as --configfile (the 0.1 form)")
     p.set_defaults(func=cmd_check_config)
 
     p = add_command(sub, "plan", "fields, download, CPU/GPU hours and disk of a run, before it starts",

@@ -60,9 +60,19 @@ def cmd_download(args: argparse.Namespace) -> None:
     from paintbench.download import prepare_plate
     from paintbench.metadata import plate_info
 
+    from paintbench.qc import TooManyMissingError
+
     plate = plate_info(args.plate, resolved_metadata_dir(args))
-    table, qc = prepare_plate(plate, args.wells, args.sites, args.channels, args.image_dir, args.image_pattern,
-                              _source(args), args.max_missing_fraction)
+    try:
+        table, qc = prepare_plate(plate, args.wells, args.sites, args.channels, args.image_dir, args.image_pattern,
+                                  _source(args), args.max_missing_fraction)
+    except TooManyMissingError as error:
+        records = getattr(error.__cause__, "records", None)
+        if records is not None and args.qc_output:  # the job's outputs go with its failure: this file stays
+            kept = Path(args.qc_output).with_suffix(".failed.tsv")
+            write_table(records, kept)
+            raise TooManyMissingError(f"{error} Every missing image: {kept}") from error
+        raise
     if args.qc_output:
         write_table(qc, args.qc_output)
     write_table(table, args.output)

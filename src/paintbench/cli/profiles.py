@@ -6,12 +6,14 @@ import argparse
 import logging
 from pathlib import Path
 
-from paintbench.cli.options import (METADATA_DIR, add_command, add_config_options, add_s3_options,
+from paintbench.cli.options import (METADATA_DIR, ConfigOption, add_command, add_config_options, add_s3_options,
                                     resolved_metadata_dir)
 
 log = logging.getLogger("paintbench")
 
 PROFILE_OPTIONS = [METADATA_DIR]
+PROFILE_CHAIN_OPTIONS = [ConfigOption("--min-features", "profiles.min_features",
+                                      "fewest features a chain may leave (else it fails naming the step)")]
 
 
 def cmd_profiles(args: argparse.Namespace) -> None:
@@ -39,8 +41,10 @@ def cmd_profile_chain(args: argparse.Namespace) -> None:
     from paintbench.profiles import feature_columns
 
     annotated = read_table(args.profiles)
-    check_chain(args.steps, list(annotated.columns), name=args.name or ",".join(args.steps))
-    processed, features, records = apply_chain(annotated, args.steps, json.loads(args.step_options))
+    name = args.name or ",".join(args.steps)
+    check_chain(args.steps, list(annotated.columns), name=name)
+    processed, features, records = apply_chain(annotated, args.steps, json.loads(args.step_options), name,
+                                               args.min_features)
     if args.steps_output:
         write_table(records, args.steps_output)
     write_table(processed, args.output)
@@ -93,7 +97,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                      "--steps-output results/profiles/cellprofiler/mad_featselect.steps.tsv"])
     p.add_argument("--profiles", required=True, help="annotated.parquet (or any table with Metadata_ columns)")
     p.add_argument("--steps", nargs="+", choices=PROFILE_STEPS, required=True, help="the steps, in order")
-    p.add_argument("--name", default=None, help="the chain's name, for messages (a name under the profiles.chains configuration key)")
+    p.add_argument("--name", default=None, help="what the messages call the profiles: FEATURE_SET/CHAIN (the chain a name "
+                                                "under the profiles.chains configuration key)")
+    add_config_options(p, PROFILE_CHAIN_OPTIONS)
     p.add_argument("--step-options", default="{}",
                    help='JSON of the steps\' options (the profiles.steps configuration section), e.g. \'{"sphering": {"regularization": 0.01}}\'')
     p.add_argument("--output", required=True, help="the processed profiles (Parquet)")

@@ -119,9 +119,9 @@ def paired_columns(summary: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def control_rows(layout_controls: dict, chain_steps: dict) -> tuple[pd.DataFrame, dict[str, float]]:
-    """summary.tsv rows of kind 'control' (one per profile set x control x condition), and per profile set the
-    fewest negative controls per feature any of its steps fitted on."""
+def control_rows(layout_controls: dict, chain_steps: dict) -> tuple[pd.DataFrame, dict[str, tuple[float, int]]]:
+    """summary.tsv rows of kind 'control' (one per profile set x control x condition), and per profile set (the
+    fewest negative controls per feature any of its steps fitted on, the features its chain kept)."""
     parts = []
     for name, path in layout_controls.items():
         table = read_table(path)
@@ -130,14 +130,15 @@ def control_rows(layout_controls: dict, chain_steps: dict) -> tuple[pd.DataFrame
         parts.append(table.rename(columns={"control": "task", "n": "n_perturbations"}).assign(
             feature_set=name, row_kind="control", source=str(path), notes=table.get("detail", "")))
     rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    per_set = {name: controls_per_feature(path) for name, path in chain_steps.items()}
+    per_set = {name: chain_record(path) for name, path in chain_steps.items()}
     return rows, per_set
 
 
-def controls_per_feature(path) -> float:
+def chain_record(path) -> tuple[float, int]:
+    """(the fewest negative controls per feature a step fitted on, the features the last step kept)."""
     steps = read_table(path)
     values = pd.to_numeric(steps.get("controls_per_feature", pd.Series(dtype=float)), errors="coerce").dropna()
-    return float(values.min()) if len(values) else np.nan
+    return (float(values.min()) if len(values) else np.nan), int(steps["n_features_out"].iloc[-1])
 
 
 def headline_view(summary: pd.DataFrame) -> pd.DataFrame:

@@ -122,10 +122,12 @@ def controls_html(summary: pd.DataFrame) -> str:
         key = (name, condition)
         repl = (f"{replicate.loc[key, 'fraction_retrieved']:.2f}" if key in replicate.index
                 and not pd.isna(replicate.loc[key, "fraction_retrieved"]) else "-")
-        per_feature = group["controls_per_feature"].iloc[0]
+        per_feature, kept = group["controls_per_feature"].iloc[0], group["n_features"].iloc[0]
         cells = "".join(f"<td>{_control_value(values.loc[c])}</td>" if c in values.index else "<td>-</td>"
                         for c in shown)
         rows.append(f"<tr><td class='l'>{html.escape(name)}</td><td class='l'>{html.escape(condition)}</td>"
-                    f"<td>{repl}</td>{cells}<td>{'-' if pd.isna(per_feature) else f'{per_feature:.2g}'}</td></tr>")
+                    f"<td>{repl}</td>{cells}<td>{'-' if pd.isna(per_feature) else f'{per_feature:.2g}'}</td>"
+                    f"<td>{'-' if pd.isna(kept) else int(kept)}</td></tr>")
     return ("<table class='controls'><tr><th class='l'>profile set</th><th class='l'>condition</th>"
-            f"<th>replicate retrieval</th>{head}<th>negative controls per feature</th></tr>" + "".join(rows) + "</table>")
+            f"<th>replicate retrieval</th>{head}<th>negative controls per feature</th><th>features kept</th></tr>"
+            + "".join(rows) + "</table>")

@@ -45,14 +45,16 @@ CONDITION = ["Metadata_cell_type", "Metadata_modality", "Metadata_timepoint", "M
              "Metadata_matched_modality", "Metadata_matched_timepoint", "Metadata_matched_plate_group"]
 REFERENCE = PAPER
 BENCHMARK_GROUP = "benchmark"
-INTEGERS = ["Metadata_timepoint", "Metadata_matched_timepoint", "n_perturbations", "n_retrieved", "n_untestable", "k"]
+INTEGERS = ["Metadata_timepoint", "Metadata_matched_timepoint", "n_perturbations", "n_retrieved", "n_untestable", "k",
+            "n_features"]
 FLOATS = ["mean_average_precision", "fraction_retrieved", "fraction_retrieved_low", "fraction_retrieved_high",
           "alt_fraction_retrieved", *SHORTLIST, *PAIRED_COLUMNS[1:], "accuracy", "chance", "p_value",
           "controls_per_feature"]
 COLUMNS = ["feature_set", "chain", "profile_set", "headline", "row_kind", "protocol", "task", "unit", "condition",
            *CONDITION, "n_perturbations", "n_retrieved", "n_untestable", "mean_average_precision",
            "fraction_retrieved", "fraction_retrieved_low", "fraction_retrieved_high", "best", "chain_best",
-           *PAIRED_COLUMNS, "interval_best", "accuracy", "chance", "p_value", "controls_per_feature", "alt_protocol",
+           *PAIRED_COLUMNS, "interval_best", "accuracy", "chance", "p_value", "controls_per_feature", "n_features",
+           "alt_protocol",
            "alt_fraction_retrieved", "k", *SHORTLIST, "comparable", "source", "notes"]
 DEFAULT_PUBLISHED = BUNDLED_METADATA / "cpjump1_published_cellprofiler.tsv"
 
@@ -301,7 +303,8 @@ def build_summary(files: RunFiles, published: pd.DataFrame | None = None, datase
     for rows in extra:
         full = pd.concat([full, label_profile_sets(rows)], ignore_index=True)
     full["condition"] = [condition_label(row) for _, row in full.iterrows()]
-    full["controls_per_feature"] = full["profile_set"].map(per_set)
+    full["controls_per_feature"] = full["profile_set"].map(lambda name: per_set.get(name, (np.nan, None))[0])
+    full["n_features"] = full["profile_set"].map(lambda name: per_set.get(name, (np.nan, None))[1])
     order = {task: i for i, task in enumerate((*tasks, *SHORTLIST_TASKS))}
     kinds = {"measured": 0, "published_profiles": 1, "paper": 2, "control": 3}
     sets = {name: i for i, name in enumerate(feature_sets)}
