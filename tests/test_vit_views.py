@@ -183,6 +183,7 @@ def test_view_settings_defaults_and_errors():
         view_settings({}, 224, "medium")
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cpu_and_cuda_agree():
     crops, seeds = random_crops(8), torch.arange(8)
