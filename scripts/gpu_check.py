@@ -8,10 +8,11 @@ everything written to one folder (`--out`: gpu_check.tsv, gpu_check.log, nvidia_
    batch 64 and 256.
 3. Agreement: the same first steps from the same seed on the GPU (fp32, TF32 off, no compile) and on the CPU: the
    losses agree to LOSS_TOLERANCE (relative); bf16 against fp32 on the GPU to BF16_TOLERANCE.
-4. Embedding: crops/s end to end (synthetic 1080 px fields -> DataLoader workers decoding and cutting crops -> GPU ->
+4. Fine-tuning: steps/s and peak memory of the second phase's step (linear head, cross-entropy) at batch 64 and 256.
+5. Embedding: crops/s end to end (synthetic 1080 px fields -> DataLoader workers decoding and cutting crops -> GPU ->
    ViT-S/16) against the bare forward on the same batch (goal >= 0.8), for 2, 4, 8 and 14 workers: how many the GPU
    needs to be fed.
-5. The CUDA-only tests (`pytest -m cuda`).
+6. The CUDA-only tests (`pytest -m cuda`).
 
 It runs on the torch it finds (a GPU machine's own may be older than the lock's: a CUDA wheel is too large to carry);
 missing small packages (imagecodecs) are installed from the wheels `scripts/gpu_wheels.sh` puts in .whl/.
@@ -160,6 +161,42 @@ def agreement(results: Results, sizes: dict, device) -> None:
                     f"{'PASS' if worst <= BF16_TOLERANCE else 'FAIL'} at {BF16_TOLERANCE:g}")
 
 
+def fine_tuning(results: Results, sizes: dict, device) -> None:
+    """The second phase's step (paintbench.vit.finetune.Classifier: a linear head on the pooled embedding, cross-entropy,
+    fused AdamW, bf16 autocast on CUDA) on random crops and labels of 100 classes."""
+    import torch
+
+    from paintbench.vit.core import autocast, build_encoder
+    from paintbench.vit.finetune import Classifier
+
+    config = sizes["model"]
+    for batch in sizes["batches"]:
+        model = Classifier(build_encoder(**config), config["img_size"], "mean", 100).to(device).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True if device.type == "cuda" else None)
+        crops = torch.rand(batch, 5, config["img_size"], config["img_size"], device=device)
+        labels = torch.randint(0, 100, (batch,), device=device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        steps = sizes["warm_steps"] + sizes["timed_steps"]
+        for step in range(steps):
+            if step == sizes["warm_steps"]:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                began = time.perf_counter()
+            with autocast(device):
+                loss = torch.nn.functional.cross_entropy(model(crops).float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        per_step = (time.perf_counter() - began) / sizes["timed_steps"]
+        results.add("fine_tuning", "steps_per_s", round(1 / per_step, 3), "steps/s", "classify", batch)
+        if device.type == "cuda":
+            results.add("fine_tuning", "peak_memory", round(torch.cuda.max_memory_allocated(device) / 2**20), "MiB",
+                        "classify", batch)
+
+
 def embedding(results: Results, sizes: dict, device, work: Path) -> None:
     import numpy as np
 
@@ -214,7 +251,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="the folder every result is written to")
     parser.add_argument("--dry-run", action="store_true", help="every step at tiny size on the CPU")
-    parser.add_argument("--steps", nargs="+", default=["environment", "training", "agreement", "embedding", "cuda_tests"],
+    parser.add_argument("--steps", nargs="+",
+                        default=["environment", "training", "agreement", "fine_tuning", "embedding", "cuda_tests"],
                         help="the steps to run (default: all)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -235,6 +273,7 @@ def main() -> None:
                 {"environment": lambda: environment(results, args.out),
                  "training": lambda: training(results, sizes, device),
                  "agreement": lambda: agreement(results, sizes, device),
+                 "fine_tuning": lambda: fine_tuning(results, sizes, device),
                  "embedding": lambda: embedding(results, sizes, device, Path(tmp)),
                  "cuda_tests": lambda: cuda_tests(results, args.out, args.dry_run)}[step]()
             except Exception as error:  # one broken step does not hide the others' figures

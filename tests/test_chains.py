@@ -319,7 +319,7 @@ def test_check_chain_names_the_chain_the_step_and_the_column():
     with pytest.raises(ValueError, match=r"step 'pca': unknown option\(s\) \['share'\]"):
         apply_chain(plates_table(1, 10, 2, 4), ["pca"], {"pca": {"share": 0.5}})
     assert set(STEPS) == {"none", "var", "mad", "standardize", "int", "featselect", "wellpos", "cc", "outlier",
-                          "sphering", "pca", "harmony"}
+                          "sphering", "pca", "harmony", "heldout"}
 
 
 def test_apply_chain_records_each_step_and_keeps_metadata_and_row_order():

@@ -152,3 +152,19 @@ def test_encoders_and_precomputed_tables_are_feature_sets_with_the_embedding_cha
     assert run_feature_sets(config)[-2:] == ["cpssl", "mine"]
     chains = feature_set_chains(config)
     assert chains["cpssl"] == chains["vitdino"] == ["mad", "mad_sphering"] and chains["mine"] == ["mad_featselect"]
+
+
+def test_the_fine_tuning_example_of_the_usage_guide_is_valid():
+    import re
+
+    from paintbench.config import feature_set_chains, run_feature_sets
+
+    text = (REPO / "docs" / "usage.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if b.startswith("vit:\n  finetune"))
+    config = check_config(demo(vit={**DEMO["vit"], **yaml.safe_load(block)["vit"]}), preflight=False)
+    assert "vitdino_ft" in run_feature_sets(config)
+    chains = feature_set_chains(config)
+    assert chains["vitdino_ft"] == ["mad_heldout"] and chains["vitdino"] == ["mad", "mad_sphering", "mad_heldout"]
+    with pytest.raises(ConfigError, match="'vit.finetune.methods': dino is fine-tuned from feature set vitdino"):
+        check_config(demo(feature_sets=["cellprofiler"], vit={**DEMO["vit"], "finetune": {"methods": ["dino"]}}),
+                     preflight=False)

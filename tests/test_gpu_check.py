@@ -26,6 +26,8 @@ def test_the_dry_run_measures_every_step_and_writes_the_same_files(tmp_path):
     assert set(training.loc[training["metric"] == "steps_per_s", "batch_size"].astype(int)) == {4, 8}
     agreement = results[results["metric"] == "fp32_vs_cpu_max_rel"]
     assert len(agreement) == 3 and agreement["detail"].str.startswith("PASS").all()
+    tuning = results[(results["step"] == "fine_tuning") & (results["metric"] == "steps_per_s")]
+    assert len(tuning) == 2 and (tuning["value"].astype(float) > 0).all()
     embedding = results[(results["step"] == "embedding") & (results["metric"] == "end_to_end")]
     assert len(embedding) == 2 and (embedding["value"].astype(float) > 0).all()
     assert "tests collected" in (out / "cuda_tests.txt").read_text()  # the CUDA tests are found (run on a GPU)

@@ -42,7 +42,7 @@ NOT_CONFIG = {
     ("report-summary", "published"): "the paper's values table, not profiles.feature_sets.published",
     ("report-html", "cellprofiler"): "the CellProfiler executable whose version the report shows, not a chain list",
     **{(command, "plates"): "the rules pass the run's plates, expanded"
-       for command in ("published-profiles", "report-figures", "report-html")},
+       for command in ("published-profiles", "report-figures", "report-html", "finetune-split")},
     **{("vit-pretrain", flag): "overrides --settings (vit.mae); unset: as --settings says"
        for flag in ("mask_ratio", "decoder_dim", "decoder_depth", "decoder_heads", "norm_pix_loss")},
 }

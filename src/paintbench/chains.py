@@ -3,7 +3,8 @@
 A chain (config key profiles.chains.NAME) is a list of step names from STEPS. Each step maps the current feature
 matrix to a new one and reports what it did, so the report can show per chain how many features went in and out and
 what each fitted step saw (e.g. controls per feature for the whitening). Every step keeps the Metadata_ columns and
-the row order, and keeps values finite where they were finite: downstream retrieval has no use for an inf.
+the row order (heldout, which keeps the fine-tuning split's held-out side, drops rows), and keeps values finite where
+they were finite: downstream retrieval has no use for an inf.
 
 Steps that fit on wells (the whitening, PCA, Harmony) fill a missing value with its feature's mean over all wells
 first (recorded in the step's detail): CellProfiler leaves a few NaNs that feature selection's na_cutoff allows.
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 PLATE, WELL, CONTROL, COUNT = "Metadata_Plate", "Metadata_Well", "Metadata_control_type", "Metadata_Object_Count"
 LAYOUT = "Metadata_Plate_Map_Name"
+PERT = PERT_COLUMN = "Metadata_broad_sample"
 AUTO_GRID = np.logspace(-5, 3, 25)  # the consortium recipe's sphering regularization grid
 HARMONY_DIMENSIONS = 50  # Harmony corrects an embedding: wider inputs are first reduced to this many PCs
 RECORD_COLUMNS = ["step", "n_features_in", "n_features_out", "fitted_on", "n_fit_wells", "controls_per_feature",
@@ -307,6 +309,21 @@ def _harmony(table: pd.DataFrame, features: list[str], options: dict[str, Any]) 
     return _frame(corrected, names, table), detail + reduced + _filled(n_missing)
 
 
+def _heldout(table: pd.DataFrame, features: list[str], options: dict[str, Any]) -> StepResult:
+    """Keep the negative controls and the held-out side of the fine-tuning split (paintbench.holdout): what a
+    fine-tuned feature set and its parent are scored on. A step on rows: the features pass through."""
+    if not options["split"]:
+        raise ValueError("step 'heldout' needs the fine-tuning split (the workflow passes it; "
+                         "paintbench profile-chain --step-options '{\"heldout\": {\"split\": \"split.tsv\"}}')")
+    from paintbench.atomic import read_table
+
+    split = read_table(options["split"])
+    train = set(split.loc[split["side"] == "train", PERT])
+    dropped = table[PERT_COLUMN].isin(train) & ~_negcon(table)
+    return table.loc[~dropped, features], (f"{int(dropped.sum())} well(s) of training-side perturbations dropped; "
+                                           f"{int((~dropped).sum())} kept")
+
+
 STEPS: dict[str, StepSpec] = {
     "none": StepSpec(_none, "none"),
     "var": StepSpec(_var, "all wells", defaults={"freq_cut": 0.05, "unique_cut": 0.01}),
@@ -321,6 +338,7 @@ STEPS: dict[str, StepSpec] = {
     "pca": StepSpec(_pca, "all wells", defaults={"variance": 0.99}),
     "harmony": StepSpec(_harmony, "all wells", defaults={"batch": PLATE, "max_iterations": 20, "seed": 0},
                         column_options=("batch",)),
+    "heldout": StepSpec(_heldout, "none", (PERT_COLUMN, CONTROL), defaults={"split": None}),
 }
 
 
@@ -399,5 +417,5 @@ def apply_chain(table: pd.DataFrame, steps: list[str], options: dict[str, dict] 
         records.append(_record(step, current, len(features), values.shape[1], detail))
         log.info("step %s: %d -> %d features (%s)", step, len(features), values.shape[1], detail)
         features = list(values.columns)
-        current = pd.concat([current[metadata], values.astype(np.float64)], axis=1)
+        current = pd.concat([current.loc[values.index, metadata], values.astype(np.float64)], axis=1)  # heldout drops rows
     return current, features, pd.DataFrame(records, columns=RECORD_COLUMNS)

@@ -16,8 +16,8 @@ import jsonschema
 import yaml
 
 from paintbench.metadata import MetadataError, known_plates, paper_plates, plate_info, unknown_name_message
-from paintbench.registry import (CELLPROFILER, CHAIN_KINDS, CHANNELS, EMBEDDING_KIND, FEATURE_SETS, PUBLISHED,
-                                 VIT_METHODS, VIT_TRAINING_KEYS)
+from paintbench.registry import (CELLPROFILER, CHAIN_KINDS, CHANNELS, EMBEDDING_KIND, FEATURE_SETS, FINETUNED_SUFFIX,
+                                 HELDOUT_CHAIN, METHOD_FEATURE_SETS, PUBLISHED, VIT_METHODS, VIT_TRAINING_KEYS)
 from paintbench.schema import BUNDLED_METADATA, load_schema
 
 DEPRECATED_MAE_KEYS = ("mask_ratio", "decoder_dim", "decoder_depth", "decoder_heads", "norm_pix_loss", "checkpoint")
@@ -174,6 +174,7 @@ def check_semantics(config: dict[str, Any]) -> None:
         raise ConfigError("config key 'local.image_dir': must contain '{plate}' when several plates are configured "
                           "(or image_pattern a (?P<plate>...) group, when one folder holds every plate)")
     check_encoders(config)
+    check_finetune(config)
     check_chains(config)
 
 
@@ -189,8 +190,15 @@ def profile_chains(config: dict[str, Any]) -> dict[str, list[str]]:
 
 
 def run_feature_sets(config: dict[str, Any]) -> list[str]:
-    """Every feature set of the run: config key feature_sets, then each external encoder and precomputed table."""
-    return [*config["feature_sets"], *config["encoders"], *config["precomputed"]]
+    """Every feature set of the run: config key feature_sets, each fine-tuned method (vit<method>_ft), then each
+    external encoder and precomputed table."""
+    return [*config["feature_sets"], *finetuned_sets(config), *config["encoders"], *config["precomputed"]]
+
+
+def finetuned_sets(config: dict[str, Any]) -> dict[str, str]:
+    """vit.finetune.methods: fine-tuned feature set -> its pretrained parent feature set."""
+    return {f"{METHOD_FEATURE_SETS[m]}{FINETUNED_SUFFIX}": METHOD_FEATURE_SETS[m]
+            for m in config["vit"]["finetune"]["methods"]}
 
 
 def feature_set_chains(config: dict[str, Any]) -> dict[str, list[str]]:
@@ -198,11 +206,23 @@ def feature_set_chains(config: dict[str, Any]) -> dict[str, list[str]]:
     precomputed entry's own `chains`, else the kind of every embedding: vit)."""
     kinds = config["profiles"]["feature_sets"]
     entries = {**config["encoders"], **config["precomputed"]}
+    tuned = finetuned_sets(config)
     chains = {}
     for fs in run_feature_sets(config):
         own = (entries.get(fs) or {}).get("chains")
         chains[fs] = list(dict.fromkeys(own or kinds[CHAIN_KINDS.get(fs, EMBEDDING_KIND)]))
+    for fs, parent in tuned.items():  # both scored on the held-out perturbations, side by side
+        chains[fs] = [HELDOUT_CHAIN]
+        chains[parent] = [*chains[parent], HELDOUT_CHAIN]
     return chains
+
+
+def check_finetune(config: dict[str, Any]) -> None:
+    """Only a method the run pretrains or loads (its feature set in feature_sets) can be fine-tuned."""
+    for method in config["vit"]["finetune"]["methods"]:
+        if METHOD_FEATURE_SETS[method] not in config["feature_sets"]:
+            raise ConfigError(f"config key 'vit.finetune.methods': {method} is fine-tuned from feature set "
+                              f"{METHOD_FEATURE_SETS[method]}, which config key 'feature_sets' does not list")
 
 
 def check_encoders(config: dict[str, Any]) -> None:

@@ -82,8 +82,13 @@ class RunPaths:
         centres.parquet (every crop centre, which embedding cuts from the images)."""
         return self._r("vit", "crops", f"{plate}.{part}")
 
+    def finetune_split(self) -> str:
+        """The fine-tuning split of the run's perturbations (paintbench.holdout)."""
+        return self._r("vit", "finetune", "split.tsv")
+
     def vit_file(self, method: str, name: str) -> str:
-        """encoder.pt, checkpoint.pt, train_log.tsv or train_loss.png of one method's pretraining."""
+        """encoder.pt, checkpoint.pt, train_log.tsv or train_loss.png of one method's pretraining; of <method>_ft:
+        encoder.pt and finetune_log.tsv of its fine-tuning."""
         return self._r("vit", method, name)
 
     # profiles

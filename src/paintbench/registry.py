@@ -51,7 +51,9 @@ GENE_CLASSES = ("strong", "weak", "null")
 # Profile chains (paintbench.chains): the steps, which of them fit on negative controls, and which kind of feature
 # set (profiles.feature_sets.<kind>) a feature set takes its chains from.
 PROFILE_STEPS = ("none", "var", "mad", "standardize", "int", "featselect", "wellpos", "cc", "outlier", "sphering",
-                 "pca", "harmony")
+                 "pca", "harmony", "heldout")
+FINETUNED_SUFFIX = "_ft"  # vit<method>_ft: a method fine-tuned on the training side (config key vit.finetune)
+HELDOUT_CHAIN = "mad_heldout"  # fine-tuned feature sets and their parents are scored on the held-out side with it
 EMBEDDING_KIND = "vit"  # the chains of every embedding: the ViTs, external encoders, precomputed tables
 CHAIN_KINDS = {CELLPROFILER: "cellprofiler", **{fs: EMBEDDING_KIND for fs in VIT_FEATURE_SETS}, PUBLISHED: "published"}
 LAYOUT_CONTROLS = ("same_position_controls", "different_position_replicates", "shuffled_replicates",

@@ -17,17 +17,17 @@ from paintbench.cli.options import S3_OPTIONS, render
 from paintbench.cli.profiles import PROFILE_CHAIN_OPTIONS, PROFILE_OPTIONS
 from paintbench.cli.retrieval import LAYOUT_CONTROL_OPTIONS, RETRIEVAL_OPTIONS
 from paintbench.cli.target_id import TARGET_ID_OPTIONS
-from paintbench.cli.vit import (CROP_OPTIONS, EMBED_OPTIONS, ENCODER_EMBED_OPTIONS, MODEL_OPTIONS, PRETRAIN_OPTIONS,
-                               TRAINING_OPTIONS)
-from paintbench.config import (feature_set_chains, profile_chains, resolve_command, resolve_input_path,
-                               run_feature_sets, vit_method)
+from paintbench.cli.vit import (CROP_OPTIONS, EMBED_OPTIONS, ENCODER_EMBED_OPTIONS, FINETUNE_OPTIONS, MODEL_OPTIONS,
+                               PRETRAIN_OPTIONS, SPLIT_OPTIONS, TRAINING_OPTIONS)
+from paintbench.config import (feature_set_chains, finetuned_sets, profile_chains, resolve_command,
+                               resolve_input_path, run_feature_sets, vit_method)
 from paintbench.metadata import known_plates, plate_info, plate_layout, select_wells
 from paintbench.image_pattern import folder_digest
 from paintbench.paths import RunPaths, crop_prefix
 from paintbench.plan import plate_disk_mb
 from paintbench.registry import (CELLPROFILER, CHANNELS, FEATURE_SET_METHODS, IMAGE_FEATURE_SETS, MATCHING_TASKS,
-                                 METHOD_FEATURE_SETS, PAPER, PUBLISHED, TARGET_ID_TABLES, TASKS, VIT_METHODS,
-                                 VIT_TRAINING_KEYS, alternatives, profile_set)
+                                 FINETUNED_SUFFIX, METHOD_FEATURE_SETS, PAPER, PUBLISHED, TARGET_ID_TABLES, TASKS,
+                                 VIT_METHODS, VIT_TRAINING_KEYS, alternatives, profile_set)
 from paintbench.schema import BUNDLED_METADATA
 
 RESULTS = config["results_dir"]
@@ -57,6 +57,14 @@ VIT = config["vit"]
 VIT_PRETRAIN_PLATES = VIT["pretrain_plates"] or PLATES
 METHOD = {method: vit_method(config, method) for method in VIT_METHODS}
 PRETRAINED = [m for m in RUN_METHODS if not METHOD[m]["checkpoint"]]  # methods this run pretrains itself
+# vit.finetune: each method fine-tuned on the split's training side, embedded by the same job as the others.
+FINETUNED = {FEATURE_SET_METHODS[parent]: fs for fs, parent in finetuned_sets(config).items()}  # method -> vit<m>_ft
+
+
+def embedded_encoders() -> dict[str, str]:
+    """Feature set -> encoder file of every encoder the vit_embed job runs: the methods', then the fine-tuned ones."""
+    return {**{METHOD_FEATURE_SETS[m]: vit_encoder(m) for m in RUN_METHODS},
+            **{fs: PATHS.vit_file(f"{m}{FINETUNED_SUFFIX}", "encoder.pt") for m, fs in FINETUNED.items()}}
 # Profile chains: each feature set's chains, headline first (profiles.feature_sets); every (feature set, chain)
 # pair, a profile set FS/CHAIN, is scored like a feature set.
 CHAINS = profile_chains(config)
@@ -197,9 +205,14 @@ def json_text(value) -> str:
 
 def chain_step_options(chain: str) -> str:
     """The options (profiles.steps) of the chain's own steps only: changing one step's options reruns the chains
-    that use it, not every chain."""
-    steps = config["profiles"]["steps"]
+    that use it, not every chain. The heldout step is given the fine-tuning split."""
+    steps = {**config["profiles"]["steps"], "heldout": {"split": PATHS.finetune_split()}}
     return json_text({step: steps[step] for step in CHAINS[chain] if step in steps})
+
+
+def chain_inputs(wildcards) -> list[str]:
+    """What a chain reads besides the annotated profiles: the split, for a chain with the heldout step."""
+    return [PATHS.finetune_split()] if "heldout" in CHAINS[wildcards.chain] else []
 
 
 def vit_encoder_args() -> str:

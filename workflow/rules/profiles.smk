@@ -80,6 +80,7 @@ rule published_profiles:
 rule profile_chain:
     input:
         annotated=PATHS.annotated("{feature_set}"),
+        split=chain_inputs,
     output:
         scored=PATHS.scored("{feature_set}/{chain}"),
         steps=PATHS.chain_steps("{feature_set}/{chain}"),

@@ -75,15 +75,16 @@ rule vit_pretrain:
 
 
 rule vit_embed:
-    # One job per plate embeds it with every method's encoder: the plate's images are decoded once.
+    # One job per plate embeds it with every method's encoder, fine-tuned ones included: the plate's images are
+    # decoded once.
     input:
         load_data=PATHS.load_data("{plate}"),
         illum=rules.illum.output.functions,
         norm=PATHS.crops("{plate}", "norm.json"),
         centres=PATHS.crops("{plate}", "centres.parquet"),
-        encoders=[vit_encoder(method) for method in RUN_METHODS],
+        encoders=list(embedded_encoders().values()),
     output:
-        profiles=[PATHS.well_profiles(METHOD_FEATURE_SETS[method], "{plate}") for method in RUN_METHODS],
+        profiles=[PATHS.well_profiles(fs, "{plate}") for fs in embedded_encoders()],
         qc=PATHS.qc_fragment("{plate}", "vit_embed"),
     log:
         PATHS.log("vit_embed", "{plate}"),
@@ -137,3 +138,59 @@ rule encoder_embed:
         "PAINTBENCH_ATTEMPT={resources.attempt} python -m paintbench encoder-embed --load-data {input.load_data} --illum {input.illum}"
         " --encoders {params.encoders} {params.options} --num-workers {threads}"
         " --qc-output {output.qc} --output {params.outputs} > {log} 2>&1"
+
+
+rule finetune_split:
+    # The seeded, grouped split of the run's perturbations (vit.finetune): fine-tuning sees the training side only.
+    output:
+        PATHS.finetune_split(),
+    log:
+        PATHS.log("finetune_split"),
+    benchmark:
+        PATHS.benchmark("finetune_split")
+    params:
+        plates=" ".join(PLATES),
+        options=lambda wildcards: options(SPLIT_OPTIONS),
+    threads: 1
+    localrule: True
+    resources:
+        attempt=attempt_number,
+        mem_mb=mem_mb(2000),
+        runtime=10,
+    conda:
+        "../../envs/paintbench.yaml"
+    shell:
+        "PAINTBENCH_ATTEMPT={resources.attempt} python -m paintbench finetune-split --plates {params.plates}"
+        " {params.options} --output {output} > {log} 2>&1"
+
+
+rule vit_finetune:
+    # The second phase: a pretrained encoder, a linear head classifying each crop's perturbation (training side).
+    input:
+        encoder=lambda wildcards: vit_encoder(wildcards.method),
+        crops=[PATHS.crops(plate, "npy") for plate in VIT_PRETRAIN_PLATES],
+        index=[PATHS.crops(plate, "parquet") for plate in VIT_PRETRAIN_PLATES],
+        split=PATHS.finetune_split(),
+    output:
+        encoder=PATHS.vit_file("{method}_ft", "encoder.pt"),
+        log_table=PATHS.vit_file("{method}_ft", "finetune_log.tsv"),
+    log:
+        PATHS.log("vit_finetune", "{method}"),
+    benchmark:
+        PATHS.benchmark("vit_finetune", "{method}")
+    params:
+        prefixes=lambda wildcards, input: " ".join(crop_prefix(p) for p in input.crops),
+        out_dir=lambda wildcards, output: os.path.dirname(output.encoder),
+        options=lambda wildcards: options(FINETUNE_OPTIONS),
+    threads: max(1, VIT["num_workers"])
+    resources:
+        attempt=attempt_number,
+        gpu=gpu_request(1),
+        mem_mb=mem_mb(8000),
+        runtime=24 * 60,
+    conda:
+        "../../envs/paintbench.yaml"
+    shell:
+        "PAINTBENCH_ATTEMPT={resources.attempt} python -m paintbench vit-finetune --encoder {input.encoder}"
+        " --crops {params.prefixes} --split {input.split} {params.options} --num-workers {threads}"
+        " --out-dir {params.out_dir} > {log} 2>&1"

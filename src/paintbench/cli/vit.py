@@ -164,6 +164,63 @@ def cmd_vit_embed(args: argparse.Namespace) -> None:
 
 
 ENCODER_EMBED_OPTIONS = [EMBED_OPTIONS[2], SKIP_BAD_FIELDS]  # --device, --skip-bad-fields
+SPLIT_OPTIONS = [
+    ConfigOption("--heldout-fraction", "vit.finetune.heldout_fraction", "share of the perturbations held out"),
+    ConfigOption("--seed", "vit.finetune.seed", "seed of the split"),
+    METADATA_DIR,
+]
+FINETUNE_OPTIONS = [
+    ConfigOption("--steps", "vit.finetune.steps", "optimizer steps"),
+    ConfigOption("--batch-size", "vit.finetune.batch_size", "crops per step"),
+    ConfigOption("--lr", "vit.finetune.lr", "peak learning rate (AdamW, warmup then cosine)"),
+    ConfigOption("--weight-decay", "vit.finetune.weight_decay", "AdamW weight decay"),
+    ConfigOption("--warmup-steps", "vit.finetune.warmup_steps", "steps of the linear learning-rate warmup"),
+    ConfigOption("--seed", "vit.finetune.seed", "seed of the head's initialization and of the batches"),
+    ConfigOption("--pooling", "vit.pooling", "the embedding the head classifies (as the encoder embeds)"),
+    ConfigOption("--device", "vit.device", "auto (cuda when available), cpu or cuda[:N]"),
+    METADATA_DIR,
+]
+
+
+def cmd_finetune_split(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from paintbench.atomic import write_table
+    from paintbench.holdout import leaks, split_perturbations
+    from paintbench.metadata import plate_layout
+
+    layouts = pd.concat([plate_layout(p, resolved_metadata_dir(args)) for p in args.plates], ignore_index=True)
+    split = split_perturbations(layouts, args.heldout_fraction, args.seed)
+    shared = leaks(split, layouts)
+    if shared:  # cannot happen by construction; a guard against a future edit
+        raise ValueError(f"finetune-split: genes on both sides: {shared[:5]}")
+    write_table(split, args.output)
+    counts = split["side"].value_counts().to_dict()
+    log.info("split of %d perturbations in %d groups: %s -> %s", len(split), split["group"].nunique(), counts,
+             args.output)
+
+
+def cmd_vit_finetune(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from paintbench.atomic import read_table
+    from paintbench.metadata import plate_layout
+    from paintbench.vit.crops import CropDataset
+    from paintbench.vit.finetune import LabelledCrops, finetune
+    from paintbench.vit.model import load_encoder
+
+    _set_cpu_threads(args.num_workers, 0)
+    encoder, config = load_encoder(args.encoder)
+    crops = CropDataset(args.crops)
+    plates = sorted(set(crops.index["Metadata_Plate"]))
+    layout = pd.concat([plate_layout(p, resolved_metadata_dir(args)) for p in plates], ignore_index=True)
+    data = LabelledCrops(crops, layout, read_table(args.split))
+    log.info("fine-tuning on %d crops of %d classes (training side and negative controls; %d crops of held-out "
+             "perturbations never read)", len(data), len(data.labels), len(crops) - len(data))
+    workers = 0 if args.device == "cpu" or args.num_workers <= 1 else args.num_workers
+    finetune(encoder, config, data, Path(args.out_dir), steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+             weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, pooling=args.pooling, seed=args.seed,
+             device=args.device, num_workers=workers, method=Path(args.out_dir).name)
 
 
 def cmd_encoder_embed(args: argparse.Namespace) -> None:
@@ -258,6 +315,23 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_config_options(p, [*EMBED_OPTIONS, NUM_WORKERS])
     p.add_argument("--output", nargs="+", required=True, help="well-level Parquet per --encoder, in the same order")
     p.set_defaults(func=cmd_vit_embed)
+
+    p = add_command(sub, "finetune-split", "the seeded, grouped split of the run's perturbations for fine-tuning",
+                    ["paintbench finetune-split --plates BR00116991 BR00117000 --output results/vit/finetune/split.tsv"])
+    p.add_argument("--plates", nargs="+", required=True, help="the run's plate barcodes")
+    add_config_options(p, SPLIT_OPTIONS)
+    p.add_argument("--output", required=True, help="one row per perturbation: its group and side (TSV)")
+    p.set_defaults(func=cmd_finetune_split)
+
+    p = add_command(sub, "vit-finetune", "fine-tune a pretrained encoder on the training side of the split",
+                    ["paintbench vit-finetune --encoder results/vit/mae/encoder.pt --crops results/vit/crops/BR00116991 "
+                     "--split results/vit/finetune/split.tsv --out-dir results/vit/mae_ft"])
+    p.add_argument("--encoder", required=True, help="the pretrained encoder.pt")
+    p.add_argument("--crops", nargs="+", required=True, help="crop cache prefixes (their pretraining samples)")
+    p.add_argument("--split", required=True, help="finetune-split's table")
+    add_config_options(p, [*FINETUNE_OPTIONS, NUM_WORKERS])
+    p.add_argument("--out-dir", required=True, help="writes encoder.pt and finetune_log.tsv")
+    p.set_defaults(func=cmd_vit_finetune)
 
     p = add_command(sub, "encoder-embed", "well-level embeddings of one plate by external encoders (config key encoders)",
                     ["paintbench encoder-embed --load-data results/load_data/BR00116991.csv "

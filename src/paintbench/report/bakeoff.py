@@ -15,7 +15,7 @@ import pandas as pd
 
 from paintbench.atomic import read_table
 from paintbench.comparison import condition_keys, paired_best, paired_comparisons
-from paintbench.registry import CELLPROFILER, PAPER, split_profile_set
+from paintbench.registry import CELLPROFILER, FINETUNED_SUFFIX, HELDOUT_CHAIN, PAPER, profile_set, split_profile_set
 
 PAIRED_COLUMNS = ["paired_reference", "paired_difference", "paired_difference_low", "paired_difference_high",
                   "paired_q_value"]
@@ -41,13 +41,20 @@ def label_profile_sets(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def families(profile_sets: list[str]) -> dict[str, list[str]]:
-    """The comparison families: 'feature sets' (headlines) and 'chains of FS' (every FS with 2+ chains)."""
+    """The comparison families: 'feature sets' (headlines; a fine-tuned set is scored on held-out perturbations
+    only, so it is compared with its parent alone), 'chains of FS' (every FS with 2+ chains) and 'fine-tuning of FS'
+    (FS and FS_ft, both on the held-out perturbations)."""
     heads = headline_sets(profile_sets)
-    out = {"feature sets": list(heads.values())} if len(heads) > 1 else {}
+    compared = [name for fs, name in heads.items() if not fs.endswith(FINETUNED_SUFFIX)]
+    out = {"feature sets": compared} if len(compared) > 1 else {}
     for fs in heads:
         chains = [n for n in profile_sets if split_profile_set(n)[0] == fs]
         if len(chains) > 1:
             out[f"chains of {fs}"] = chains
+        parent = fs.removesuffix(FINETUNED_SUFFIX)
+        pair = [profile_set(parent, HELDOUT_CHAIN), profile_set(fs, HELDOUT_CHAIN)]
+        if fs != parent and all(name in profile_sets for name in pair):
+            out[f"fine-tuning of {parent}"] = pair
     return out
 
 
@@ -71,13 +78,16 @@ def _condition_key(row: pd.Series, keys: list[str]) -> tuple:
     return tuple(None if pd.isna(row.get(c)) else row.get(c) for c in keys)
 
 
-def _reference(profile_set: str, heads: dict[str, str]) -> tuple[str, str] | None:
+def _reference(name: str, heads: dict[str, str]) -> tuple[str, str] | None:
     """(family, reference set) a profile set's paired difference is taken against; None for the reference itself."""
-    fs, _ = split_profile_set(profile_set)
-    if heads.get(fs) != profile_set:
+    fs, chain = split_profile_set(name)
+    if fs.endswith(FINETUNED_SUFFIX):  # against its parent on the same held-out perturbations
+        parent = fs.removesuffix(FINETUNED_SUFFIX)
+        return f"fine-tuning of {parent}", profile_set(parent, chain)
+    if heads.get(fs) != name:
         return f"chains of {fs}", heads[fs]
     baseline = heads.get(CELLPROFILER, next(iter(heads.values())))
-    return None if baseline == profile_set else ("feature sets", baseline)
+    return None if baseline == name else ("feature sets", baseline)
 
 
 def paired_columns(summary: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
