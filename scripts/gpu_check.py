@@ -162,35 +162,28 @@ def agreement(results: Results, sizes: dict, device) -> None:
 
 
 def fine_tuning(results: Results, sizes: dict, device) -> None:
-    """The second phase's step (paintbench.vit.finetune.Classifier: a linear head on the pooled embedding, cross-entropy,
-    fused AdamW, bf16 autocast on CUDA) on random crops and labels of 100 classes."""
+    """The second phase's loop as the workflow runs it (paintbench.vit.finetune.train_classifier: labelled crops in
+    memory through a DataLoader, the encoder's pooled embedding, a linear head, cross-entropy, fused AdamW, bf16
+    autocast on CUDA) on random crops of 100 classes; each step ends with the loss on the host, so steps are timed."""
+    import pandas as pd
     import torch
 
-    from paintbench.vit.core import autocast, build_encoder
-    from paintbench.vit.finetune import Classifier
+    from paintbench.vit.core import build_encoder
+    from paintbench.vit.finetune import LabelledTensors, PooledViT, train_classifier
 
     config = sizes["model"]
     for batch in sizes["batches"]:
-        model = Classifier(build_encoder(**config), config["img_size"], "mean", 100).to(device).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True if device.type == "cuda" else None)
-        crops = torch.rand(batch, 5, config["img_size"], config["img_size"], device=device)
-        labels = torch.randint(0, 100, (batch,), device=device)
+        encoder = build_encoder(**config)
+        n = 2 * batch
+        crops = torch.rand(n, 5, config["img_size"], config["img_size"])
+        data = LabelledTensors(crops, pd.Series([f"p{k % 100}" for k in range(n)]), pd.DataFrame(index=range(n)))
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        steps = sizes["warm_steps"] + sizes["timed_steps"]
-        for step in range(steps):
-            if step == sizes["warm_steps"]:
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                began = time.perf_counter()
-            with autocast(device):
-                loss = torch.nn.functional.cross_entropy(model(crops).float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        per_step = (time.perf_counter() - began) / sizes["timed_steps"]
+        warm, timed = sizes["warm_steps"], sizes["timed_steps"]
+        rows = train_classifier(PooledViT(encoder, config["img_size"], "mean"), int(encoder.num_features), data,
+                                len(data.labels), steps=warm + timed, batch_size=batch, lr=1e-4, warmup_steps=1,
+                                device=str(device))
+        per_step = (rows[-1]["seconds"] - rows[warm - 1]["seconds"]) / timed
         results.add("fine_tuning", "steps_per_s", round(1 / per_step, 3), "steps/s", "classify", batch)
         if device.type == "cuda":
             results.add("fine_tuning", "peak_memory", round(torch.cuda.max_memory_allocated(device) / 2**20), "MiB",

@@ -131,7 +131,7 @@ def test_the_chain_example_of_the_usage_guide_is_valid():
     """docs/usage.md's bake-off example, on the demo: every chain it adds is run by the kind that names it."""
     import re
 
-    from paintbench.config import feature_set_chains
+    from paintbench.feature_sets import feature_set_chains
 
     text = (REPO / "docs" / "usage.md").read_text()
     block = next(b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if b.startswith("profiles:"))
@@ -143,7 +143,7 @@ def test_the_chain_example_of_the_usage_guide_is_valid():
 
 
 def test_encoders_and_precomputed_tables_are_feature_sets_with_the_embedding_chains(tmp_path):
-    from paintbench.config import feature_set_chains, run_feature_sets
+    from paintbench.feature_sets import feature_set_chains, run_feature_sets
 
     table = tmp_path / "mine.parquet"
     table.write_bytes(b"")
@@ -157,7 +157,7 @@ def test_encoders_and_precomputed_tables_are_feature_sets_with_the_embedding_cha
 def test_the_fine_tuning_example_of_the_usage_guide_is_valid():
     import re
 
-    from paintbench.config import feature_set_chains, run_feature_sets
+    from paintbench.feature_sets import feature_set_chains, run_feature_sets
 
     text = (REPO / "docs" / "usage.md").read_text()
     block = next(b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if b.startswith("vit:\n  finetune"))
@@ -168,3 +168,15 @@ def test_the_fine_tuning_example_of_the_usage_guide_is_valid():
     with pytest.raises(ConfigError, match="'vit.finetune.methods': dino is fine-tuned from feature set vitdino"):
         check_config(demo(feature_sets=["cellprofiler"], vit={**DEMO["vit"], "finetune": {"methods": ["dino"]}}),
                      preflight=False)
+
+
+@pytest.mark.parametrize("example", ["demo_finetune.yaml", "small_vit_real_fields.yaml"])
+def test_each_example_layer_over_the_demo_is_a_valid_configuration(example):
+    """The layers docs/usage.md tells users to put over their configuration (here, over the demo) validate."""
+    config = load_config([REPO / "config" / "demo.yaml", REPO / "config" / "examples" / example], preflight=False)
+    assert config["source"] == "synthetic"
+    if example == "demo_finetune.yaml":
+        from paintbench.feature_sets import finetuned_sets
+
+        assert finetuned_sets(config) == {"vitmae_ft": "vitmae", "vitdino_ft": "vitdino",
+                                          "vitsimclr_ft": "vitsimclr", "cpssl_random_ft": "cpssl_random"}

@@ -38,6 +38,7 @@ NOT_CONFIG = {
     **{(command, "wells"): "a shard's or plate's wells, or files of well profiles"
        for command in ("plate-qc", "cellprofiler", "profiles", "precomputed-profiles")},
     ("query", "results_dir"): "the finished run a user looks up",
+    ("encoder-embed", "encoders"): "the entries of config key encoders as JSON, not vit.finetune.encoders' names",
     ("profile-chain", "steps"): "one chain's steps (a list of profiles.chains), not the ViT's training steps",
     ("report-summary", "published"): "the paper's values table, not profiles.feature_sets.published",
     ("report-html", "cellprofiler"): "the CellProfiler executable whose version the report shows, not a chain list",

@@ -15,10 +15,10 @@ from typing import Any
 import jsonschema
 import yaml
 
+from paintbench.feature_sets import check_chains, check_finetune
 from paintbench.metadata import MetadataError, known_plates, paper_plates, plate_info, unknown_name_message
-from paintbench.registry import (CELLPROFILER, CHAIN_KINDS, CHANNELS, EMBEDDING_KIND, FEATURE_SETS, FINETUNED_SUFFIX,
-                                 HELDOUT_CHAIN, METHOD_FEATURE_SETS, PUBLISHED, VIT_METHODS, VIT_TRAINING_KEYS)
-from paintbench.schema import BUNDLED_METADATA, load_schema
+from paintbench.registry import CHANNELS, FEATURE_SETS, PUBLISHED, VIT_METHODS, VIT_TRAINING_KEYS
+from paintbench.schema import BUNDLED_METADATA, ConfigError, load_schema
 
 DEPRECATED_MAE_KEYS = ("mask_ratio", "decoder_dim", "decoder_depth", "decoder_heads", "norm_pix_loss", "checkpoint")
 log = logging.getLogger(__name__)
@@ -27,10 +27,6 @@ log = logging.getLogger(__name__)
 # config/metadata (the one bundled input a command needs without the workflow).
 WORKFLOW_DIR = Path(__file__).resolve().parents[2]
 BUNDLED_INPUTS = {Path("config/metadata"): BUNDLED_METADATA}
-
-
-class ConfigError(ValueError):
-    """Invalid configuration; the message names the key."""
 
 
 def _with_defaults(validator_class: type) -> type:
@@ -178,53 +174,6 @@ def check_semantics(config: dict[str, Any]) -> None:
     check_chains(config)
 
 
-# Steps that refit the per-plate normalization: published profiles were normalized by the consortium already.
-CONTROL_FITTED = {"mad", "standardize", "sphering", "wellpos", "cc", "harmony"}
-
-
-def profile_chains(config: dict[str, Any]) -> dict[str, list[str]]:
-    """The built-in chains (the schema's default of profiles.chains) with the configuration's added or replaced."""
-    from paintbench.schema import default
-
-    return {**default("profiles.chains"), **config["profiles"]["chains"]}
-
-
-def run_feature_sets(config: dict[str, Any]) -> list[str]:
-    """Every feature set of the run: config key feature_sets, each fine-tuned method (vit<method>_ft), then each
-    external encoder and precomputed table."""
-    return [*config["feature_sets"], *finetuned_sets(config), *config["encoders"], *config["precomputed"]]
-
-
-def finetuned_sets(config: dict[str, Any]) -> dict[str, str]:
-    """vit.finetune.methods: fine-tuned feature set -> its pretrained parent feature set."""
-    return {f"{METHOD_FEATURE_SETS[m]}{FINETUNED_SUFFIX}": METHOD_FEATURE_SETS[m]
-            for m in config["vit"]["finetune"]["methods"]}
-
-
-def feature_set_chains(config: dict[str, Any]) -> dict[str, list[str]]:
-    """The chains each of the run's feature sets runs, headline first (profiles.feature_sets; an encoder or
-    precomputed entry's own `chains`, else the kind of every embedding: vit)."""
-    kinds = config["profiles"]["feature_sets"]
-    entries = {**config["encoders"], **config["precomputed"]}
-    tuned = finetuned_sets(config)
-    chains = {}
-    for fs in run_feature_sets(config):
-        own = (entries.get(fs) or {}).get("chains")
-        chains[fs] = list(dict.fromkeys(own or kinds[CHAIN_KINDS.get(fs, EMBEDDING_KIND)]))
-    for fs, parent in tuned.items():  # both scored on the held-out perturbations, side by side
-        chains[fs] = [HELDOUT_CHAIN]
-        chains[parent] = [*chains[parent], HELDOUT_CHAIN]
-    return chains
-
-
-def check_finetune(config: dict[str, Any]) -> None:
-    """Only a method the run pretrains or loads (its feature set in feature_sets) can be fine-tuned."""
-    for method in config["vit"]["finetune"]["methods"]:
-        if METHOD_FEATURE_SETS[method] not in config["feature_sets"]:
-            raise ConfigError(f"config key 'vit.finetune.methods': {method} is fine-tuned from feature set "
-                              f"{METHOD_FEATURE_SETS[method]}, which config key 'feature_sets' does not list")
-
-
 def check_encoders(config: dict[str, Any]) -> None:
     """Names, formats, sizes and files of encoders.<name> and precomputed.<name>, before any job."""
     from paintbench.encoder_formats import RANDOM, resolve
@@ -249,39 +198,6 @@ def check_encoders(config: dict[str, Any]) -> None:
         if absent:
             raise ConfigError(f"config key 'precomputed.{name}.path': no file {', '.join(absent[:3])}"
                               f"{' ...' if len(absent) > 3 else ''}")
-
-
-def check_chains(config: dict[str, Any]) -> None:
-    """Chains name known steps, feature sets name known chains, and each step has what it needs; before any job."""
-    if config["profiles"]["spherize"]:
-        raise ConfigError("config key 'profiles.spherize' is replaced by profile chains: name a chain with the "
-                          "sphering step in profiles.feature_sets (e.g. cellprofiler: [mad_featselect, mad_sphering])")
-    chains = profile_chains(config)
-    reserved = {"annotated", *config["plates"]}  # file names beside the chains' in profiles/<feature set>/
-    for name in chains:
-        if name in reserved or not re.fullmatch(r"[A-Za-z0-9_]+", name):
-            raise ConfigError(f"config key 'profiles.chains.{name}': a chain's name is letters, digits and _, and "
-                              "neither 'annotated' nor a plate barcode")
-    for kind, names in config["profiles"]["feature_sets"].items():
-        for name in names:
-            if name not in chains:
-                raise ConfigError(f"config key 'profiles.feature_sets.{kind}': unknown chain {name!r} "
-                                  f"(known: {', '.join(chains)})")
-    for section in ("encoders", "precomputed"):
-        for fs, entry in config[section].items():
-            unknown = [name for name in entry.get("chains") or [] if name not in chains]
-            if unknown:
-                raise ConfigError(f"config key '{section}.{fs}.chains': unknown chain(s) {unknown} "
-                                  f"(known: {', '.join(chains)})")
-    for fs, names in feature_set_chains(config).items():
-        for name in names:
-            if fs == PUBLISHED and set(chains[name]) & CONTROL_FITTED:
-                raise ConfigError(f"config key 'profiles.feature_sets.published': chain {name!r} "
-                                  f"({', '.join(chains[name])}) refits what the consortium's published profiles "
-                                  "already had (normalized, feature-selected); use none")
-            if "cc" in chains[name] and fs != CELLPROFILER:
-                raise ConfigError(f"config key 'profiles.chains.{name}': step cc needs the cell count "
-                                  f"(Metadata_Object_Count), which feature set {fs} does not have; only cellprofiler does")
 
 
 def check_image_pattern(config: dict[str, Any]) -> None:

@@ -87,6 +87,10 @@ VARIANTS = {"cellpaintssl": ("dino", "mae", "simclr")}
 VARIANT_DEFAULTS = {("cellpaintssl", "mae"): dict(pooling="mean", final_norm=False)}
 
 
+# Formats whose architecture paintbench builds (their backbones can be fine-tuned and saved by their own key names).
+FINETUNABLE = ("timm", "cellpaintssl", "cell_dino", "openphenom")
+
+
 def resolve(name: str, entry: dict[str, Any]) -> EncoderSpec:
     """The encoder of configuration entry `encoders.<name>`: its format's published defaults, then the entry's."""
     fmt = entry.get("format")

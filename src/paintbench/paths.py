@@ -92,6 +92,10 @@ class RunPaths:
         return self._r("vit", method, name)
 
     # profiles
+    def encoder_file(self, name: str, file: str) -> str:
+        """backbone.pt and finetune_log.tsv of an external encoder fine-tuned by the run (<name>_ft)."""
+        return self._r("encoders", name, file)
+
     def well_profiles(self, feature_set: str, plate: str) -> str:
         return self._r("profiles", feature_set, f"{plate}.parquet")
 

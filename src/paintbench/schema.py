@@ -15,6 +15,11 @@ from typing import Any
 
 import yaml
 
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the key."""
+
+
 RESOURCES = Path(str(resources.files("paintbench"))) / "resources"
 SCHEMA_PATH = RESOURCES / "config.schema.yaml"
 # config/metadata in a checkout (resolved through the link, so messages name the real folder): CPJUMP1's plates,

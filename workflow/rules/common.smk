@@ -17,10 +17,11 @@ from paintbench.cli.options import S3_OPTIONS, render
 from paintbench.cli.profiles import PROFILE_CHAIN_OPTIONS, PROFILE_OPTIONS
 from paintbench.cli.retrieval import LAYOUT_CONTROL_OPTIONS, RETRIEVAL_OPTIONS
 from paintbench.cli.target_id import TARGET_ID_OPTIONS
-from paintbench.cli.vit import (CROP_OPTIONS, EMBED_OPTIONS, ENCODER_EMBED_OPTIONS, FINETUNE_OPTIONS, MODEL_OPTIONS,
-                               PRETRAIN_OPTIONS, SPLIT_OPTIONS, TRAINING_OPTIONS)
-from paintbench.config import (feature_set_chains, finetuned_sets, profile_chains, resolve_command,
-                               resolve_input_path, run_feature_sets, vit_method)
+from paintbench.cli.finetune import ENCODER_FINETUNE_OPTIONS, FINETUNE_OPTIONS, SPLIT_OPTIONS
+from paintbench.cli.vit import (CROP_OPTIONS, EMBED_OPTIONS, ENCODER_EMBED_OPTIONS, MODEL_OPTIONS, PRETRAIN_OPTIONS,
+                               TRAINING_OPTIONS)
+from paintbench.config import resolve_command, resolve_input_path, vit_method
+from paintbench.feature_sets import feature_set_chains, finetuned_sets, profile_chains, run_feature_sets
 from paintbench.metadata import known_plates, plate_info, plate_layout, select_wells
 from paintbench.image_pattern import folder_digest
 from paintbench.paths import RunPaths, crop_prefix
@@ -50,7 +51,9 @@ RESOLVED = {
 ENCODERS = config["encoders"]
 PRECOMPUTED = config["precomputed"]
 FEATURE_SETS = run_feature_sets(config)
-IMAGE_SETS = [fs for fs in FEATURE_SETS if fs in IMAGE_FEATURE_SETS or fs in ENCODERS]
+# vit.finetune.encoders: each external encoder fine-tuned, embedded by encoder_embed as <name>_ft.
+FINETUNED_ENCODERS = {fs: parent for fs, parent in finetuned_sets(config).items() if parent in ENCODERS}
+IMAGE_SETS = [fs for fs in FEATURE_SETS if fs in IMAGE_FEATURE_SETS or fs in ENCODERS or fs in FINETUNED_ENCODERS]
 ANNOTATED_SETS = [fs for fs in FEATURE_SETS if fs != PUBLISHED]  # the profiles rule annotates their plates' wells
 RUN_METHODS = [FEATURE_SET_METHODS[fs] for fs in FEATURE_SETS if fs in FEATURE_SET_METHODS]
 VIT = config["vit"]
@@ -58,7 +61,8 @@ VIT_PRETRAIN_PLATES = VIT["pretrain_plates"] or PLATES
 METHOD = {method: vit_method(config, method) for method in VIT_METHODS}
 PRETRAINED = [m for m in RUN_METHODS if not METHOD[m]["checkpoint"]]  # methods this run pretrains itself
 # vit.finetune: each method fine-tuned on the split's training side, embedded by the same job as the others.
-FINETUNED = {FEATURE_SET_METHODS[parent]: fs for fs, parent in finetuned_sets(config).items()}  # method -> vit<m>_ft
+FINETUNED = {FEATURE_SET_METHODS[parent]: fs for fs, parent in finetuned_sets(config).items()  # method -> vit<m>_ft
+             if parent in FEATURE_SET_METHODS}
 
 
 def embedded_encoders() -> dict[str, str]:
@@ -224,18 +228,28 @@ def vit_encoder_args() -> str:
 
 
 def encoder_entries() -> dict[str, dict]:
-    """encoders.<name> as encoder-embed takes them: checkpoint paths resolved, unset keys (the format's) left out."""
+    """encoders.<name> as encoder-embed takes them: checkpoint paths resolved, unset keys (the format's) left out;
+    each fine-tuned one (<name>_ft) as its parent with the run's fine-tuned backbone."""
     entries = {}
     for name, entry in ENCODERS.items():
         given = {k: v for k, v in entry.items() if v is not None and k != "chains"}
         if given["checkpoint"] != "random":
             given["checkpoint"] = str(resolve_input_path(given["checkpoint"], workflow_dir=WORKFLOW_DIR))
         entries[name] = given
+    for tuned, parent in FINETUNED_ENCODERS.items():
+        entries[tuned] = {**entries[parent], "checkpoint": PATHS.encoder_file(tuned, "backbone.pt")}
     return entries
 
 
-def encoder_checkpoints() -> list[str]:
-    return [entry["checkpoint"] for entry in encoder_entries().values() if entry["checkpoint"] != "random"]
+def encoder_checkpoints(names=None) -> list[str]:
+    """The weight files of the named encoders (default: every one encoder_embed runs)."""
+    entries = encoder_entries()
+    return [entries[n]["checkpoint"] for n in (names or entries) if entries[n]["checkpoint"] != "random"]
+
+
+def plates_illum(plates) -> list[str]:
+    """The illumination functions of several plates."""
+    return [path for plate in plates for path in illum_functions(plate)]
 
 
 def only(names) -> str:

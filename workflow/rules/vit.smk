@@ -109,14 +109,14 @@ rule vit_embed:
 
 
 rule encoder_embed:
-    # One job per plate embeds it with every external encoder (config key encoders): each format's crops, scaling
-    # and pooling (paintbench.encoder_formats); the weights are read strictly before any image.
+    # One job per plate embeds it with every external encoder (config key encoders), fine-tuned ones included: each
+    # format's crops, scaling and pooling (paintbench.encoder_formats); the weights are read strictly before any image.
     input:
         load_data=PATHS.load_data("{plate}"),
         illum=rules.illum.output.functions,
         checkpoints=encoder_checkpoints(),
     output:
-        profiles=[PATHS.well_profiles(name, "{plate}") for name in ENCODERS],
+        profiles=[PATHS.well_profiles(name, "{plate}") for name in encoder_entries()],
         qc=PATHS.qc_fragment("{plate}", "encoder_embed"),
     log:
         PATHS.log("encoder_embed", "{plate}"),
@@ -124,7 +124,7 @@ rule encoder_embed:
         PATHS.benchmark("encoder_embed", "{plate}")
     params:
         encoders=lambda wildcards: shlex_quote(json_text(encoder_entries())),
-        outputs=lambda wildcards, output: " ".join(f"{name}={path}" for name, path in zip(ENCODERS, output.profiles)),
+        outputs=lambda wildcards, output: " ".join(f"{name}={path}" for name, path in zip(encoder_entries(), output.profiles)),
         options=lambda wildcards: options(ENCODER_EMBED_OPTIONS),
     threads: max(1, VIT["num_workers"])
     resources:
@@ -138,59 +138,3 @@ rule encoder_embed:
         "PAINTBENCH_ATTEMPT={resources.attempt} python -m paintbench encoder-embed --load-data {input.load_data} --illum {input.illum}"
         " --encoders {params.encoders} {params.options} --num-workers {threads}"
         " --qc-output {output.qc} --output {params.outputs} > {log} 2>&1"
-
-
-rule finetune_split:
-    # The seeded, grouped split of the run's perturbations (vit.finetune): fine-tuning sees the training side only.
-    output:
-        PATHS.finetune_split(),
-    log:
-        PATHS.log("finetune_split"),
-    benchmark:
-        PATHS.benchmark("finetune_split")
-    params:
-        plates=" ".join(PLATES),
-        options=lambda wildcards: options(SPLIT_OPTIONS),
-    threads: 1
-    localrule: True
-    resources:
-        attempt=attempt_number,
-        mem_mb=mem_mb(2000),
-        runtime=10,
-    conda:
-        "../../envs/paintbench.yaml"
-    shell:
-        "PAINTBENCH_ATTEMPT={resources.attempt} python -m paintbench finetune-split --plates {params.plates}"
-        " {params.options} --output {output} > {log} 2>&1"
-
-
-rule vit_finetune:
-    # The second phase: a pretrained encoder, a linear head classifying each crop's perturbation (training side).
-    input:
-        encoder=lambda wildcards: vit_encoder(wildcards.method),
-        crops=[PATHS.crops(plate, "npy") for plate in VIT_PRETRAIN_PLATES],
-        index=[PATHS.crops(plate, "parquet") for plate in VIT_PRETRAIN_PLATES],
-        split=PATHS.finetune_split(),
-    output:
-        encoder=PATHS.vit_file("{method}_ft", "encoder.pt"),
-        log_table=PATHS.vit_file("{method}_ft", "finetune_log.tsv"),
-    log:
-        PATHS.log("vit_finetune", "{method}"),
-    benchmark:
-        PATHS.benchmark("vit_finetune", "{method}")
-    params:
-        prefixes=lambda wildcards, input: " ".join(crop_prefix(p) for p in input.crops),
-        out_dir=lambda wildcards, output: os.path.dirname(output.encoder),
-        options=lambda wildcards: options(FINETUNE_OPTIONS),
-    threads: max(1, VIT["num_workers"])
-    resources:
-        attempt=attempt_number,
-        gpu=gpu_request(1),
-        mem_mb=mem_mb(8000),
-        runtime=24 * 60,
-    conda:
-        "../../envs/paintbench.yaml"
-    shell:
-        "PAINTBENCH_ATTEMPT={resources.attempt} python -m paintbench vit-finetune --encoder {input.encoder}"
-        " --crops {params.prefixes} --split {input.split} {params.options} --num-workers {threads}"
-        " --out-dir {params.out_dir} > {log} 2>&1"

@@ -16,12 +16,13 @@ import sys
 import time
 from pathlib import Path
 
-from paintbench.cli import cellprofiler, config, download, illum, profiles, report, retrieval, target_id, vit
+from paintbench.cli import (cellprofiler, config, download, finetune, illum, profiles, report, retrieval, target_id,
+                            vit)
 from paintbench.cli.options import HelpFormatter
 
 log = logging.getLogger("paintbench")
 
-STAGES = (download, illum, cellprofiler, vit, profiles, retrieval, target_id, report, config)
+STAGES = (download, illum, cellprofiler, vit, finetune, profiles, retrieval, target_id, report, config)
 # Errors of the input or the configuration: one line that names the file, plate or key is the whole message, and
 # the exit code DETERMINISTIC_EXIT: the same command fails the same way until the input changes. Anything else is a
 # bug or a transient failure (network, memory, a preempted job), keeps its traceback, and may be retried.

@@ -54,7 +54,8 @@ def cmd_plan(args: argparse.Namespace) -> None:
     from paintbench.config import resolve_input_path
     from paintbench.plan import estimate
 
-    from paintbench.config import ConfigError, run_feature_sets
+    from paintbench.config import ConfigError
+    from paintbench.feature_sets import run_feature_sets
     from paintbench.preflight import preflight
 
     config = _configuration(args, preflight=False)

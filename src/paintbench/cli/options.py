@@ -226,7 +226,7 @@ def illum_folder(args: argparse.Namespace, plate: str, channels: Iterable[str]) 
     missing = [illum_filename(plate, c) for c in channels if illum_filename(plate, c) not in given]
     if missing:
         raise ValueError(f"--illum: plate {plate} lacks {', '.join(missing)} (given: {', '.join(sorted(given))})")
-    folders = {path.parent for path in given.values()}
+    folders = {given[illum_filename(plate, c)].parent for c in channels}  # other plates' files may be given too
     if len(folders) != 1:
         raise ValueError(f"--illum: a plate's illumination functions must share one folder, got {sorted(map(str, folders))}")
     return folders.pop()
@@ -242,3 +242,15 @@ def resolved_metadata_dir(args: argparse.Namespace) -> str:
     from paintbench.config import resolve_input_path
 
     return str(resolve_input_path(args.metadata_dir))
+
+
+# vit.num_workers: the rules pass their job's threads instead (at least 1), so it is not rendered from the config.
+NUM_WORKERS = ConfigOption("--num-workers", "vit.num_workers", "DataLoader worker processes (CPU threads on CPU)")
+
+
+def set_cpu_threads(threads: int, num_workers: int) -> None:
+    """On CPU, leave the worker processes their cores instead of oversubscribing."""
+    import torch
+
+    if not torch.cuda.is_available():
+        torch.set_num_threads(max(1, threads - num_workers))

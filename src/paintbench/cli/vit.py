@@ -1,4 +1,4 @@
-"""`paintbench vit-crops | vit-pretrain | vit-embed`: the commands of workflow/rules/vit.smk (torch is imported by
+"""`paintbench vit-crops | vit-pretrain | vit-embed | encoder-embed`: the commands of workflow/rules/vit.smk (torch is imported by
 the commands, never at registration, so every other command starts without it)."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from paintbench.cli.options import (METADATA_DIR, SKIP_BAD_FIELDS, ConfigOption, add_command, add_config_options,
-                                    add_illum, add_qc_output, illum_folder, resolved_metadata_dir, tagged, tagged_files)
+from paintbench.cli.options import (METADATA_DIR, NUM_WORKERS, SKIP_BAD_FIELDS, ConfigOption, add_command,
+                                    add_config_options, add_illum, add_qc_output, illum_folder, resolved_metadata_dir,
+                                    set_cpu_threads, tagged, tagged_files)
 from paintbench.registry import CHANNELS, VIT_METHODS
 
 log = logging.getLogger("paintbench")
@@ -63,22 +64,12 @@ EMBED_OPTIONS = [
     ConfigOption("--device", "vit.device", "auto (cuda when available), cpu or cuda[:N]"),
     SKIP_BAD_FIELDS,
 ]
-# vit.num_workers: the rules pass their job's threads instead (at least 1), so it is not rendered from the config.
-NUM_WORKERS = ConfigOption("--num-workers", "vit.num_workers", "DataLoader worker processes (CPU threads on CPU)")
 MAE_FLAGS = ("mask_ratio", "decoder_dim", "decoder_depth", "decoder_heads", "norm_pix_loss")
 
 
 def _encoder_config(args: argparse.Namespace) -> dict:
     return {"model": args.model, "img_size": args.input_size, "patch_size": args.patch_size, "in_chans": len(CHANNELS),
             "kwargs": args.model_kwargs}
-
-
-def _set_cpu_threads(threads: int, num_workers: int) -> None:
-    """On CPU, leave the worker processes their cores instead of oversubscribing."""
-    import torch
-
-    if not torch.cuda.is_available():
-        torch.set_num_threads(max(1, threads - num_workers))
 
 
 def _write_qc(records: list[dict], path: str | None) -> None:
@@ -120,7 +111,7 @@ def cmd_vit_pretrain(args: argparse.Namespace) -> None:
     from paintbench.vit.train import pretrain
 
     workers = 0 if args.device == "cpu" or args.num_workers <= 1 else args.num_workers
-    _set_cpu_threads(args.num_workers, 0)
+    set_cpu_threads(args.num_workers, 0)
     crops = CropDataset(args.crops)
     flags = {k: getattr(args, k) for k in MAE_FLAGS if getattr(args, k) is not None} if args.method == "mae" else {}
     settings = {**json.loads(args.settings), **flags}
@@ -146,7 +137,7 @@ def cmd_vit_embed(args: argparse.Namespace) -> None:
     from paintbench.vit.model import load_encoder
     from paintbench.vit.stream import CacheSource, ImageSource
 
-    _set_cpu_threads(args.num_workers, args.num_workers)
+    set_cpu_threads(args.num_workers, args.num_workers)
     if len(args.encoder) != len(args.output):
         raise ValueError(f"vit-embed: {len(args.encoder)} --encoder files but {len(args.output)} --output files; "
                          "give one output per encoder, in the same order")
@@ -164,65 +155,6 @@ def cmd_vit_embed(args: argparse.Namespace) -> None:
 
 
 ENCODER_EMBED_OPTIONS = [EMBED_OPTIONS[2], SKIP_BAD_FIELDS]  # --device, --skip-bad-fields
-SPLIT_OPTIONS = [
-    ConfigOption("--heldout-fraction", "vit.finetune.heldout_fraction", "share of the perturbations held out"),
-    ConfigOption("--seed", "vit.finetune.seed", "seed of the split"),
-    METADATA_DIR,
-]
-FINETUNE_OPTIONS = [
-    ConfigOption("--steps", "vit.finetune.steps", "optimizer steps"),
-    ConfigOption("--batch-size", "vit.finetune.batch_size", "crops per step"),
-    ConfigOption("--lr", "vit.finetune.lr", "peak learning rate (AdamW, warmup then cosine)"),
-    ConfigOption("--weight-decay", "vit.finetune.weight_decay", "AdamW weight decay"),
-    ConfigOption("--warmup-steps", "vit.finetune.warmup_steps", "steps of the linear learning-rate warmup"),
-    ConfigOption("--seed", "vit.finetune.seed", "seed of the head's initialization and of the batches"),
-    ConfigOption("--pooling", "vit.pooling", "the embedding the head classifies (as the encoder embeds)"),
-    ConfigOption("--device", "vit.device", "auto (cuda when available), cpu or cuda[:N]"),
-    METADATA_DIR,
-]
-
-
-def cmd_finetune_split(args: argparse.Namespace) -> None:
-    import pandas as pd
-
-    from paintbench.atomic import write_table
-    from paintbench.holdout import leaks, split_perturbations
-    from paintbench.metadata import plate_layout
-
-    layouts = pd.concat([plate_layout(p, resolved_metadata_dir(args)) for p in args.plates], ignore_index=True)
-    split = split_perturbations(layouts, args.heldout_fraction, args.seed)
-    shared = leaks(split, layouts)
-    if shared:  # cannot happen by construction; a guard against a future edit
-        raise ValueError(f"finetune-split: genes on both sides: {shared[:5]}")
-    write_table(split, args.output)
-    counts = split["side"].value_counts().to_dict()
-    log.info("split of %d perturbations in %d groups: %s -> %s", len(split), split["group"].nunique(), counts,
-             args.output)
-
-
-def cmd_vit_finetune(args: argparse.Namespace) -> None:
-    import pandas as pd
-
-    from paintbench.atomic import read_table
-    from paintbench.metadata import plate_layout
-    from paintbench.vit.crops import CropDataset
-    from paintbench.vit.finetune import LabelledCrops, finetune
-    from paintbench.vit.model import load_encoder
-
-    _set_cpu_threads(args.num_workers, 0)
-    encoder, config = load_encoder(args.encoder)
-    crops = CropDataset(args.crops)
-    plates = sorted(set(crops.index["Metadata_Plate"]))
-    layout = pd.concat([plate_layout(p, resolved_metadata_dir(args)) for p in plates], ignore_index=True)
-    data = LabelledCrops(crops, layout, read_table(args.split))
-    log.info("fine-tuning on %d crops of %d classes (training side and negative controls; %d crops of held-out "
-             "perturbations never read)", len(data), len(data.labels), len(crops) - len(data))
-    workers = 0 if args.device == "cpu" or args.num_workers <= 1 else args.num_workers
-    finetune(encoder, config, data, Path(args.out_dir), steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-             weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, pooling=args.pooling, seed=args.seed,
-             device=args.device, num_workers=workers, method=Path(args.out_dir).name)
-
-
 def cmd_encoder_embed(args: argparse.Namespace) -> None:
     """Every external encoder of one plate: all weights loaded first (a mismatch fails before any image is read),
     then one pass over the images per crop geometry shared by several encoders."""
@@ -233,7 +165,7 @@ def cmd_encoder_embed(args: argparse.Namespace) -> None:
     from paintbench.vit.encoders import load_embedder
     from paintbench.vit.stream import Geometry, RawSource
 
-    _set_cpu_threads(args.num_workers, args.num_workers)
+    set_cpu_threads(args.num_workers, args.num_workers)
     entries = json.loads(args.encoders)
     outputs = tagged_files(args.output, "--output")
     if set(outputs) != set(entries):
@@ -315,23 +247,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_config_options(p, [*EMBED_OPTIONS, NUM_WORKERS])
     p.add_argument("--output", nargs="+", required=True, help="well-level Parquet per --encoder, in the same order")
     p.set_defaults(func=cmd_vit_embed)
-
-    p = add_command(sub, "finetune-split", "the seeded, grouped split of the run's perturbations for fine-tuning",
-                    ["paintbench finetune-split --plates BR00116991 BR00117000 --output results/vit/finetune/split.tsv"])
-    p.add_argument("--plates", nargs="+", required=True, help="the run's plate barcodes")
-    add_config_options(p, SPLIT_OPTIONS)
-    p.add_argument("--output", required=True, help="one row per perturbation: its group and side (TSV)")
-    p.set_defaults(func=cmd_finetune_split)
-
-    p = add_command(sub, "vit-finetune", "fine-tune a pretrained encoder on the training side of the split",
-                    ["paintbench vit-finetune --encoder results/vit/mae/encoder.pt --crops results/vit/crops/BR00116991 "
-                     "--split results/vit/finetune/split.tsv --out-dir results/vit/mae_ft"])
-    p.add_argument("--encoder", required=True, help="the pretrained encoder.pt")
-    p.add_argument("--crops", nargs="+", required=True, help="crop cache prefixes (their pretraining samples)")
-    p.add_argument("--split", required=True, help="finetune-split's table")
-    add_config_options(p, [*FINETUNE_OPTIONS, NUM_WORKERS])
-    p.add_argument("--out-dir", required=True, help="writes encoder.pt and finetune_log.tsv")
-    p.set_defaults(func=cmd_vit_finetune)
 
     p = add_command(sub, "encoder-embed", "well-level embeddings of one plate by external encoders (config key encoders)",
                     ["paintbench encoder-embed --load-data results/load_data/BR00116991.csv "

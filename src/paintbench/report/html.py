@@ -268,10 +268,11 @@ def sources_html(config_text: str) -> str:
                      f"{variant}, {weights}.")
     for name, entry in (config.get("precomputed") or {}).items():
         items.append(f"<b>{html.escape(name)}</b>: precomputed embeddings from {html.escape(str(entry.get('path')))}.")
-    for method in ((config.get("vit") or {}).get("finetune") or {}).get("methods") or []:
-        items.append(f"<b>vit{html.escape(method)}_ft</b>: vit{html.escape(method)} fine-tuned to classify the "
-                     "perturbations of the split's training side (reports/../vit/finetune/split.tsv); it and its "
-                     "parent are scored on the held-out perturbations only (chain mad_heldout), compared in "
+    finetune = (config.get("vit") or {}).get("finetune") or {}
+    for parent in [f"vit{m}" for m in finetune.get("methods") or []] + list(finetune.get("encoders") or []):
+        items.append(f"<b>{html.escape(parent)}_ft</b>: {html.escape(parent)} fine-tuned to classify the "
+                     "perturbations of the split's training side (vit/finetune/split.tsv in the results folder); it "
+                     "and its parent are scored on the held-out perturbations only (chain mad_heldout), compared in "
                      "reports/comparisons.tsv (family 'fine-tuning of ...').")
     return ("<p>Feature sets from outside this run's own extraction, or from a second phase:</p><ul>" + "".join(f"<li>{i}</li>" for i in items)
             + "</ul>") if items else ""

@@ -24,6 +24,8 @@ from paintbench.registry import CHANNELS
 
 log = logging.getLogger(__name__)
 
+FINETUNED_KEY = "paintbench_backbone"  # a backbone fine-tuned by paintbench (vit.finetune.encoders), keys as built
+
 # ------------------------------------------------------------------------------------------------ checkpoints
 def read_checkpoint(path: Path, trust: bool = False) -> Any:
     """A checkpoint file as stored: safetensors, or a torch pickle read with weights_only (plus argparse.Namespace,
@@ -172,7 +174,11 @@ def load_backbone(spec: EncoderSpec) -> nn.Module:
     if spec.checkpoint == RANDOM:
         return model
     path = Path(spec.checkpoint)
-    state, dropped = _state_of(read_checkpoint(path, spec.trust_checkpoint), spec, path)
+    stored = read_checkpoint(path, spec.trust_checkpoint)
+    if isinstance(stored, dict) and isinstance(stored.get(FINETUNED_KEY), dict):
+        state, dropped = stored[FINETUNED_KEY], []
+    else:
+        state, dropped = _state_of(stored, spec, path)
     _check_channels(state, spec, path)
     try:
         missing, unexpected = model.load_state_dict(_fit_positions(state, model, spec), strict=False)
