@@ -180,7 +180,7 @@ def density_rows(args, work: Path) -> list[tuple[str, object, str]]:
             wells = [well_name(i) for i in range(args.fields)]
             generate_plate(PLATE, wells, [1], cpjump1, truth, folder / "images", field_size=1080,
                            cells_per_field=density, seed=density)
-            table, size, channels = load_data_table(PLATE, folder / "images", wells, [1], cpjump1), 1080, cpjump1
+            table, size = load_data_table(PLATE, folder / "images", wells, [1], cpjump1), 1080
         else:
             wells, size = [REAL_WELL], 540
             table = load_data_table(PLATE, REAL_SITE, wells, [REAL_SITE_NUMBER], CHANNEL_MAP)

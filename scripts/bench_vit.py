@@ -118,7 +118,7 @@ def main() -> None:
         every = build_crop_cache(table, work / "illum", work / "every", args.mode, args.crop_size, args.num_workers)
         every_s = time.perf_counter() - began
         began = time.perf_counter()
-        sample = build_crop_cache(table, work / "illum", work / "sample", args.mode, args.crop_size, args.num_workers,
+        build_crop_cache(table, work / "illum", work / "sample", args.mode, args.crop_size, args.num_workers,
                                   sample_per_field=args.sample_per_field)
         sample_s = time.perf_counter() - began
         images = image_bytes(table)

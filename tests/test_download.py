@@ -264,19 +264,31 @@ def test_s3_source_through_snakemake(s3_gallery, tmp_path):
     """The download rule, as a user runs it: `--config endpoint_url=...`, a subset, resumable."""
     from tests.helpers import REPO, snakemake
 
+    import boto3
+
+    from tests.conftest import _tiny_tiff
+
+    # The pre-flight wants the two negative controls (DMSO in A02 and A09 of this plate) that normalization needs.
+    admin = boto3.client("s3", endpoint_url=s3_gallery.endpoint_url, region_name="us-east-1",
+                         aws_access_key_id="testing", aws_secret_access_key="testing")
+    for n, well in enumerate(["A02", "A09"]):
+        for channel in range(1, 6):
+            key = f"{s3_gallery.images_prefix}{image_filename(well, 2, channel)}"
+            s3_gallery.objects[key] = _tiny_tiff(2000 + 10 * n + channel)
+            admin.put_object(Bucket=s3_gallery.bucket, Key=key, Body=s3_gallery.objects[key])
     target = tmp_path / "results" / "load_data" / "BR00116991.csv"
     args = [
         str(target), "--cores", "1", "--configfile", str(REPO / "config" / "config.yaml"),
-        "--config", f"endpoint_url={s3_gallery.endpoint_url}", "plates=[BR00116991]", "wells=[A01,P24]",
+        "--config", f"endpoint_url={s3_gallery.endpoint_url}", "plates=[BR00116991]", "wells=[A01,A02,A09,P24]",
         "sites=[2]", f"data_dir={tmp_path / 'data'}", f"results_dir={tmp_path / 'results'}",
     ]
     snakemake(args, cwd=tmp_path)
     table = pd.read_csv(target)
-    assert table[["Metadata_Well", "Metadata_Site"]].values.tolist() == [["A01", 2], ["P24", 2]]
+    assert table[["Metadata_Well", "Metadata_Site"]].values.tolist() == [["A01", 2], ["A02", 2], ["A09", 2], ["P24", 2]]
     images = sorted(p.name for p in (tmp_path / "data" / "images" / "BR00116991").iterdir())
     assert images == sorted(table[[f"FileName_Orig{c}" for c in ("DNA", "ER", "RNA", "AGP", "Mito")]].values.ravel())
     for name in images:
         key = f"{s3_gallery.images_prefix}{name}"
         assert (tmp_path / "data" / "images" / "BR00116991" / name).read_bytes() == s3_gallery.objects[key]
     log = (tmp_path / "results" / "logs" / "download" / "BR00116991.log").read_text()
-    assert f"--endpoint-url {s3_gallery.endpoint_url}" in log and "10 fetched" in log
+    assert f"--endpoint-url {s3_gallery.endpoint_url}" in log and "20 fetched" in log
