@@ -120,7 +120,7 @@ def test_command_line_strings_are_typed_by_the_schema():
                                channels={"DNA": "5", "ER": "4", "RNA": "3", "AGP": "2", "Mito": "1"}))
     assert config["sites"] == [1, 2] and config["genes"] is None and config["published_profiles"] is False
     assert config["retrieval"] == {"null_size": 9000, "seed": 0, "protocol": "cpjump1",
-                                   "compound_gene_negatives": "disjoint"}
+                                   "compound_gene_negatives": "disjoint", "precision": "float64"}
     assert config["synthetic"]["effect_scale"] == 1.5
     assert config["channels"]["DNA"] == 5
     with pytest.raises(ConfigError, match="'sites.0': 'one' is not of type 'integer'"):

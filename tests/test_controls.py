@@ -280,3 +280,22 @@ def test_layout_controls_on_the_real_lincs_plate():
     nn = rows.loc["nearest_neighbour_target_accuracy"]
     assert nn["n"] > 10 and 0 <= nn["accuracy"] <= 1 and 0 < nn["chance"] < 1
     assert elapsed < 30
+
+
+def test_nearest_neighbours_in_row_blocks_equal_the_whole_matrix():
+    """Nothing holds a compounds x compounds matrix: one row per block finds the same neighbours as one block,
+    with the same exclusions (itself, shared well positions) and ties to the lower index."""
+    from paintbench.controls import _padded, _share, nearest_neighbours
+
+    rng = np.random.default_rng(4)
+    x = np.round(rng.normal(size=(40, 6)), 0) + 0.01  # coarse: tied similarities
+    positions = _padded([{f"W{k}", f"W{(k * 7) % 13}"} for k in range(40)])
+    whole = nearest_neighbours(x, positions, block=10**9)
+    one_row = nearest_neighbours(x, positions, block=1)
+    assert np.array_equal(whole[0], one_row[0]) and np.array_equal(whole[1], one_row[1])
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sim = unit @ unit.T
+    every = np.arange(40)
+    banned = _share(positions, every[:, None].repeat(40, 1), every[None, :].repeat(40, 0)) | np.eye(40, dtype=bool)
+    sim[banned] = -np.inf
+    assert np.array_equal(whole[0][whole[1]], sim.argmax(axis=1)[whole[1]])

@@ -54,3 +54,15 @@ def test_plan_command_prints_the_table_with_sources(tmp_path):
     assert "1,536" in done.stdout and "GPU-hours" in done.stdout  # 2 plates x 384 wells x 2 fields
     assert RATES["gpu_train_crops_per_s"].source in done.stdout
     assert (tmp_path / "plan.tsv").read_text().startswith("quantity\tvalue\tunit\tsource")
+
+
+def test_the_benchmarks_own_cost_grows_with_the_wells_and_halves_its_memory_at_float32():
+    small, full = rows("config.yaml"), rows("config.yaml", plates="all")
+    retrieval, memory = "benchmark: replicate retrieval", "benchmark: memory of one retrieval job"
+    assert full[retrieval]["unit"] == "CPU-minutes" and "bench_scale.py" in full[retrieval]["source"]
+    # linear in the wells (blocked candidates): the same per-well rate at 10 and 51 plates
+    assert full[retrieval]["value"] / small[retrieval]["value"] == pytest.approx(
+        full["wells"]["value"] / small["wells"]["value"], rel=0.1)  # two significant digits each
+    single = rows("config.yaml", plates="all", retrieval={"precision": "float32"})
+    assert single[memory]["value"] == pytest.approx(full[memory]["value"] / 2, rel=0.01)
+    assert full["benchmark: matching"]["value"] >= small["benchmark: matching"]["value"] > 0  # same platemaps

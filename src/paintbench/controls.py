@@ -43,7 +43,7 @@ import zlib
 import numpy as np
 import pandas as pd
 
-from paintbench.metrics import cosine_similarity, retrieval_ap
+from paintbench.metrics import BLOCK_ELEMENTS, retrieval_ap
 from paintbench.retrieval import (ANNOTATION, CONDITION, PERT, TARGETS, score_condition, consensus, is_negcon, is_query,
                                   with_condition_columns)
 from paintbench.significance import Protocol, config_null, fraction_retrieved, p_from_null
@@ -321,25 +321,50 @@ def plate_predictability(profiles: pd.DataFrame, features: list[str], seed: int 
 
 # --- 5. 1-NN drug target classification -------------------------------------------------------------------------
 
-def _incidence(sets: list[set]) -> np.ndarray:
+def _padded(sets: list[set]) -> np.ndarray:
+    """(rows, largest set) integer codes of each row's members, -1 after its last."""
     vocab = {x: i for i, x in enumerate(sorted({x for s in sets for x in s}))}
-    out = np.zeros((len(sets), len(vocab)), dtype=np.float64)
-    for i, s in enumerate(sets):
-        out[i, [vocab[x] for x in s]] = 1.0
+    out = np.full((len(sets), max((len(s) for s in sets), default=0)), -1, dtype=np.int64)
+    for i, members in enumerate(sets):
+        out[i, : len(members)] = sorted(vocab[x] for x in members)
     return out
+
+
+def _share(padded: np.ndarray, a: np.ndarray, b: np.ndarray, block: int = 1 << 22) -> np.ndarray:
+    """Whether rows a[k] and b[k] (same shape, any) have a member in common; pairs in blocks, no rows x rows."""
+    a, b = np.asarray(a), np.asarray(b)
+    flat_a, flat_b, out = a.ravel(), b.ravel(), np.zeros(a.size, bool)
+    for s in range(0, a.size, block):
+        left, right = padded[flat_a[s : s + block]], padded[flat_b[s : s + block]]
+        for i in range(padded.shape[1]):
+            column = left[:, i, None]
+            out[s : s + block] |= ((right == column) & (column >= 0)).any(axis=1)
+    return out.reshape(a.shape)
 
 
 def _targets(value: object) -> set[str]:
     return {t for t in value.split("|") if t} if isinstance(value, str) else set()
 
 
-def nearest_neighbours(x: np.ndarray, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(index of each row's most cosine-similar allowed row, whether it has one); `excluded` (rows x rows) marks
-    the forbidden pairs (the diagonal included). Ties go to the lower index."""
-    sim = cosine_similarity(x, x)
-    sim[excluded] = -np.inf
-    has = ~excluded.all(axis=1)
-    return sim.argmax(axis=1), has
+def nearest_neighbours(x: np.ndarray, positions: np.ndarray | None = None,
+                       block: int = BLOCK_ELEMENTS) -> tuple[np.ndarray, np.ndarray]:
+    """(index of each row's most cosine-similar allowed row, whether it has one). Not allowed: the row itself and,
+    with `positions` (padded members, _padded), the rows sharing a member with it. Ties go to the lower index. In
+    row blocks of at most `block` similarities: nothing holds a rows x rows matrix."""
+    n = len(x)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    nn, has = np.zeros(n, np.int64), np.zeros(n, bool)
+    step = max(1, block // max(1, n))
+    every = np.arange(n)
+    for s in range(0, n, step):
+        rows = every[s : s + step]
+        sim = unit[rows] @ unit.T
+        sim[np.arange(len(rows)), rows] = -np.inf
+        if positions is not None and positions.shape[1]:
+            sim[_share(positions, np.broadcast_to(rows[:, None], sim.shape), np.broadcast_to(every, sim.shape))] = -np.inf
+        nn[rows] = sim.argmax(axis=1)
+        has[rows] = np.isfinite(sim.max(axis=1))
+    return nn, has
 
 
 def nearest_neighbour_target_accuracy(profiles: pd.DataFrame, features: list[str], draws: int = 1000,
@@ -369,25 +394,23 @@ def nearest_neighbour_target_accuracy(profiles: pd.DataFrame, features: list[str
                                                     f"{TARGETS}: need two"))
             continue
         table = consensus(treated, features, [PERT])
-        targets = _incidence([_targets(v) for v in table[TARGETS]])
-        share = targets @ targets.T > 0
-        excluded = np.eye(len(table), dtype=bool)
-        note = "excluding compounds that share a well position"
+        targets = _padded([_targets(v) for v in table[TARGETS]])
+        note, positions = "excluding compounds that share a well position", None
         if WELL in treated.columns:
-            wells = treated.groupby(PERT, sort=True)[WELL].agg(set).reindex(table[PERT])
-            positions = _incidence(list(wells))
-            excluded |= positions @ positions.T > 0
+            positions = _padded(list(treated.groupby(PERT, sort=True)[WELL].agg(set).reindex(table[PERT])))
         else:
             note = f"no {WELL} column: no position exclusion"
-        nn, has = nearest_neighbours(table[features].to_numpy(np.float64), excluded)
+        nn, has = nearest_neighbours(table[features].to_numpy(np.float64), positions)
         scored = np.flatnonzero(has)
         if not len(scored):
             rows.append(_row(control, condition, 0, "every compound shares a well position with every other"))
             continue
-        observed = float(share[scored, nn[scored]].mean())
+        observed = float(_share(targets, scored, nn[scored]).mean())
         rng = _condition_seed(seed, condition, control)
-        perm = np.argsort(rng.random((draws, len(table))), axis=1)  # compound i gets the targets of perm[:, i]
-        null = share[perm[:, scored], perm[:, nn[scored]]].mean(axis=1) if draws else np.array([])
+        null = np.zeros(draws)
+        for first in range(0, draws, 64):  # compound i gets the targets of perm[:, i]; the draws of one stream
+            perm = np.argsort(rng.random((min(64, draws - first), len(table))), axis=1)
+            null[first : first + len(perm)] = _share(targets, perm[:, scored], perm[:, nn[scored]]).mean(axis=1)
         chance = float(null.mean()) if draws else np.nan
         p = (1.0 + np.sum(null >= observed - 1e-12)) / (1.0 + draws)
         detail = (f"{len(scored)} of {len(table)} compounds with targets have a neighbour; 1-NN by cosine, "

@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from paintbench import blocking
+
 BLOCK_ELEMENTS = 4_000_000  # similarity block (query rows x candidates): 32 MB of float64
 # The CPJUMP1 paper's compound-gene lists (copairs@880f22a) held every true match twice, as a positive and as a
 # negative with the same similarity, ordered by numpy's unstable argsort: the negative twin first in lists of up to
@@ -101,12 +103,13 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
     norm = np.linalg.norm(x, axis=1)
     if not np.all(norm > 0):
         raise ValueError(f"{int(np.sum(~(norm > 0)))} profile(s) have zero or NaN norm: cosine undefined")
-    return x / norm[:, None]
+    x /= norm[:, None].astype(x.dtype)
+    return x
 
 
 def cosine_similarity(a: np.ndarray, b: np.ndarray, abs_similarity: bool = False) -> np.ndarray:
     """Cosine similarity of every row of `a` with every row of `b` (small inputs; retrieval_ap blocks)."""
-    sim = _unit_rows(np.asarray(a, dtype=np.float64)) @ _unit_rows(np.asarray(b, dtype=np.float64)).T
+    sim = _unit_rows(np.array(a, dtype=np.float64)) @ _unit_rows(np.array(b, dtype=np.float64)).T
     return np.abs(sim) if abs_similarity else sim
 
 
@@ -125,6 +128,21 @@ def _incidence(labels: list[list[str]], vocab: dict[str, int]) -> sparse.csr_mat
     return sparse.csr_matrix((np.ones(rows.size, np.int8), (rows, cols)), shape=(len(labels), len(vocab)))
 
 
+def _padded_labels(incidence: sparse.csr_matrix) -> np.ndarray:
+    """(rows, most labels of a row) label numbers, -1 after a row's last."""
+    return blocking.Lists(incidence.indptr, incidence.indices).padded(np.arange(incidence.shape[0]))
+
+
+def _carries(cand_labels: np.ndarray, idx: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Whether candidate idx[b, c] (-1: none) carries any label of labels[b] ((B, L), -1 padded)."""
+    held = cand_labels[np.where(idx >= 0, idx, 0)]  # (B, C, Lc)
+    out = np.zeros(idx.shape, bool)
+    for j in range(labels.shape[1]):
+        want = labels[:, j, None, None]
+        out |= ((held == want) & (want >= 0)).any(axis=2)
+    return out & (idx >= 0)
+
+
 def retrieval_ap(
     profiles: pd.DataFrame,
     features: list[str],
@@ -141,6 +159,7 @@ def retrieval_ap(
     sep: str = "|",
     abs_similarity: bool = False,
     paper_code_negatives: bool = False,
+    dtype: type = np.float64,
 ) -> pd.DataFrame:
     """AP of each query (rows of `profiles` selected by `query_mask`) against `candidates`
     (default: `profiles` itself, self excluded). Returns the query rows' metadata (non-feature
@@ -153,7 +172,14 @@ def retrieval_ap(
     left out. In both, negatives share no label with the query, except with `paper_code_negatives`: then
     every candidate that meets the negative rules is a negative whatever its labels, true matches included (what
     the CPJUMP1 paper's compound-gene matching computed, see PAPER_CODE_SHORT_LIST).
+
+    Only the candidates a query can rank are compared with it (paintbench.blocking), in blocks of at most
+    BLOCK_ELEMENTS similarities: nothing holds a queries x candidates matrix. `dtype=np.float32` halves the memory of
+    the profiles; similarities then differ from float64's by ~1e-7, which moves a rank only where two candidates'
+    float32 rank keys were within that of each other.
     """
+    if multilabel_mode not in ("any", "per_label"):
+        raise ValueError(f"multilabel_mode must be 'any' or 'per_label', not {multilabel_mode!r}")
     cand = profiles if candidates is None else candidates
     qmask = np.ones(len(profiles), bool) if query_mask is None else np.asarray(query_mask, bool)
     q_rows = np.flatnonzero(qmask)
@@ -166,48 +192,110 @@ def retrieval_ap(
             raise ValueError(f"{col}: missing values in a pair-rule column")
         both = pd.factorize(pd.concat([profiles[col], cand[col]], ignore_index=True))[0]
         codes[col] = (both[: len(profiles)][q_rows], both[len(profiles) :])
-    xq = _unit_rows(profiles[features].to_numpy(np.float64)[q_rows])
-    xc = _unit_rows(cand[features].to_numpy(np.float64))
-    if multilabel is not None:
-        ql, cl = _labels(profiles[multilabel].iloc[q_rows], sep), _labels(cand[multilabel], sep)
-        vocab = {x: i for i, x in enumerate(sorted({x for xs in ql + cl for x in xs}))}
-        aq, ac = _incidence(ql, vocab), _incidence(cl, vocab)
-        ac_t = ac.T.tocsr()
-    # Output rows: queries, or (query, label) pairs in per-label mode.
-    if multilabel is not None and multilabel_mode == "per_label":
-        rep = np.repeat(np.arange(len(q_rows)), [len(x) for x in ql])
-        row_label = np.array([vocab[x] for xs in ql for x in xs], dtype=np.int64)
-    elif multilabel_mode in ("any", "per_label"):
-        rep, row_label = np.arange(len(q_rows)), None
+    xc = _unit_rows(cand[features].to_numpy(dtype, copy=True))
+    if candidates is None:  # the queries are rows of the candidates' array: no second copy
+        xq, q_pos = xc, q_rows
     else:
-        raise ValueError(f"multilabel_mode must be 'any' or 'per_label', not {multilabel_mode!r}")
+        xq, q_pos = _unit_rows(profiles[features].to_numpy(dtype, copy=True)[q_rows]), np.arange(len(q_rows))
+    labels = _label_sets(profiles, cand, q_rows, multilabel, sep) if multilabel is not None else None
+    if labels is not None and multilabel_mode == "per_label":  # output rows: (query, label) pairs
+        rep = np.repeat(np.arange(len(q_rows)), [len(x) for x in labels["ql"]])
+        row_label = np.array([labels["vocab"][x] for xs in labels["ql"] for x in xs], dtype=np.int64)
+    else:
+        rep, row_label = np.arange(len(q_rows)), None
+    positives, p_of_row = _positive_lists(codes, pos_same, labels, rep, row_label, len(q_rows), len(cand))
+    groups = blocking.negative_groups(rep, len(q_rows), nmask, [codes[c] for c in neg_same],
+                                      [codes[c] for c in neg_diff], everything=positives is None)
+    widths = positives.lengths(p_of_row) if positives is not None else np.zeros(len(rep), np.int64)
+    order = np.lexsort((widths, groups.of_row))
+    cuts = np.flatnonzero(np.diff(groups.of_row[order])) + 1
     ap = np.full(len(rep), np.nan)
     n_pos, n_total = np.zeros(len(rep), np.int64), np.zeros(len(rep), np.int64)
-    step = max(1, BLOCK_ELEMENTS // max(1, len(cand)))
-    for s in range(0, len(rep), step):
-        r = rep[s : s + step]  # query positions (into q_rows) of this block's output rows
-        sim = xq[r] @ xc.T
-        if abs_similarity:
-            np.abs(sim, out=sim)
-        pos = np.ones(sim.shape, bool)
-        neg = np.broadcast_to(nmask, sim.shape).copy()
-        for col, is_pos, same in rules:
-            qc, cc = codes[col]
-            eq = qc[r, None] == cc[None, :]
-            target = pos if is_pos else neg
-            target &= eq if same else ~eq
-        if multilabel is not None:
-            shared = (aq[r] @ ac.T).toarray() > 0
-            pos &= shared if row_label is None else (ac_t[row_label[s : s + step]].toarray() > 0)
-            if not paper_code_negatives:
-                neg &= ~shared
-        if candidates is None:  # same table: a query is never its own candidate
-            pos[np.arange(len(r)), q_rows[r]] = False
-            neg[np.arange(len(r)), q_rows[r]] = False
-        twins = neg if paper_code_negatives else None
-        ap[s : s + step], n_pos[s : s + step], n_total[s : s + step] = average_precision(sim, pos, pos | neg, twins)
+    for rows in np.split(order, cuts) if len(order) else []:
+        g = int(groups.of_row[rows[0]])
+        members = groups.members(g)
+        xn = xc if len(members) == len(xc) else xc[members]
+        group_labels = _group_labels(labels, members) if labels is not None else None
+        for out in blocking.chunks(rows, widths[rows], len(members), BLOCK_ELEMENTS, len(features)):
+            r = rep[out]
+            x = xq[q_pos[r]]
+            near = positives.padded(p_of_row[out]) if positives is not None else np.zeros((len(out), 0), np.int64)
+            near[groups.contains(g, near)] = -1  # in the group's N list already
+            gathered = xc[np.where(near >= 0, near, 0)]
+            sim = np.concatenate([np.einsum("bf,bcf->bc", x, gathered), x @ xn.T], axis=1)
+            if abs_similarity:
+                np.abs(sim, out=sim)
+            idx = np.concatenate([near, np.broadcast_to(members, (len(out), len(members)))], axis=1)
+            pos, neg = _pair_rules(idx, r, codes, rules, nmask)
+            if labels is not None:
+                shared, carry = _label_rules(labels, group_labels, near, r, None if row_label is None else row_label[out])
+                pos &= shared if carry is None else carry
+                if not paper_code_negatives:
+                    neg &= ~shared
+            if candidates is None:  # same table: a query is never its own candidate
+                itself = idx == q_rows[r][:, None]
+                pos &= ~itself
+                neg &= ~itself
+            twins = neg if paper_code_negatives else None
+            ap[out], n_pos[out], n_total[out] = average_precision(sim, pos, pos | neg, twins)
     meta = profiles.iloc[q_rows[rep]].drop(columns=list(features))
     if row_label is not None:
-        names = np.array(sorted(vocab, key=vocab.get), dtype=object)
+        names = np.array(sorted(labels["vocab"], key=labels["vocab"].get), dtype=object)
         meta = meta.assign(**{multilabel: names[row_label]})
     return meta.assign(average_precision=ap, n_pos_pairs=n_pos, n_total_pairs=n_total)
+
+
+def _label_sets(profiles: pd.DataFrame, cand: pd.DataFrame, q_rows: np.ndarray, column: str, sep: str) -> dict:
+    ql, cl = _labels(profiles[column].iloc[q_rows], sep), _labels(cand[column], sep)
+    vocab = {x: i for i, x in enumerate(sorted({x for xs in ql + cl for x in xs}))}
+    aq, ac = _incidence(ql, vocab), _incidence(cl, vocab)
+    return {"ql": ql, "vocab": vocab, "aq": aq, "ac": ac, "q_pad": _padded_labels(aq), "c_pad": _padded_labels(ac)}
+
+
+def _positive_lists(codes: dict, pos_same: Sequence[str], labels: dict | None, rep: np.ndarray,
+                    row_label: np.ndarray | None, n_query: int, n_cand: int) -> tuple[blocking.Lists | None, np.ndarray]:
+    """Each output row's P list (a superset of its positives) and which list that is: the candidates sharing its
+    pos_same key, else those carrying its label (per_label) or sharing one (any); None without a positive rule."""
+    if pos_same:
+        q_key, c_key = blocking.joint_key([codes[c][0] for c in pos_same], [codes[c][1] for c in pos_same],
+                                          n_query, n_cand)
+        return blocking.same_key_lists(q_key, c_key), rep
+    if labels is None:
+        return None, rep
+    if row_label is not None:
+        by_label = labels["ac"].T.tocsr()
+        lists = blocking.ranges(by_label.indices, by_label.indptr[row_label], by_label.indptr[row_label + 1])
+        return lists, np.arange(len(rep))
+    sharing = (labels["aq"] @ labels["ac"].T).tocsr()
+    return blocking.Lists(sharing.indptr.astype(np.int64), sharing.indices.astype(np.int64)), rep
+
+
+def _group_labels(labels: dict, members: np.ndarray) -> dict:
+    ac = labels["ac"][members]
+    return {"ac": ac, "by_label": ac.T.tocsr()}
+
+
+def _pair_rules(idx: np.ndarray, r: np.ndarray, codes: dict, rules: list, nmask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positive, negative) of each (query r[b], candidate idx[b, c]) pair by the column rules (-1: no candidate)."""
+    valid = idx >= 0
+    safe = np.where(valid, idx, 0)
+    pos, neg = valid.copy(), valid & nmask[safe]
+    for col, is_pos, same in rules:
+        qc, cc = codes[col]
+        eq = qc[r][:, None] == cc[safe]
+        target = pos if is_pos else neg
+        target &= eq if same else ~eq
+    return pos, neg
+
+
+def _label_rules(labels: dict, group: dict, near: np.ndarray, r: np.ndarray,
+                 row_label: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(shares a label with the query, carries the row's label (per_label only)) for the chunk's P part (padded
+    labels) and its group's N part (sparse products)."""
+    shared = np.concatenate([_carries(labels["c_pad"], near, labels["q_pad"][r]),
+                             (labels["aq"][r] @ group["ac"].T).toarray() > 0], axis=1)
+    if row_label is None:
+        return shared, None
+    carry = np.concatenate([_carries(labels["c_pad"], near, row_label[:, None]),
+                            group["by_label"][row_label].toarray() > 0], axis=1)
+    return shared, carry

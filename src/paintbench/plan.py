@@ -42,7 +42,17 @@ RATES = {
     "cpu_embed_crops_per_s": Rate(25.0, "ViT-S/16 224 px crops/s on 2 CPU cores", "scripts/bench_vit.py (README)"),
     "cpu_train_crops_per_s": Rate(27.0, "ViT-S/16 224 px MAE training crops/s on 2 CPU cores (0.85 steps/s x 32)",
                                   "scripts/bench_vit.py (README)"),
+    # The benchmark itself, per profile set, at 500 features (a chain's output; time and memory scale with them).
+    "replicate_s_per_well": Rate(4.4e-5, "s per well of replicate retrieval on 2 cores (cpjump1, null 10,000)",
+                                 "scripts/bench_scale.py --plates 1700: 652,800 wells in 28.7 s (docs/performance.md)"),
+    "retrieval_bytes_per_value": Rate(12.4, "bytes per well x feature at float32 (x2 at float64): the table, its "
+                                           "normalized copy and the blocks",
+                                      "scripts/bench_scale.py --plates 1700: 4.06 GB peak RSS"),
+    "matching_s_per_pair": Rate(7.6e-8, "s per (query, candidate) pair of consensus profiles, sister or "
+                                        "compound-gene matching, 2 cores",
+                                "scripts/bench_scale.py --plates 200 --tasks sister: 16,710 x 12,800 pairs in 16.2 s"),
 }
+BENCHMARK_FEATURES = 500
 
 
 def rate(name: str) -> float:
@@ -157,12 +167,51 @@ def estimate(config: dict[str, Any], metadata_dir: str, cells_per_field: float =
             ("ViT cache of every crop (not made)", round(crop_bytes(embed_crops, crop_size) / 1e9, 1), "GB",
              "what caching every crop would take: embedding streams them from the images instead"),
         ]
-    kept = [r for r in rows if r[2] == "GB" and "not made" not in r[0]]
+    rows += benchmark_rows(config, metadata_dir, wells)
+    kept = [r for r in rows if r[2] == "GB" and "not made" not in r[0] and "memory" not in r[0]]
     peak = sum(r[1] for r in kept)
     if CELLPROFILER in config["feature_sets"]:
         peak += max(counts, key=lambda c: c[1])[1] * cells_per_field * rate("cellprofiler_features") * 4 / 1e9
     rows.append(("peak disk", round(peak, 1), "GB", "everything kept plus one plate's CellProfiler shards"))
     return [dict(zip(("quantity", "value", "unit", "source"), row)) for row in rows]
+
+
+def perturbation_counts(config: dict[str, Any], metadata_dir: str) -> tuple[int, int]:
+    """(compounds, genetic reagents) among the wells the configuration selects."""
+    compounds, reagents = set(), set()
+    for plate in config["plates"]:
+        layout = plate_layout(plate, metadata_dir)
+        wells = set(select_wells(layout, config["wells"], config["genes"], config["negcon_wells"]))
+        treated = layout[layout["Metadata_Well"].isin(wells) & layout["Metadata_control_type"].isna()]
+        target = compounds if plate_info(plate, metadata_dir).modality == "compound" else reagents
+        target.update(treated["Metadata_broad_sample"].dropna())
+    return len(compounds), len(reagents)
+
+
+def benchmark_rows(config: dict[str, Any], metadata_dir: str, wells: int) -> list[tuple]:
+    """The benchmark's own cost: replicate retrieval is linear in the wells (candidates blocked by the pair rules),
+    matching compares consensus profiles pairwise (compounds with compounds, compounds with genetic reagents)."""
+    from paintbench.feature_sets import feature_set_chains
+
+    profile_sets = sum(len(chains) for chains in feature_set_chains(config).values())
+    compounds, reagents = perturbation_counts(config, metadata_dir)
+    bytes_per_value = rate("retrieval_bytes_per_value") * (2 if config["retrieval"]["precision"] == "float64" else 1)
+    pairs = compounds * compounds + 2 * compounds * reagents + reagents * reagents
+    what = f"{profile_sets} profile set(s) at {BENCHMARK_FEATURES} features"
+    return [
+        ("benchmark: replicate retrieval", _two_digits(profile_sets * wells * rate("replicate_s_per_well") / 60),
+         "CPU-minutes", RATES["replicate_s_per_well"].source + f"; {what}"),
+        ("benchmark: memory of one retrieval job", _two_digits(wells * BENCHMARK_FEATURES * bytes_per_value / 1e9), "GB",
+         RATES["retrieval_bytes_per_value"].source + f"; retrieval.precision {config['retrieval']['precision']}"),
+        ("benchmark: matching", _two_digits(profile_sets * pairs * rate("matching_s_per_pair") / 60), "CPU-minutes",
+         RATES["matching_s_per_pair"].source + f"; {compounds} compounds, {reagents} genetic reagents, {what}; "
+                                               "an upper bound: only those that pass replicate retrieval are matched"),
+    ]
+
+
+def _two_digits(value: float) -> float:
+    """Two significant digits: a small run's minutes are not rounded to zero."""
+    return float(f"{value:.2g}")
 
 
 def plate_disk_mb(config: dict[str, Any], plate: str, metadata_dir: str, stage: str,

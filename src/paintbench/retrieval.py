@@ -91,18 +91,29 @@ def score_condition(ap: pd.DataFrame, group: list[str], condition: dict, protoco
     return ap, scored
 
 
+def conditions(profiles: pd.DataFrame) -> Iterator[tuple[tuple, pd.DataFrame]]:
+    """(condition key, its wells re-indexed from 0) in key order; a table that is one condition is not copied."""
+    grouped = profiles.groupby(CONDITION, sort=True)
+    if grouped.ngroups == 1 and len(next(iter(grouped.indices.values()))) == len(profiles):
+        yield next(iter(grouped.groups)), profiles.reset_index(drop=True)
+        return
+    for key, sub in grouped:
+        yield key, sub.reset_index(drop=True)
+
+
 def replicate_retrieval(profiles: pd.DataFrame, features: list[str], protocol: Protocol = "cpjump1",
-                        null_size: int = 100_000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+                        null_size: int = 100_000, seed: int = 0,
+                        dtype: type = np.float64) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-query AP, per-perturbation mAP/p/q) for every condition."""
     profiles = with_condition_columns(profiles)
     aps, maps = [], []
-    for key, sub in profiles.groupby(CONDITION, sort=True):
-        sub = sub.reset_index(drop=True)
+    for key, sub in conditions(profiles):
         query, negcon = is_query(sub), is_negcon(sub)
         if not query.any() or not negcon.any():
             log.warning("replicate retrieval %s: %d queries, %d controls: skipped", key, query.sum(), negcon.sum())
             continue
-        ap = retrieval_ap(sub, features, query_mask=query, pos_same=[PERT], neg_mask=negcon, neg_same=["Metadata_Plate"])
+        ap = retrieval_ap(sub, features, query_mask=query, pos_same=[PERT], neg_mask=negcon, neg_same=["Metadata_Plate"],
+                          dtype=dtype)
         ap, scored = score_condition(ap, [PERT], dict(zip(CONDITION, key)), protocol, null_size, seed)
         aps.append(ap)
         maps.append(scored)
@@ -131,7 +142,7 @@ def passed_consensus(profiles: pd.DataFrame, features: list[str],
 
 def sister_matching(profiles: pd.DataFrame, features: list[str], replicate_scored: pd.DataFrame,
                     protocol: Protocol = "cpjump1", null_size: int = 100_000,
-                    seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+                    seed: int = 0, dtype: type = np.float64) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-query AP, per-gene mAP/p/q): compounds per target gene, CRISPR guides per gene."""
     aps, maps = [], []
     for condition, table in passed_consensus(profiles, features, replicate_scored):
@@ -140,14 +151,15 @@ def sister_matching(profiles: pd.DataFrame, features: list[str], replicate_score
             table = table[table[TARGETS].notna()].reset_index(drop=True)
             if table.empty:
                 continue
-            ap = retrieval_ap(table, features, multilabel=TARGETS, multilabel_mode="per_label", abs_similarity=True)
+            ap = retrieval_ap(table, features, multilabel=TARGETS, multilabel_mode="per_label", abs_similarity=True,
+                              dtype=dtype)
             ap = ap.assign(**{GENE: ap[TARGETS]})
         elif modality == "crispr":
             guides = table[GENE].map(table[GENE].value_counts())
             table = table[guides > 1].reset_index(drop=True)  # a guide whose sister did not pass is removed
             if table.empty:
                 continue
-            ap = retrieval_ap(table, features, pos_same=[GENE], neg_diff=[GENE])
+            ap = retrieval_ap(table, features, pos_same=[GENE], neg_diff=[GENE], dtype=dtype)
         else:
             continue  # ORF plates carry one ORF per gene: no sisters
         ap, scored = score_condition(ap, [GENE], condition, protocol, null_size, seed, names=PERT)
@@ -163,7 +175,7 @@ def _restricted_targets(target_list: object, genes: set[str]) -> str | None:
 
 def compound_gene_matching(profiles: pd.DataFrame, features: list[str], replicate_scored: pd.DataFrame,
                            protocol: Protocol = "cpjump1", null_size: int = 100_000, seed: int = 0,
-                           negatives: str = "disjoint") -> tuple[pd.DataFrame, pd.DataFrame]:
+                           negatives: str = "disjoint", dtype: type = np.float64) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-query AP in both directions, per-gene mAP/p/q) for every compound x genetic condition of a cell type.
 
     negatives: 'disjoint' (the paper's definition: the other modality's profiles sharing no target) or
@@ -188,7 +200,7 @@ def compound_gene_matching(profiles: pd.DataFrame, features: list[str], replicat
             both = pd.concat([queries, reagents.assign(**{TARGETS: reagents[GENE]})], ignore_index=True)
             ap = retrieval_ap(both, features, pos_diff=["Metadata_modality"], neg_diff=["Metadata_modality"],
                               multilabel=TARGETS, multilabel_mode="per_label", abs_similarity=True,
-                              paper_code_negatives=negatives == "paper_code")
+                              paper_code_negatives=negatives == "paper_code", dtype=dtype)
             ap = ap.assign(**{GENE: ap[TARGETS], "Metadata_query_modality": ap["Metadata_modality"]})
             matched = {f"Metadata_matched_{k[len('Metadata_'):]}": genetic_condition[k]
                        for k in ("Metadata_modality", "Metadata_timepoint", "Metadata_plate_group")}
@@ -200,18 +212,21 @@ def compound_gene_matching(profiles: pd.DataFrame, features: list[str], replicat
 
 def run_task(task: str, profiles: pd.DataFrame, features: list[str], protocol: Protocol = "cpjump1",
              null_size: int = 100_000, seed: int = 0, replicate_scored: pd.DataFrame | None = None,
-             compound_gene_negatives: str = "disjoint") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One task by name; the matching tasks compute replicate retrieval first when it is not given."""
+             compound_gene_negatives: str = "disjoint",
+             precision: str = "float64") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One task by name; the matching tasks compute replicate retrieval first when it is not given. `precision`:
+    the profiles' arithmetic, float64 or float32 (half the memory; APs within 1e-3, docs/methods.md)."""
+    dtype = {"float64": np.float64, "float32": np.float32}[precision]
     if task == "replicate_retrieval":
-        return replicate_retrieval(profiles, features, protocol, null_size, seed)
+        return replicate_retrieval(profiles, features, protocol, null_size, seed, dtype)
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
     if replicate_scored is None:
-        replicate_scored = replicate_retrieval(profiles, features, protocol, null_size, seed)[1]
+        replicate_scored = replicate_retrieval(profiles, features, protocol, null_size, seed, dtype)[1]
     if task == "sister_matching":
-        return sister_matching(profiles, features, replicate_scored, protocol, null_size, seed)
+        return sister_matching(profiles, features, replicate_scored, protocol, null_size, seed, dtype)
     return compound_gene_matching(profiles, features, replicate_scored, protocol, null_size, seed,
-                                  compound_gene_negatives)
+                                  compound_gene_negatives, dtype)
 
 
 def _concat(tables: list[pd.DataFrame]) -> pd.DataFrame:

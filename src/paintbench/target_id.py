@@ -68,8 +68,9 @@ def condition_pairs(profiles: pd.DataFrame, features: list[str]):
             yield condition, comp_table, gene_table, cosine, annotated
 
 
-def pair_p_values(scores: np.ndarray, background: np.ndarray) -> np.ndarray:
-    ordered = np.sort(background)
+def pair_p_values(scores: np.ndarray, background: np.ndarray, ordered: bool = False) -> np.ndarray:
+    """(1 + background values >= each score) / (1 + background size); `ordered`: background is sorted already."""
+    ordered = background if ordered else np.sort(background)
     at_least = len(ordered) - np.searchsorted(ordered, scores, side="left")
     return (1.0 + at_least) / (1.0 + len(ordered))
 
@@ -246,13 +247,13 @@ def polypharmacology(compared: list[Comparison], alpha: float = 0.05) -> pd.Data
     rows = []
     for condition, compounds, genes, cosine, annotated in compared:
         place = _summary_condition(condition)
-        background = np.abs(cosine[~annotated])
+        background = np.sort(np.abs(cosine[~annotated]))  # once per condition, not once per compound
         gene_names = genes["Metadata_gene"].astype(str).to_numpy()
         for i in np.flatnonzero(annotated.sum(axis=1) >= 2):
             scores = np.abs(cosine[i])
             ranks = candidate_ranks(scores)
             targets = np.flatnonzero(annotated[i])
-            p = pair_p_values(scores[targets], background)
+            p = pair_p_values(scores[targets], background, ordered=True)
             q = multipletests(p, method="fdr_bh")[1]
             passing = [gene_names[t] for t, passed in zip(targets, q < alpha) if passed]
             call = passing[0] if len(passing) == 1 else "several" if passing else "none"

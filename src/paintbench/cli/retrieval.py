@@ -18,8 +18,11 @@ RETRIEVAL_OPTIONS = [
                  "paper_code: all of them, true matches included (what the paper's code computed)"),
     ConfigOption("--null-size", "retrieval.null_size", "random rank lists per null distribution"),
     ConfigOption("--seed", "retrieval.seed", "seed of the permutation nulls"),
+    ConfigOption("--precision", "retrieval.precision", "the profiles' arithmetic: float32 halves their memory "
+                                                       "(APs within 1e-3 of float64's)"),
 ]
-LAYOUT_CONTROL_OPTIONS = [option for option in RETRIEVAL_OPTIONS if option.flag != "--compound-gene-negatives"]
+LAYOUT_CONTROL_OPTIONS = [option for option in RETRIEVAL_OPTIONS
+                          if option.flag not in ("--compound-gene-negatives", "--precision")]
 
 
 def own_profiles(args: argparse.Namespace, profiles):
@@ -50,7 +53,7 @@ def cmd_retrieval(args: argparse.Namespace) -> None:
     features = scorable_features(profiles)
     replicate = read_table(args.replicate_results) if args.replicate_results else None
     ap, scored = run_task(args.task, profiles, features, args.protocol, args.null_size, args.seed, replicate,
-                          args.compound_gene_negatives)
+                          args.compound_gene_negatives, args.precision)
     write_table(ap, args.ap_output or str(Path(args.output).with_name(Path(args.output).stem + "_ap.parquet")))
     write_table(scored, args.output)
     retrieved = scored["below_corrected_p"].mean() if len(scored) else float("nan")
