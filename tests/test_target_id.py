@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from paintbench.target_id import (KS, Shortlist, _random_best_ranks, candidate_ranks, condition_summary,
-                                  comparisons, polypharmacology, random_best_rank, random_precision, random_recall,
+from paintbench.target_id import (KS, Shortlist, _random_best_ranks, annotated_pairs, background_p_values,
+                                  candidate_ranks, condition_summary, comparisons, pair_p_values, polypharmacology, random_best_rank, random_precision, random_recall,
                                   shortlists)
 
 DIM = 50
@@ -130,3 +130,21 @@ def test_polypharmacology_calls():
     # 28 compounds x 4 genes, 7 annotated pairs: the best p is 1 / (1 + 105), q over the compound's 2 targets.
     assert poly.loc["G4", "p_value"] == pytest.approx(1 / 106)
     assert poly.loc["G4", "q_value"] == pytest.approx(2 / 106)
+
+
+def test_background_counted_in_blocks_equals_the_sorted_background():
+    """The polypharmacology p-values count the background a block of rows at a time (JUMP's ~10^9 pairs are never
+    sorted): the same p as sorting every unannotated pair, ties included, for any block size."""
+    rng = np.random.default_rng(3)
+    cosine = np.round(rng.uniform(-1, 1, (37, 11)), 2)  # rounded: many ties between scores and background
+    annotated = rng.random(cosine.shape) < 0.2
+    scores = np.concatenate([np.abs(cosine[annotated]), [0.0, 1.0, 0.5, 2.0]])
+    expected = pair_p_values(scores, np.abs(cosine[~annotated]))
+    for rows in (1, 5, 37, 100):
+        assert np.array_equal(background_p_values(scores, cosine, annotated, rows_per_chunk=rows), expected)
+    assert expected[-4] == 1.0 and expected[-1] == pytest.approx(1 / (1 + (~annotated).sum()))
+
+
+def test_annotated_pairs_by_lookup():
+    mask = annotated_pairs(pd.Series(["G1|G3", None, "G9", "G2"]), pd.Series(["G1", "G2", "G3"]))
+    assert mask.tolist() == [[True, False, True], [False, False, False], [False, False, False], [False, True, False]]

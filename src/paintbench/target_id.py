@@ -62,17 +62,41 @@ def condition_pairs(profiles: pd.DataFrame, features: list[str]):
                 ["Metadata_modality", "Metadata_timepoint", "Metadata_plate_group"], sort=True):
             gene_table = consensus(gen, features, ["Metadata_gene"])
             cosine = cosine_similarity(comp_table[features].to_numpy(float), gene_table[features].to_numpy(float))
-            annotated = np.array([[g in targets_of(t) for g in gene_table["Metadata_gene"]]
-                                  for t in comp_table["Metadata_target_list"]], dtype=bool).reshape(cosine.shape)
+            annotated = annotated_pairs(comp_table["Metadata_target_list"], gene_table["Metadata_gene"])
             condition = dict(zip(CONDITION_COLUMNS, (cell, ctime, cgroup, modality, gtime, ggroup)))
             yield condition, comp_table, gene_table, cosine, annotated
 
 
-def pair_p_values(scores: np.ndarray, background: np.ndarray, ordered: bool = False) -> np.ndarray:
-    """(1 + background values >= each score) / (1 + background size); `ordered`: background is sorted already."""
-    ordered = background if ordered else np.sort(background)
+def annotated_pairs(target_lists: pd.Series, genes: pd.Series) -> np.ndarray:
+    """(compounds, genes) mask of the annotated compound-gene pairs, looked up per compound (not per pair: a
+    full JUMP condition has ~10^9 pairs)."""
+    column = {gene: j for j, gene in enumerate(genes)}
+    annotated = np.zeros((len(target_lists), len(genes)), dtype=bool)
+    for i, targets in enumerate(target_lists):
+        annotated[i, [column[g] for g in targets_of(targets) if g in column]] = True
+    return annotated
+
+
+def pair_p_values(scores: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """(1 + background values >= each score) / (1 + background size)."""
+    ordered = np.sort(background)
     at_least = len(ordered) - np.searchsorted(ordered, scores, side="left")
     return (1.0 + at_least) / (1.0 + len(ordered))
+
+
+def background_p_values(scores: np.ndarray, cosine: np.ndarray, annotated: np.ndarray,
+                        rows_per_chunk: int = 4096) -> np.ndarray:
+    """pair_p_values of `scores` against every unannotated |cosine|, counted a block of rows at a time, so the
+    ~10^9 background pairs of a JUMP-scale condition are never copied or sorted."""
+    order = np.sort(scores)
+    counts = np.zeros(len(order) + 1, dtype=np.int64)
+    size = 0
+    for start in range(0, cosine.shape[0], rows_per_chunk):
+        block = np.abs(cosine[start:start + rows_per_chunk])[~annotated[start:start + rows_per_chunk]]
+        counts += np.bincount(np.searchsorted(order, block, side="right"), minlength=len(order) + 1)
+        size += block.size
+    at_least = np.cumsum(counts[::-1])[::-1][1:]  # background values >= order[k]
+    return (1.0 + at_least[np.searchsorted(order, scores, side="left")]) / (1.0 + size)
 
 
 def candidate_ranks(scores: np.ndarray) -> np.ndarray:
@@ -195,18 +219,17 @@ def shortlists(compared: list[Comparison], draws: int = 10_000,
     queries, summaries = [], []
     for condition, compounds, genes, cosine, annotated in compared:
         place = _summary_condition(condition)
-        scores = np.abs(cosine)
         gene_names = genes["Metadata_gene"].astype(str).to_numpy()
         lists: dict[str, list[Shortlist]] = {task: [] for task in TASKS}
         for i in np.flatnonzero(annotated.any(axis=1)):
             row, shortlist = _query_row("target_identification", place, compounds[PERT].iloc[i],
-                                        compounds["Metadata_pert_iname"].iloc[i], gene_names, scores[i], annotated[i])
+                                        compounds["Metadata_pert_iname"].iloc[i], gene_names, np.abs(cosine[i]), annotated[i])
             queries.append(row)
             lists["target_identification"].append(shortlist)
         compound_names = compounds["Metadata_pert_iname"].astype(str).to_numpy()
         for j in np.flatnonzero(annotated.any(axis=0)):
             row, shortlist = _query_row("virtual_screening", place, gene_names[j], gene_names[j], compound_names,
-                                        scores[:, j], annotated[:, j])
+                                        np.abs(cosine[:, j]), annotated[:, j])  # no |cosine| copy of the matrix
             queries.append(row)
             lists["virtual_screening"].append(shortlist)
         for task, found in lists.items():
@@ -247,13 +270,17 @@ def polypharmacology(compared: list[Comparison], alpha: float = 0.05) -> pd.Data
     rows = []
     for condition, compounds, genes, cosine, annotated in compared:
         place = _summary_condition(condition)
-        background = np.sort(np.abs(cosine[~annotated]))  # once per condition, not once per compound
         gene_names = genes["Metadata_gene"].astype(str).to_numpy()
-        for i in np.flatnonzero(annotated.sum(axis=1) >= 2):
+        several = np.flatnonzero(annotated.sum(axis=1) >= 2)
+        pairs = annotated[several].nonzero()
+        # every compound's targets against the condition's background in one pass
+        p_all = background_p_values(np.abs(cosine[several[pairs[0]], pairs[1]]), cosine, annotated)
+        first = np.searchsorted(pairs[0], np.arange(len(several)))
+        for n, i in enumerate(several):
             scores = np.abs(cosine[i])
             ranks = candidate_ranks(scores)
             targets = np.flatnonzero(annotated[i])
-            p = pair_p_values(scores[targets], background, ordered=True)
+            p = p_all[first[n]:first[n] + len(targets)]
             q = multipletests(p, method="fdr_bh")[1]
             passing = [gene_names[t] for t, passed in zip(targets, q < alpha) if passed]
             call = passing[0] if len(passing) == 1 else "several" if passing else "none"
