@@ -43,14 +43,15 @@ RATES = {
     "cpu_train_crops_per_s": Rate(27.0, "ViT-S/16 224 px MAE training crops/s on 2 CPU cores (0.85 steps/s x 32)",
                                   "scripts/bench_vit.py (README)"),
     # The benchmark itself, per profile set, at 500 features (a chain's output; time and memory scale with them).
-    "replicate_s_per_well": Rate(4.4e-5, "s per well of replicate retrieval on 2 cores (cpjump1, null 10,000)",
-                                 "scripts/bench_scale.py --plates 1700: 652,800 wells in 28.7 s (docs/performance.md)"),
+    "replicate_s_per_well": Rate(3.3e-5, "s per well of replicate retrieval on 2 cores (cpjump1, null 10,000)",
+                                 "scripts/bench_scale.py --plates 1700: 652,800 wells in 21.5 s (docs/performance.md)"),
     "retrieval_bytes_per_value": Rate(12.4, "bytes per well x feature at float32 (x2 at float64): the table, its "
                                            "normalized copy and the blocks",
                                       "scripts/bench_scale.py --plates 1700: 4.06 GB peak RSS"),
-    "matching_s_per_pair": Rate(7.6e-8, "s per (query, candidate) pair of consensus profiles, sister or "
+    "matching_s_per_pair": Rate(5.1e-8, "s per (query, candidate) pair of consensus profiles, sister or "
                                         "compound-gene matching, 2 cores",
-                                "scripts/bench_scale.py --plates 200 --tasks sister: 16,710 x 12,800 pairs in 16.2 s"),
+                                "scripts/bench_scale.py --plates 1700: compound-gene 156,564 x 15,000 pairs in 120 s "
+                                "(sister 141,564 x 108,800 in 548 s)"),
 }
 BENCHMARK_FEATURES = 500
 
