@@ -148,3 +148,31 @@ def test_background_counted_in_blocks_equals_the_sorted_background():
 def test_annotated_pairs_by_lookup():
     mask = annotated_pairs(pd.Series(["G1|G3", None, "G9", "G2"]), pd.Series(["G1", "G2", "G3"]))
     assert mask.tolist() == [[True, False, True], [False, False, False], [False, False, False], [False, True, False]]
+
+
+def test_pairs_table_over_the_lookup_limit_is_written_empty(tmp_path, caplog):
+    """28 compounds x 4 genes = 112 pairs: at the default limit every pair is written; over a limit of 100 the
+    command writes an empty pairs table, says so naming the config key, and the report leaves its look-up out."""
+    from paintbench.atomic import read_table
+    from paintbench.cli import main as paintbench
+    from paintbench.report.targets import lookup_html
+
+    profiles = tmp_path / "profiles.parquet"
+    _profiles().to_parquet(profiles)
+
+    def run(*limit: str) -> pd.DataFrame:
+        out = {name: tmp_path / f"{name}{len(limit)}.parquet" for name in ("summary", "queries", "poly", "pairs")}
+        assert paintbench(["target-id", "--profiles", str(profiles), "--draws", "100", *limit, "--output",
+                           str(out["summary"]), "--queries-output", str(out["queries"]), "--polypharmacology-output",
+                           str(out["poly"]), "--pairs-output", str(out["pairs"])]) == 0
+        assert len(read_table(out["poly"])) == 6  # the calls do not depend on the limit
+        return out["pairs"]
+
+    full = run()
+    assert len(read_table(full)) == 112 and "lookup-data" in lookup_html({"cellprofiler": full}, ["cellprofiler"])
+    with caplog.at_level("WARNING", logger="paintbench"):
+        empty = run("--lookup-max-pairs", "100")
+    assert read_table(empty).empty and list(read_table(empty).columns) == list(read_table(full).columns)
+    assert "112 compound-gene pairs" in caplog.text and "target_id.lookup_max_pairs" in caplog.text
+    page = lookup_html({"cellprofiler": empty}, ["cellprofiler"])
+    assert "Left out" in page and "target_id.lookup_max_pairs" in page and "lookup-data" not in page

@@ -13,6 +13,8 @@ TARGET_ID_OPTIONS = [
     ConfigOption("--alpha", "target_id.alpha", "q threshold of a polypharmacology call"),
     ConfigOption("--draws", "target_id.draws", "random shortlists per query for the p-values"),
     ConfigOption("--seed", "retrieval.seed", "seed of the random shortlists"),
+    ConfigOption("--lookup-max-pairs", "target_id.lookup_max_pairs", "more compound-gene pairs than this: the "
+                 "pairs table (the report's look-up) is written empty"),
 ]
 
 
@@ -25,7 +27,12 @@ def cmd_target_id(args: argparse.Namespace) -> None:
     compared = comparisons(profiles, scorable_features(profiles))
     summary, queries = shortlists(compared, draws=args.draws, seed=args.seed)
     poly = polypharmacology(compared, alpha=args.alpha)
-    pairs = similarity_pairs(compared)
+    n_pairs = sum(cosine.size for *_, cosine, _ in compared)
+    pairs = similarity_pairs(compared if n_pairs <= args.lookup_max_pairs else [])
+    if n_pairs > args.lookup_max_pairs:
+        log.warning("%s: %d compound-gene pairs, more than config key 'target_id.lookup_max_pairs' (%d): the pairs "
+                    "table is written empty and the report leaves its target look-up out (paintbench query still "
+                    "ranks any compound or gene)", args.profiles, n_pairs, args.lookup_max_pairs)
     for table, path in ((summary, args.output), (queries, args.queries_output), (poly, args.polypharmacology_output),
                         (pairs, args.pairs_output)):
         write_table(table, path)

@@ -155,6 +155,8 @@ def lookup_data(pairs_of: dict[str, Path], feature_sets: list[str]) -> dict:
             continue
         path = pairs_of[fs]
         pairs = read_table(path)
+        if pairs.empty:  # more pairs than target_id.lookup_max_pairs (or nothing to match)
+            continue
         conditions = []
         for _, group in pairs.groupby(CONDITION, sort=True, dropna=False):
             c_ids = list(dict.fromkeys(group["Metadata_broad_sample"].astype(str)))
@@ -185,6 +187,11 @@ LOOKUP_SCRIPT = Path(__file__).with_name("lookup.js")
 def lookup_html(pairs_of: dict[str, Path], feature_sets: list[str]) -> str:
     data = lookup_data(pairs_of, feature_sets)
     if not data["feature_sets"]:
+        if any(fs in pairs_of for fs in feature_sets):
+            return ("<h3>Target look-up</h3><p class='muted'>Left out: no profile set has a compound-gene pairs table "
+                    "(no compound and genetic plates of one cell type, or more pairs than config key "
+                    "<code>target_id.lookup_max_pairs</code>). <code>paintbench query</code> ranks any compound "
+                    "or gene.</p>")
         return ""
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
     options = sorted(set(data["compound_names"]) | set(data["genes"]))
