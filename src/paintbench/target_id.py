@@ -272,6 +272,8 @@ def polypharmacology(compared: list[Comparison], alpha: float = 0.05) -> pd.Data
         place = _summary_condition(condition)
         gene_names = genes["Metadata_gene"].astype(str).to_numpy()
         several = np.flatnonzero(annotated.sum(axis=1) >= 2)
+        if not len(several):
+            continue
         pairs = annotated[several].nonzero()
         # every compound's targets against the condition's background in one pass
         p_all = background_p_values(np.abs(cosine[several[pairs[0]], pairs[1]]), cosine, annotated)
