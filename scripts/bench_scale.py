@@ -134,17 +134,11 @@ def run_worker(task: str, plates: int, precision: str, null_size: int, out: Path
         figures = {"queries": len(ap), "groups": len(scored), "map": float(scored["mean_average_precision"].mean())}
     elif task == "target_id":
         from paintbench import target_id
-        from paintbench.metrics import cosine_similarity
 
         genes = reagents.groupby(GENE, sort=True)[features].median().reset_index()
         compounds = compounds.assign(Metadata_pert_iname=compounds[PERT])
-        cosine = cosine_similarity(compounds[features].to_numpy(), genes[features].to_numpy())
-        gene_names = genes[GENE].to_numpy()
-        targets = compounds[TARGETS].str.split("|")
-        annotated = np.zeros(cosine.shape, bool)
-        where = {g: j for j, g in enumerate(gene_names)}
-        for i, names in enumerate(targets):
-            annotated[i, [where[g] for g in names]] = True
+        cosine = target_id.Cosines.of(compounds[features].to_numpy(), genes[features].to_numpy())
+        annotated = target_id.annotated_pairs(compounds[TARGETS], genes[GENE])
         compared = [({"Metadata_cell_type": "U2OS", "compound_timepoint": 48, "compound_plate_group": "jump",
                       "Metadata_matched_modality": "crispr", "matched_timepoint": 96, "matched_plate_group": "jump"},
                      compounds, genes, cosine, annotated)]

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from paintbench.target_id import (KS, Shortlist, _random_best_ranks, annotated_pairs, background_p_values,
-                                  candidate_ranks, condition_summary, comparisons, pair_p_values, polypharmacology, random_best_rank, random_precision, random_recall,
+from paintbench.target_id import (KS, Cosines, Shortlist, _random_best_ranks, annotated_pairs, background_p_values,
+                                  candidate_ranks, condition_summary, comparisons, pair_p_values, polypharmacology,
+                                  similarity_pairs, random_best_rank, random_precision, random_recall,
                                   shortlists)
 
 DIM = 50
@@ -132,17 +133,49 @@ def test_polypharmacology_calls():
     assert poly.loc["G4", "q_value"] == pytest.approx(2 / 106)
 
 
-def test_background_counted_in_blocks_equals_the_sorted_background():
+def test_background_counted_in_blocks_equals_the_sorted_background(monkeypatch):
     """The polypharmacology p-values count the background a block of rows at a time (JUMP's ~10^9 pairs are never
     sorted): the same p as sorting every unannotated pair, ties included, for any block size."""
+    from paintbench import target_id
+
     rng = np.random.default_rng(3)
-    cosine = np.round(rng.uniform(-1, 1, (37, 11)), 2)  # rounded: many ties between scores and background
+    compounds, genes = rng.normal(size=(37, 5)), rng.normal(size=(11, 5))
+    genes[3] = compounds[4]  # ties: a background pair with cosine exactly 1
+    cosine = Cosines.of(compounds, genes)
     annotated = rng.random(cosine.shape) < 0.2
-    scores = np.concatenate([np.abs(cosine[annotated]), [0.0, 1.0, 0.5, 2.0]])
-    expected = pair_p_values(scores, np.abs(cosine[~annotated]))
-    for rows in (1, 5, 37, 100):
-        assert np.array_equal(background_p_values(scores, cosine, annotated, rows_per_chunk=rows), expected)
-    assert expected[-4] == 1.0 and expected[-1] == pytest.approx(1 / (1 + (~annotated).sum()))
+    annotated[4, 3] = False
+    matrix = cosine.matrix()
+    scores = np.concatenate([np.abs(matrix[annotated]), np.abs(matrix[~annotated][:5]), [0.0, 1.0, 2.0]])
+    expected = pair_p_values(scores, np.abs(matrix[~annotated]))
+    assert np.array_equal(background_p_values(scores, cosine, annotated), expected)
+    monkeypatch.setattr(target_id, "KEEP_PAIRS", 0)
+    for block in (1, 5 * 11, 1000):
+        monkeypatch.setattr(target_id, "BLOCK_PAIRS", block)
+        blocked = background_p_values(scores, Cosines.of(compounds, genes), annotated)
+        np.testing.assert_allclose(blocked, expected, rtol=0, atol=2 / (~annotated).sum())
+    assert expected[-3] == 1.0 and expected[-1] == pytest.approx(1 / (1 + (~annotated).sum()))
+    assert expected[-2] == pytest.approx(2 / (1 + (~annotated).sum()))  # the tie counts as at least as similar
+
+
+def test_target_id_in_blocks_equals_the_whole_matrix(monkeypatch):
+    """A JUMP-scale condition is never held whole: shortlists, calls and the look-up are the same when every
+    compound-gene cosine is computed a few rows or columns at a time."""
+    from paintbench import target_id
+    from paintbench.report.query import query
+
+    profiles, features = _profiles(), [f"f{j}" for j in range(DIM)]
+    whole = comparisons(profiles, features)
+    expected = (*shortlists(whole, draws=500), polypharmacology(whole), query(profiles, compound="C_poly")[1],
+                query(profiles, gene="G2")[1])
+    monkeypatch.setattr(target_id, "KEEP_PAIRS", 0)
+    monkeypatch.setattr(target_id, "BLOCK_PAIRS", 9)  # 2 compounds or 1 gene per block
+    blocked = comparisons(profiles, features)
+    assert all(c[3].whole is None for c in blocked)
+    found = (*shortlists(blocked, draws=500), polypharmacology(blocked), query(profiles, compound="C_poly")[1],
+             query(profiles, gene="G2")[1])
+    for a, b in zip(found, expected):
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-12, atol=1e-12)
+    assert np.allclose(similarity_pairs(blocked)["cosine"], similarity_pairs(whole)["cosine"])
 
 
 def test_annotated_pairs_by_lookup():

@@ -107,9 +107,14 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """A float64 copy of `x` with every row scaled to length 1 (a zero or NaN row raises)."""
+    return _unit_rows(np.array(x, dtype=np.float64))
+
+
 def cosine_similarity(a: np.ndarray, b: np.ndarray, abs_similarity: bool = False) -> np.ndarray:
     """Cosine similarity of every row of `a` with every row of `b` (small inputs; retrieval_ap blocks)."""
-    sim = _unit_rows(np.array(a, dtype=np.float64)) @ _unit_rows(np.array(b, dtype=np.float64)).T
+    sim = unit_rows(a) @ unit_rows(b).T
     return np.abs(sim) if abs_similarity else sim
 
 

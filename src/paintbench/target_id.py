@@ -24,12 +24,13 @@ a call: the one target whose q < alpha ("follows"), "several" when more pass, "n
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
 from statsmodels.stats.multitest import multipletests
 
-from paintbench.metrics import cosine_similarity
+from paintbench.metrics import unit_rows
 from paintbench.registry import SHORTLIST_TASKS
 from paintbench.retrieval import PERT, consensus, is_query, with_condition_columns
 
@@ -45,12 +46,64 @@ CONDITION = ["Metadata_cell_type", "Metadata_modality", "Metadata_timepoint", "M
              "Metadata_matched_modality", "Metadata_matched_timepoint", "Metadata_matched_plate_group"]
 
 
+KEEP_PAIRS = 20_000_000  # up to this many compound-gene pairs (160 MB) a condition's cosines are kept whole
+BLOCK_PAIRS = 4_000_000  # otherwise they are computed this many (32 MB) at a time, where they are read
+
+
+@dataclass(frozen=True)
+class Cosines:
+    """One condition's compound x gene cosines of consensus profiles. CPJUMP1's (~50,000 pairs) are kept whole;
+    JUMP's (~10^9 pairs, 6.5 GB) are computed a block of compounds or genes at a time by whoever reads them."""
+
+    compounds: np.ndarray  # unit-length consensus profiles
+    genes: np.ndarray
+    whole: np.ndarray | None
+
+    @classmethod
+    def of(cls, compounds: np.ndarray, genes: np.ndarray) -> "Cosines":
+        c, g = unit_rows(compounds), unit_rows(genes)
+        return cls(c, g, c @ g.T if len(c) * len(g) <= KEEP_PAIRS else None)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.compounds), len(self.genes)
+
+    @property
+    def size(self) -> int:
+        return len(self.compounds) * len(self.genes)
+
+    def row_blocks(self, rows: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(compound indices, their cosines with every gene), a block at a time; every compound by default."""
+        yield from self._blocks(rows, self.compounds, self.genes, lambda r: self.whole[r])
+
+    def column_blocks(self, columns: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(gene indices, their cosines with every compound: genes x compounds), a block at a time."""
+        yield from self._blocks(columns, self.genes, self.compounds, lambda r: self.whole[:, r].T)
+
+    def _blocks(self, rows, these: np.ndarray, others: np.ndarray, kept) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        rows = np.arange(len(these)) if rows is None else np.unique(rows)
+        if self.whole is not None:
+            if len(rows):
+                yield rows, kept(rows)
+            return
+        # Fixed, aligned blocks: a pair's cosine comes from the same product whoever asks for it, so a query's own
+        # unannotated pairs count exactly once in the background it is tested against.
+        step = max(1, BLOCK_PAIRS // max(1, len(others)))
+        keys = rows // step
+        for chosen in np.split(rows, np.flatnonzero(np.diff(keys)) + 1) if len(rows) else []:
+            start = chosen[0] // step * step
+            yield chosen, (these[start:start + step] @ others.T)[chosen - start]
+
+    def matrix(self) -> np.ndarray:
+        return self.whole if self.whole is not None else self.compounds @ self.genes.T
+
+
 def targets_of(target_list: object) -> set[str]:
     return set() if pd.isna(target_list) else {t for t in str(target_list).split("|") if t}
 
 
 def condition_pairs(profiles: pd.DataFrame, features: list[str]):
-    """Yield (condition dict, compound consensus, gene consensus, |cos| matrix, annotated-pair mask)."""
+    """Yield (condition dict, compound consensus, gene consensus, their Cosines, annotated-pair mask)."""
     profiles = with_condition_columns(profiles)
     treated = profiles[is_query(profiles)]
     compounds = treated[treated["Metadata_modality"] == "compound"]
@@ -61,7 +114,7 @@ def condition_pairs(profiles: pd.DataFrame, features: list[str]):
         for (modality, gtime, ggroup), gen in genetic[genetic["Metadata_cell_type"] == cell].groupby(
                 ["Metadata_modality", "Metadata_timepoint", "Metadata_plate_group"], sort=True):
             gene_table = consensus(gen, features, ["Metadata_gene"])
-            cosine = cosine_similarity(comp_table[features].to_numpy(float), gene_table[features].to_numpy(float))
+            cosine = Cosines.of(comp_table[features].to_numpy(float), gene_table[features].to_numpy(float))
             annotated = annotated_pairs(comp_table["Metadata_target_list"], gene_table["Metadata_gene"])
             condition = dict(zip(CONDITION_COLUMNS, (cell, ctime, cgroup, modality, gtime, ggroup)))
             yield condition, comp_table, gene_table, cosine, annotated
@@ -84,15 +137,14 @@ def pair_p_values(scores: np.ndarray, background: np.ndarray) -> np.ndarray:
     return (1.0 + at_least) / (1.0 + len(ordered))
 
 
-def background_p_values(scores: np.ndarray, cosine: np.ndarray, annotated: np.ndarray,
-                        rows_per_chunk: int = 4096) -> np.ndarray:
+def background_p_values(scores: np.ndarray, cosine: Cosines, annotated: np.ndarray) -> np.ndarray:
     """pair_p_values of `scores` against every unannotated |cosine|, counted a block of rows at a time, so the
     ~10^9 background pairs of a JUMP-scale condition are never copied or sorted."""
     order = np.sort(scores)
     counts = np.zeros(len(order) + 1, dtype=np.int64)
     size = 0
-    for start in range(0, cosine.shape[0], rows_per_chunk):
-        block = np.abs(cosine[start:start + rows_per_chunk])[~annotated[start:start + rows_per_chunk]]
+    for rows, block in cosine.row_blocks():
+        block = np.abs(block)[~annotated[rows]]
         counts += np.bincount(np.searchsorted(order, block, side="right"), minlength=len(order) + 1)
         size += block.size
     at_least = np.cumsum(counts[::-1])[::-1][1:]  # background values >= order[k]
@@ -204,8 +256,8 @@ def _query_row(task: str, condition: dict, query: str, name: str, partners: np.n
     return row, shortlist
 
 
-# One condition's (condition, compound consensus, gene consensus, cosine matrix, annotated-pair mask).
-Comparison = tuple[dict, pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray]
+# One condition's (condition, compound consensus, gene consensus, their cosines, annotated-pair mask).
+Comparison = tuple[dict, pd.DataFrame, pd.DataFrame, Cosines, np.ndarray]
 
 
 def comparisons(profiles: pd.DataFrame, features: list[str]) -> list[Comparison]:
@@ -221,17 +273,19 @@ def shortlists(compared: list[Comparison], draws: int = 10_000,
         place = _summary_condition(condition)
         gene_names = genes["Metadata_gene"].astype(str).to_numpy()
         lists: dict[str, list[Shortlist]] = {task: [] for task in TASKS}
-        for i in np.flatnonzero(annotated.any(axis=1)):
-            row, shortlist = _query_row("target_identification", place, compounds[PERT].iloc[i],
-                                        compounds["Metadata_pert_iname"].iloc[i], gene_names, np.abs(cosine[i]), annotated[i])
-            queries.append(row)
-            lists["target_identification"].append(shortlist)
+        for rows, block in cosine.row_blocks(np.flatnonzero(annotated.any(axis=1))):
+            for i, scores in zip(rows, np.abs(block)):
+                row, shortlist = _query_row("target_identification", place, compounds[PERT].iloc[i],
+                                            compounds["Metadata_pert_iname"].iloc[i], gene_names, scores, annotated[i])
+                queries.append(row)
+                lists["target_identification"].append(shortlist)
         compound_names = compounds["Metadata_pert_iname"].astype(str).to_numpy()
-        for j in np.flatnonzero(annotated.any(axis=0)):
-            row, shortlist = _query_row("virtual_screening", place, gene_names[j], gene_names[j], compound_names,
-                                        np.abs(cosine[:, j]), annotated[:, j])  # no |cosine| copy of the matrix
-            queries.append(row)
-            lists["virtual_screening"].append(shortlist)
+        for columns, block in cosine.column_blocks(np.flatnonzero(annotated.any(axis=0))):
+            for j, scores in zip(columns, np.abs(block)):
+                row, shortlist = _query_row("virtual_screening", place, gene_names[j], gene_names[j], compound_names,
+                                            scores, annotated[:, j])
+                queries.append(row)
+                lists["virtual_screening"].append(shortlist)
         for task, found in lists.items():
             if found:
                 summaries += [{"task": task, **place, **row} for row in condition_summary(found, draws, seed)]
@@ -260,7 +314,7 @@ def similarity_pairs(compared: list[Comparison]) -> pd.DataFrame:
         part = compounds[[PERT, "Metadata_pert_iname", "Metadata_target_list"]].iloc[np.repeat(np.arange(n_compounds), n_genes)]
         part = part.reset_index(drop=True).assign(
             Metadata_gene=np.tile(genes["Metadata_gene"].astype(str).to_numpy(), n_compounds),
-            cosine=cosine.ravel().astype(np.float32), annotated=annotated.ravel(), **_summary_condition(condition))
+            cosine=cosine.matrix().ravel().astype(np.float32), annotated=annotated.ravel(), **_summary_condition(condition))
         parts.append(part[PAIR_COLUMNS])
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=PAIR_COLUMNS)
 
@@ -272,24 +326,25 @@ def polypharmacology(compared: list[Comparison], alpha: float = 0.05) -> pd.Data
         place = _summary_condition(condition)
         gene_names = genes["Metadata_gene"].astype(str).to_numpy()
         several = np.flatnonzero(annotated.sum(axis=1) >= 2)
-        if not len(several):
+        found = []  # per multi-target compound: (row, its targets, their cosines, their ranks)
+        for chosen, block in cosine.row_blocks(several):
+            for i, values in zip(chosen, block):
+                targets = np.flatnonzero(annotated[i])
+                found.append((i, targets, values[targets], candidate_ranks(np.abs(values))[targets]))
+        if not found:
             continue
-        pairs = annotated[several].nonzero()
         # every compound's targets against the condition's background in one pass
-        p_all = background_p_values(np.abs(cosine[several[pairs[0]], pairs[1]]), cosine, annotated)
-        first = np.searchsorted(pairs[0], np.arange(len(several)))
-        for n, i in enumerate(several):
-            scores = np.abs(cosine[i])
-            ranks = candidate_ranks(scores)
-            targets = np.flatnonzero(annotated[i])
-            p = p_all[first[n]:first[n] + len(targets)]
+        p_all = background_p_values(np.abs(np.concatenate([values for *_, values, _ in found])), cosine, annotated)
+        first = np.cumsum([0] + [len(targets) for _, targets, *_ in found])
+        for n, (i, targets, values, ranks) in enumerate(found):
+            p = p_all[first[n]:first[n + 1]]
             q = multipletests(p, method="fdr_bh")[1]
             passing = [gene_names[t] for t, passed in zip(targets, q < alpha) if passed]
             call = passing[0] if len(passing) == 1 else "several" if passing else "none"
-            for t, p_t, q_t in zip(targets, p, q):
+            for t, value, rank, p_t, q_t in zip(targets, values, ranks, p, q):
                 rows.append({PERT: compounds[PERT].iloc[i], "Metadata_pert_iname": compounds["Metadata_pert_iname"].iloc[i],
-                             **place, "target": gene_names[t], "cosine": float(cosine[i, t]),
-                             "abs_cosine": float(scores[t]), "rank": int(ranks[t]), "n_candidates": len(scores),
-                             "p_value": float(p_t), "q_value": float(q_t), "passes": bool(q_t < alpha), "call": call})
+                             **place, "target": gene_names[t], "cosine": float(value), "abs_cosine": float(abs(value)),
+                             "rank": int(rank), "n_candidates": len(genes), "p_value": float(p_t),
+                             "q_value": float(q_t), "passes": bool(q_t < alpha), "call": call})
     return pd.DataFrame(rows, columns=POLY_COLUMNS)
 

@@ -25,7 +25,7 @@ from statsmodels.stats.multitest import multipletests
 from paintbench.atomic import read_table
 from paintbench.paths import RunPaths
 from paintbench.retrieval import PERT, is_query, scorable_features
-from paintbench.target_id import CONDITION_COLUMNS, GENETIC, condition_pairs, pair_p_values
+from paintbench.target_id import CONDITION_COLUMNS, GENETIC, Cosines, background_p_values, condition_pairs
 
 OUTPUT_COLUMNS = [*CONDITION_COLUMNS, "rank", "Metadata_gene", "Metadata_broad_sample", "Metadata_pert_iname", "cosine", "abs_cosine",
                   "p_value", "q_value", "annotated_target"]
@@ -73,11 +73,12 @@ def resolve_gene(profiles: pd.DataFrame, symbol: str) -> str:
     return _resolve(profiles, "gene", symbol, GENETIC, ["Metadata_gene"], "Metadata_gene", "Metadata_gene")
 
 
-def _ranked(condition: dict, cosine: np.ndarray, background: np.ndarray, partners: pd.DataFrame,
-            annotated: np.ndarray) -> pd.DataFrame:
-    abs_cos = np.abs(cosine)
-    p = pair_p_values(abs_cos, np.abs(background))
-    table = partners.assign(cosine=cosine, abs_cosine=abs_cos, p_value=p,
+def _ranked(condition: dict, values: np.ndarray, cosines: Cosines, annotated_pairs: np.ndarray,
+            partners: pd.DataFrame, annotated: np.ndarray) -> pd.DataFrame:
+    """The partners of one query ranked by |cosine| (`values`), p against the condition's unannotated pairs."""
+    abs_cos = np.abs(values)
+    p = background_p_values(abs_cos, cosines, annotated_pairs)
+    table = partners.assign(cosine=values, abs_cosine=abs_cos, p_value=p,
                             q_value=multipletests(p, method="fdr_bh")[1], annotated_target=annotated, **condition)
     table = table.sort_values(["abs_cosine", "annotated_target"], ascending=[False, False]).reset_index(drop=True)
     return table.assign(rank=np.arange(1, len(table) + 1))
@@ -91,18 +92,20 @@ def query(profiles: pd.DataFrame, compound: str | None = None, gene: str | None 
     name = resolve_compound(profiles, compound) if compound is not None else resolve_gene(profiles, gene)
     parts = []
     for condition, comp_table, gene_table, cosine, annotated in condition_pairs(profiles, features):
-        background = cosine[~annotated]
         if compound is not None:
             rows = np.flatnonzero(comp_table[PERT].to_numpy() == name)
             if rows.size:
                 partners = gene_table[["Metadata_gene"]].assign(
                     Metadata_broad_sample=name, Metadata_pert_iname=comp_table["Metadata_pert_iname"].iloc[rows[0]])
-                parts.append(_ranked(condition, cosine[rows[0]], background, partners, annotated[rows[0]]))
+                values = next(cosine.row_blocks(rows[:1]))[1][0]
+                parts.append(_ranked(condition, values, cosine, annotated, partners, annotated[rows[0]]))
         else:
             cols = np.flatnonzero(gene_table["Metadata_gene"].to_numpy() == name)
             if cols.size:
                 partners = comp_table[[PERT, "Metadata_pert_iname"]].assign(Metadata_gene=name)
-                parts.append(_ranked(condition, cosine[:, cols[0]], background, partners, annotated[:, cols[0]]))
+                # from the rows, as the background is: the gene's own unannotated pairs then count exactly
+                values = np.concatenate([block[:, cols[0]] for _, block in cosine.row_blocks()])
+                parts.append(_ranked(condition, values, cosine, annotated, partners, annotated[:, cols[0]]))
     if not parts:
         kind = "compound" if compound is not None else "gene"
         raise ValueError(f"{kind} {name!r} has no {'genetic' if compound else 'compound'} perturbations of the same "
