@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from paintbench.target_id import (KS, Cosines, Shortlist, _random_best_ranks, annotated_pairs, background_p_values,
-                                  candidate_ranks, condition_summary, comparisons, pair_p_values, polypharmacology,
+                                  candidate_ranks, condition_summary, comparisons, polypharmacology,
                                   similarity_pairs, random_best_rank, random_precision, random_recall,
                                   shortlists)
 
@@ -131,6 +131,12 @@ def test_polypharmacology_calls():
     # 28 compounds x 4 genes, 7 annotated pairs: the best p is 1 / (1 + 105), q over the compound's 2 targets.
     assert poly.loc["G4", "p_value"] == pytest.approx(1 / 106)
     assert poly.loc["G4", "q_value"] == pytest.approx(2 / 106)
+
+
+def pair_p_values(scores: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """The reference: (1 + background values >= each score) / (1 + background size), from the sorted background."""
+    ordered = np.sort(background)
+    return (1.0 + len(ordered) - np.searchsorted(ordered, scores, side="left")) / (1.0 + len(ordered))
 
 
 def test_background_counted_in_blocks_equals_the_sorted_background(monkeypatch):

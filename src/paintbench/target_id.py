@@ -16,7 +16,7 @@ random shortlists drawn independently for every query (the exact distribution of
 labels): p = (1 + #random >= observed) / (1 + N); for the best rank, #random <= observed.
 
 Polypharmacology: for every compound with two or more annotated targets among the genes of a condition, each
-target's cosine, rank and pair p-value (`pair_p_values`: against every unannotated compound-gene pair of
+target's cosine, rank and pair p-value (`background_p_values`: against every unannotated compound-gene pair of
 the condition, the same p `paintbench query` and the report's look-up show), q by Benjamini-Hochberg over that compound's annotated targets (the hypotheses asked about), and
 a call: the one target whose q < alpha ("follows"), "several" when more pass, "none" when none does.
 """
@@ -130,16 +130,9 @@ def annotated_pairs(target_lists: pd.Series, genes: pd.Series) -> np.ndarray:
     return annotated
 
 
-def pair_p_values(scores: np.ndarray, background: np.ndarray) -> np.ndarray:
-    """(1 + background values >= each score) / (1 + background size)."""
-    ordered = np.sort(background)
-    at_least = len(ordered) - np.searchsorted(ordered, scores, side="left")
-    return (1.0 + at_least) / (1.0 + len(ordered))
-
-
 def background_p_values(scores: np.ndarray, cosine: Cosines, annotated: np.ndarray) -> np.ndarray:
-    """pair_p_values of `scores` against every unannotated |cosine|, counted a block of rows at a time, so the
-    ~10^9 background pairs of a JUMP-scale condition are never copied or sorted."""
+    """(1 + unannotated |cosine| values >= each score) / (1 + their number), counted a block of rows at a time, so
+    the ~10^9 background pairs of a JUMP-scale condition are never copied or sorted."""
     order = np.sort(scores)
     counts = np.zeros(len(order) + 1, dtype=np.int64)
     size = 0
